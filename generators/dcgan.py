@@ -1,0 +1,178 @@
+"""DCGAN (Radford, Metz, Chintala 2015), sized for 16, 32 and 64 pixel images.
+
+Generator: a latent z (nz x 1 x 1) through transposed convolutions that double the
+resolution from 4x4, batch norm + ReLU, tanh output. Discriminator: the mirror image with
+strided convolutions, batch norm (not on the first layer) + LeakyReLU(0.2), one logit.
+Weights N(0, 0.02), batch-norm scales N(1, 0.02); Adam with beta1 = 0.5 (paper, section 4);
+non-saturating generator loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from generators.base import GENERATORS, Batch, DataShape, Generator, GeneratorConfig, seeded_randn
+
+SUPPORTED_SIZES = (16, 32, 64)
+
+
+class DCGANConfig(GeneratorConfig):
+    """DCGAN hyper-parameters; defaults are the comparative project's CIFAR-10 setting."""
+
+    image_size: Literal[16, 32, 64] | None = Field(
+        None, description="training/sampling resolution; None = the data set's native size"
+    )
+    nz: int = Field(100, ge=1, description="latent dimension")
+    ngf: int = Field(64, ge=1, description="generator base width")
+    ndf: int = Field(64, ge=1, description="discriminator base width")
+    g_lr: float = Field(1.6e-4, gt=0)
+    d_lr: float = Field(1.25e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+def _num_upsamplings(size: int) -> int:
+    if size not in SUPPORTED_SIZES:
+        raise ValueError(f"DCGAN supports image sizes {SUPPORTED_SIZES}, got {size}")
+    return int(math.log2(size // 4))
+
+
+class DCGANGenerator(nn.Module):
+    """z (N, nz, 1, 1) -> image (N, nc, size, size) in [-1, 1]."""
+
+    def __init__(self, nz: int, ngf: int, nc: int, size: int) -> None:
+        super().__init__()
+        n = _num_upsamplings(size)
+        width = ngf * 2 ** (n - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(nz, width, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+        ]
+        for _ in range(n - 1):
+            layers += [
+                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, nc, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class DCGANDiscriminator(nn.Module):
+    """image (N, nc, size, size) -> logit (N,)."""
+
+    def __init__(self, ndf: int, nc: int, size: int) -> None:
+        super().__init__()
+        n = _num_upsamplings(size)
+        width = ndf
+        layers: list[nn.Module] = [
+            nn.Conv2d(nc, width, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, True),
+        ]
+        for _ in range(n - 1):
+            layers += [
+                nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width * 2),
+                nn.LeakyReLU(0.2, True),
+            ]
+            width *= 2
+        layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def _init_weights(module: nn.Module) -> None:
+    # Radford et al. section 4: all weights from N(0, 0.02).
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+@GENERATORS.register("dcgan", aliases=("gan",))
+class DCGAN(Generator):
+    """Unconditional DCGAN; class labels, sampling steps and guidance are ignored."""
+
+    Config = DCGANConfig
+
+    def __init__(self, config: DCGANConfig, data: DataShape, device: torch.device) -> None:
+        super().__init__(config, data, device)
+        self.image_size = config.image_size or data.image_size
+        self.G = DCGANGenerator(config.nz, config.ngf, data.channels, self.image_size).to(
+            self.device
+        )
+        self.D = DCGANDiscriminator(config.ndf, data.channels, self.image_size).to(self.device)
+        self.G.apply(_init_weights)
+        self.D.apply(_init_weights)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.g_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.d_lr, betas=betas)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D}
+
+    def sampling_modules(self) -> list[str]:
+        return ["G"]
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        real = batch.images.to(self.device)
+        n = real.shape[0]
+        # Training latents come from the global torch RNG (seeded by the harness).
+        z = torch.randn(n, self.config.nz, 1, 1, device=self.device)
+        fake = self.G(z)
+
+        self.opt_d.zero_grad(set_to_none=True)
+        logits_real = self.D(real)
+        logits_fake = self.D(fake.detach())
+        loss_d = F.binary_cross_entropy_with_logits(
+            logits_real, torch.ones_like(logits_real)
+        ) + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+        loss_d.backward()
+        self.opt_d.step()
+
+        self.opt_g.zero_grad(set_to_none=True)
+        logits_gen = self.D(fake)
+        # Non-saturating loss: maximise log D(G(z)) (Goodfellow et al. 2014, section 3).
+        loss_g = F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
+        loss_g.backward()
+        self.opt_g.step()
+        return {
+            "loss_d": loss_d.item(),
+            "loss_g": loss_g.item(),
+            "d_real": torch.sigmoid(logits_real).mean().item(),
+            "d_fake": torch.sigmoid(logits_fake).mean().item(),
+        }
+
+    @torch.no_grad()
+    def sample(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        steps: int | str | None = None,
+        guidance: float | None = None,
+    ) -> torch.Tensor:
+        z = seeded_randn(seeds, (self.config.nz, 1, 1), self.device)
+        was_training = self.G.training
+        self.G.eval()  # batch-norm running statistics: an image never depends on its batch
+        try:
+            return self.G(z).clamp_(-1.0, 1.0)
+        finally:
+            self.G.train(was_training)
+
+    def nfe(self, steps: int | str | None = None) -> int:
+        return 1
