@@ -1,0 +1,164 @@
+"""The ``bench`` command line: thin typed commands over the library; errors become one line.
+
+Usage errors (bad flags, bad spec keys or values, unknown names, missing files) print
+``bench: error: ...`` lines and exit 2 without a traceback and without writing anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from benchmarks.errors import GenbenchError, SpecError
+
+app = typer.Typer(
+    name="bench",
+    help="Benchmark image generative models: train, sample, time, evaluate, report.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise SpecError("--models: give at least one model name, e.g. --models dcgan")
+    return items
+
+
+def _checkpoints(values: list[str] | None) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for value in values or []:
+        model, sep, path = value.partition("=")
+        if not sep or not model or not path:
+            raise SpecError(f"--checkpoint: expected MODEL=PATH, got {value!r}")
+        out[model] = Path(path)
+    return out
+
+
+@app.command()
+def run(
+    spec: Annotated[str, typer.Argument(help="shipped spec name (see `bench list`) or a path")],
+    models: Annotated[
+        str | None, typer.Option(help="comma-separated models of the spec (gan = dcgan)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="directory that receives run directories")] = Path(
+        "runs"
+    ),
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
+    seed: Annotated[int | None, typer.Option(help="training seed (init and data order)")] = None,
+    train_steps: Annotated[
+        int | None, typer.Option(help="optimiser updates per model; 0 = untrained baseline")
+    ] = None,
+    num_samples: Annotated[int | None, typer.Option(help="images sampled for evaluation")] = None,
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=PATH: start MODEL from a saved checkpoint (repeatable)"),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="directory holding the data set (e.g. CIFAR-10)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the resolved spec, write nothing")
+    ] = False,
+) -> None:
+    """Train, sample, time and evaluate the models of SPEC; results go to OUT/<run-id>/."""
+    from benchmarks.spec import Overrides, load_spec, resolve
+
+    parsed, source = load_spec(spec)
+    overrides = Overrides(
+        models=_split(models),
+        device=device,
+        seed=seed,
+        train_steps=train_steps,
+        num_samples=num_samples,
+        data_root=data_root,
+        checkpoints=_checkpoints(checkpoint),
+    )
+    plan = resolve(parsed, source, overrides)
+    from benchmarks.runner import resolve_device
+    from benchmarks.runner import run as run_plan
+
+    resolve_device(plan.benchmark.device)  # fail before anything is written
+    if dry_run:
+        typer.echo(plan.to_toml(), nl=False)
+        return
+    run_dir = run_plan(plan, out)
+    from reports.markdown import render_markdown
+
+    typer.echo(render_markdown([run_dir]))
+    typer.echo(f"results: {run_dir}")
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List shipped specs, generators, data sets, feature extractors and metrics."""
+    from benchmarks.datasets import DATASETS
+    from benchmarks.spec import available_specs
+    from eval.extractors import EXTRACTORS
+    from eval.metrics import METRICS
+    from generators import GENERATORS
+
+    typer.echo("specs:       " + ", ".join(available_specs()))
+    gens = [
+        name
+        + (f" (alias {', '.join(GENERATORS.aliases(name))})" if GENERATORS.aliases(name) else "")
+        for name in GENERATORS.names()
+    ]
+    typer.echo("generators:  " + ", ".join(gens))
+    typer.echo("datasets:    " + ", ".join(DATASETS.names()))
+    typer.echo("extractors:  " + ", ".join(EXTRACTORS.names()))
+    typer.echo("metrics:     " + ", ".join(METRICS.names()))
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories made by `bench run`")],
+) -> None:
+    """Print a markdown comparison table of the models in RUN_DIRS."""
+    from reports.markdown import render_markdown
+
+    typer.echo(render_markdown(run_dirs))
+
+
+# Recent typer vendors its own click; accept either flavour of click's exceptions.
+_EXIT = (typer.Exit, click.exceptions.Exit)
+_ABORT = (typer.Abort, click.exceptions.Abort)
+_USAGE = (getattr(typer, "TyperException", click.ClickException), click.ClickException)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bench`` console script."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="bench", standalone_mode=False)
+    except _EXIT as exc:
+        return getattr(exc, "exit_code", 0)
+    except _ABORT:
+        typer.echo("bench: aborted", err=True)
+        return 130
+    except _USAGE as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"bench: error: {exc.format_message()}{hint}", err=True)
+        return getattr(exc, "exit_code", 2)
+    except GenbenchError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(f"bench: error: {line}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("bench: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

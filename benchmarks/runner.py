@@ -1,0 +1,336 @@
+"""``bench run``: train, sample, time and evaluate every model of a resolved spec.
+
+Each stage is its own function; ``run`` strings them together and writes the results store:
+
+    runs/<run-id>/
+        spec.toml            the fully resolved spec
+        environment.json     git commit, torch/CUDA, device, world size
+        run.json             status ("running" / "complete"), models, start and end times
+        <model>/train_log.jsonl   one line per ``log_every`` steps
+        <model>/checkpoint.safetensors
+        <model>/samples.png  sample grid
+        <model>/timing.json  sampling speed (warm-up, raw repeats, median, IQR, ...)
+        <model>/metrics.json FID / IS with their evaluation protocol
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from benchmarks import store
+from benchmarks.datasets import get_dataset
+from benchmarks.errors import CheckpointError, GenbenchError
+from benchmarks.spec import ResolvedModel, RunPlan
+from benchmarks.timing import time_sampling
+from generators import GENERATORS, Batch, DataShape, Generator
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable device is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GenbenchError(
+            f"--device: unknown device {name!r}; valid: auto, cpu, cuda, cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenbenchError("--device cuda: no CUDA device is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise GenbenchError(f"--device: unsupported device {name!r}; valid: auto, cpu, cuda")
+    return device
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        transient=False,
+    )
+
+
+def seed_list(model: ResolvedModel) -> list[int]:
+    start = model.sample.seed_offset
+    return list(range(start, start + model.sample.num_samples))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _to_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def batches(
+    dataset: TorchDataset, model: ResolvedModel, seed: int, size: int, device: torch.device
+) -> Iterator[Batch]:
+    """Endless shuffled batches (seeded, reshuffled every epoch) at the model's resolution."""
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=model.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=gen,
+        num_workers=model.train.num_workers,
+        persistent_workers=model.train.num_workers > 0,
+    )
+    if len(loader) == 0:
+        raise GenbenchError(
+            f"models.{model.name}.train.batch_size={model.train.batch_size} exceeds the "
+            f"{len(dataset)} training images; lower it"  # type: ignore[arg-type]
+        )
+    while True:
+        for images, labels in loader:
+            yield Batch(_to_size(images.to(device), size), labels.to(device))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def build_generator(model: ResolvedModel, shape: DataShape, seed: int, device: torch.device):
+    """Instantiate the generator with seeded initialisation (and its checkpoint, if any)."""
+    torch.manual_seed(seed)
+    gen = GENERATORS.get(model.generator)(model.config, shape, device)
+    if model.checkpoint is not None:
+        load_checkpoint(gen, model.checkpoint, model.generator)
+    return gen
+
+
+def train(
+    gen: Generator, data: Iterator[Batch], model: ResolvedModel, log_path: Path
+) -> dict[str, Any]:
+    """Run ``model.train.steps`` updates with a progress bar and a JSONL log."""
+    steps, every = model.train.steps or 0, model.train.log_every
+    sums: dict[str, float] = {}
+    gen.train()
+    t0 = last = time.perf_counter()
+    with _progress() as bar:
+        task = bar.add_task(f"train {model.name}", total=steps, status="")
+        for step in range(1, steps + 1):
+            losses = gen.train_step(next(data))
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if step % every == 0 or step == steps:
+                n = every if step % every == 0 else step % every
+                now = time.perf_counter()
+                record = {"step": step, "time_s": round(now - t0, 4)}
+                record.update({k: v / n for k, v in sums.items()})
+                record["images_per_s"] = n * model.train.batch_size / max(now - last, 1e-9)
+                store.append_jsonl(log_path, record)
+                status = " ".join(f"{k}={v / n:.3f}" for k, v in sums.items())
+                bar.update(task, status=status)
+                sums, last = {}, now
+            bar.advance(task)
+    return {"train_steps": steps, "train_time_s": time.perf_counter() - t0}
+
+
+def save_checkpoint(gen: Generator, path: Path, model: ResolvedModel, steps: int) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in gen.state_dict().items()}
+    meta = {
+        "generator": model.generator,
+        "config": json.dumps(model.config.model_dump(mode="json")),
+        "train_steps": str(steps),
+    }
+    store.write_with_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def checkpoint_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+
+
+def load_checkpoint(gen: Generator, path: Path, generator: str) -> None:
+    meta = checkpoint_metadata(path)
+    if meta.get("generator") not in (None, generator):
+        raise CheckpointError(
+            f"{path}: checkpoint of generator {meta['generator']!r}, not {generator!r}"
+        )
+    try:
+        gen.load_state_dict(load_file(str(path), device=str(gen.device)))
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{path}: does not fit this model's config ({first}); use the config it was "
+            "trained with"
+        ) from None
+
+
+def _labels(gen: Generator, seeds: list[int]) -> torch.Tensor | None:
+    if gen.data.num_classes == 0 or not gen.conditional:
+        return None
+    # A label is a function of the seed, so a class-conditional image still depends only on it.
+    return torch.tensor(seeds, device=gen.device) % gen.data.num_classes
+
+
+def sample_and_evaluate(
+    gen: Generator, model: ResolvedModel, evaluator, grid_path: Path
+) -> dict[str, Any]:
+    """Stream samples by seed into the evaluator; keep only the first few for the grid."""
+    from torchvision.utils import make_grid, save_image
+
+    seeds = seed_list(model)
+    bs = model.sample.batch_size
+    grid: list[torch.Tensor] = []
+    gen.eval()
+    t0 = time.perf_counter()
+    with _progress() as bar:
+        task = bar.add_task(f"sample {model.name}", total=len(seeds), status="")
+        for i in range(0, len(seeds), bs):
+            chunk = seeds[i : i + bs]
+            images = gen.sample(
+                chunk, _labels(gen, chunk), model.sample.steps, model.sample.guidance
+            )
+            evaluator.update(images)
+            if len(grid) * bs < model.sample.grid_size:
+                grid.append(images[: model.sample.grid_size].cpu())
+            bar.advance(task, len(chunk))
+    elapsed = time.perf_counter() - t0
+    picture = torch.cat(grid)[: model.sample.grid_size]
+    if picture.shape[-1] < 64:  # enlarge small images (digits are 16 px) so the grid is legible
+        factor = -(-64 // picture.shape[-1])
+        picture = F.interpolate(picture, scale_factor=factor, mode="nearest")
+    nrow = max(1, round(picture.shape[0] ** 0.5))
+    image = make_grid(picture, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
+    store.write_with_atomic(grid_path, lambda tmp: save_image(image, str(tmp), format="png"))
+    return {"seconds": elapsed, "seeds": f"{seeds[0]}-{seeds[-1]}"}
+
+
+def measure_speed(gen: Generator, model: ResolvedModel, plan: RunPlan) -> dict[str, Any]:
+    timing = plan.timing
+    seeds = list(range(timing.batch_size))
+    labels = _labels(gen, seeds)
+    gen.eval()
+    result = time_sampling(
+        lambda: gen.sample(seeds, labels, model.sample.steps, model.sample.guidance),
+        device=gen.device,
+        batch_size=timing.batch_size,
+        nfe=gen.nfe(model.sample.steps),
+        repeats=timing.repeats,
+        warmup=timing.warmup,
+    )
+    out = result.to_dict()
+    out["precision"] = timing.precision
+    out["steps"] = model.sample.steps
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Reference:
+    """The feature extractor and reference statistics, built once per run, shared by models."""
+
+    def __init__(self, plan: RunPlan, device: torch.device) -> None:
+        self.plan, self.device = plan, device
+
+    @functools.cached_property
+    def extractor(self):
+        from eval.extractors import load_extractor
+
+        return load_extractor(self.plan.evaluate.extractor, self.device)
+
+    @functools.cached_property
+    def stats(self):
+        from eval.evaluator import reference_stats
+
+        bench, evaluate = self.plan.benchmark, self.plan.evaluate
+        split = get_dataset(bench.dataset).load(evaluate.reference, bench.data_root)
+        loader = DataLoader(split, batch_size=evaluate.batch_size, shuffle=False)
+        images = torch.cat([x for x, _ in loader])
+        return reference_stats(self.extractor, images, evaluate.batch_size)
+
+
+def run_model(
+    plan: RunPlan, model: ResolvedModel, out: Path, device: torch.device, ref: _Reference
+) -> dict[str, Any]:
+    """Train (or load), checkpoint, sample + evaluate, time; write the model's files."""
+    from eval.evaluator import Evaluator
+
+    out.mkdir(parents=True, exist_ok=True)
+    ds_cls = get_dataset(plan.benchmark.dataset)
+    info = ds_cls.info
+    gen = build_generator(
+        model,
+        DataShape(info.channels, info.image_size, info.num_classes),
+        plan.benchmark.seed,
+        device,
+    )
+    train_info = {"train_steps": 0, "train_time_s": 0.0}
+    if model.train.steps:
+        split = ds_cls.load("train", plan.benchmark.data_root)
+        data = batches(split, model, plan.benchmark.seed, gen.image_size, device)
+        train_info = train(gen, data, model, out / "train_log.jsonl")
+    save_checkpoint(gen, out / "checkpoint.safetensors", model, train_info["train_steps"])
+
+    evaluator = Evaluator(ref.extractor, ref.stats, plan.evaluate.metrics)
+    sampled = sample_and_evaluate(gen, model, evaluator, out / "samples.png")
+    timing = measure_speed(gen, model, plan)
+    store.write_json_atomic(out / "timing.json", timing)
+    metrics = {
+        "model": model.name,
+        "generator": model.generator,
+        "config": model.config.model_dump(mode="json"),
+        "parameters": gen.num_parameters(),
+        "nfe": gen.nfe(model.sample.steps),
+        "dataset": plan.benchmark.dataset,
+        "checkpoint_source": str(model.checkpoint) if model.checkpoint else None,
+        **train_info,
+        "sample": {
+            "num_samples": model.sample.num_samples,
+            "seeds": sampled["seeds"],
+            "steps": model.sample.steps,
+            "guidance": model.sample.guidance,
+            "seconds": sampled["seconds"],
+        },
+        "metrics": evaluator.compute(),
+        "protocol": {**evaluator.protocol(), "reference": plan.evaluate.reference},
+    }
+    store.write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def run(plan: RunPlan, out_dir: Path) -> Path:
+    """Execute ``plan``; returns the run directory."""
+    device = resolve_device(plan.benchmark.device)
+    run_dir = store.new_run_dir(out_dir, plan.benchmark.name)
+    store.write_text_atomic(run_dir / "spec.toml", plan.to_toml())
+    store.write_json_atomic(run_dir / "environment.json", store.fingerprint(device))
+    status = {
+        "run_id": run_dir.name,
+        "benchmark": plan.benchmark.name,
+        "status": "running",
+        "models": list(plan.models),
+        "started": store.utc_now(),
+    }
+    store.write_json_atomic(run_dir / "run.json", status)
+    ref = _Reference(plan, device)
+    for model in plan.models.values():
+        run_model(plan, model, run_dir / model.name, device, ref)
+    status.update(status="complete", finished=store.utc_now())
+    store.write_json_atomic(run_dir / "run.json", status)
+    return run_dir
