@@ -1,0 +1,75 @@
+"""Shared fixtures: an in-process CLI runner and tiny spec files."""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cli import main
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli():
+    """Run ``bench ARGS...`` in-process; returns exit code, stdout and stderr."""
+
+    def invoke(*args: str) -> CliResult:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(args))
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    return invoke
+
+
+TINY_SPEC = """
+[benchmark]
+name = "tiny"
+dataset = "digits"
+device = "cpu"
+
+[train]
+steps = {steps}
+batch_size = 32
+log_every = 5
+
+[sample]
+num_samples = {num_samples}
+batch_size = 64
+grid_size = 16
+
+[evaluate]
+extractor = "digits"
+metrics = ["fid", "is"]
+
+[timing]
+repeats = 2
+warmup = 1
+batch_size = 16
+
+[models.dcgan]
+generator = "dcgan"
+config = {{ ngf = 8, ndf = 8, nz = 16 }}
+"""
+
+
+@pytest.fixture
+def tiny_spec(tmp_path: Path):
+    """Write a tiny digits spec; ``tiny_spec(steps=..., num_samples=...)`` returns its path."""
+
+    def make(steps: int = 10, num_samples: int = 100, extra: str = "") -> Path:
+        path = tmp_path / f"tiny-{steps}-{num_samples}.toml"
+        path.write_text(TINY_SPEC.format(steps=steps, num_samples=num_samples) + extra)
+        return path
+
+    return make

@@ -1,0 +1,107 @@
+"""End-to-end ``bench run`` on tiny settings: files written, checkpoint reuse, report."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+
+def _run_dir(out: Path) -> Path:
+    (run,) = list(out.iterdir())
+    return run
+
+
+def test_run_writes_complete_results(cli, tiny_spec, tmp_path):
+    out = tmp_path / "runs"
+    result = cli("run", str(tiny_spec(steps=12, num_samples=120)), "--out", str(out))
+    assert result.code == 0, result.err
+    run = _run_dir(out)
+    assert run.name.startswith("tiny-")
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "complete" and status["models"] == ["dcgan"]
+    env = json.loads((run / "environment.json").read_text())
+    assert env["torch"] and env["device"] == "cpu" and env["world_size"] == 1
+    resolved = tomllib.loads((run / "spec.toml").read_text())
+    assert resolved["models"]["dcgan"]["train"]["steps"] == 12
+
+    model = run / "dcgan"
+    log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 12]
+    assert all("loss_d" in r and "loss_g" in r for r in log)
+
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["train_steps"] == 12 and metrics["nfe"] == 1
+    assert metrics["parameters"] > 0
+    assert metrics["sample"]["num_samples"] == 120 and metrics["sample"]["seeds"] == "0-119"
+    assert metrics["metrics"]["fid"]["value"] > 0
+    assert 1.0 <= metrics["metrics"]["is"]["value"] <= 10.0
+    proto = metrics["protocol"]
+    assert proto["extractor"] == "digits_cnn" and proto["num_samples"] == 120
+    assert proto["reference"] == "train"
+
+    timing = json.loads((model / "timing.json").read_text())
+    assert len(timing["raw_s"]) == 2 and len(timing["warmup_s"]) == 1
+    assert timing["median_s"] > 0 and timing["images_per_s"] == pytest.approx(
+        16 / timing["median_s"]
+    )
+    assert timing["s_per_50k"] == pytest.approx(50_000 / timing["images_per_s"])
+
+    with Image.open(model / "samples.png") as img:
+        img.verify()
+    state = load_file(str(model / "checkpoint.safetensors"))
+    assert any(k.startswith("G.") for k in state)
+
+    # the printed table and `bench report` agree with the files
+    assert "| dcgan |" in result.out.replace(run.name + " ", "")
+    report = cli("report", str(run))
+    assert report.code == 0
+    assert f"{metrics['metrics']['fid']['value']:,.2f}" in report.out
+
+
+def test_checkpoint_is_evaluated_without_training(cli, tiny_spec, tmp_path):
+    spec = str(tiny_spec(steps=8, num_samples=64))
+    first = tmp_path / "a"
+    assert cli("run", spec, "--out", str(first)).code == 0
+    ckpt = _run_dir(first) / "dcgan" / "checkpoint.safetensors"
+    second = tmp_path / "b"
+    result = cli("run", spec, "--out", str(second), "--checkpoint", f"dcgan={ckpt}")
+    assert result.code == 0, result.err
+    a = json.loads((_run_dir(first) / "dcgan" / "metrics.json").read_text())
+    b = json.loads((_run_dir(second) / "dcgan" / "metrics.json").read_text())
+    assert b["train_steps"] == 0 and b["checkpoint_source"] == str(ckpt)
+    # same weights, same seeds: the same images, hence the same FID
+    assert b["metrics"]["fid"]["value"] == pytest.approx(a["metrics"]["fid"]["value"], rel=1e-6)
+    assert not (_run_dir(second) / "dcgan" / "train_log.jsonl").exists()
+
+
+def test_checkpoint_of_wrong_shape_is_a_clear_error(cli, tiny_spec, tmp_path):
+    spec = tiny_spec(steps=2, num_samples=64)
+    first = tmp_path / "a"
+    assert cli("run", str(spec), "--out", str(first)).code == 0
+    ckpt = _run_dir(first) / "dcgan" / "checkpoint.safetensors"
+    wider = tmp_path / "wider.toml"
+    wider.write_text(spec.read_text().replace("ngf = 8", "ngf = 16"))
+    result = cli("run", str(wider), "--out", str(tmp_path / "b"), "--checkpoint", f"dcgan={ckpt}")
+    assert result.code == 2
+    assert "does not fit this model's config" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_report_compares_runs_and_rejects_non_runs(cli, tiny_spec, tmp_path):
+    spec = str(tiny_spec(steps=3, num_samples=64))
+    out = tmp_path / "runs"
+    assert cli("run", spec, "--out", str(out), "--train-steps", "0").code == 0
+    assert cli("run", spec, "--out", str(out)).code == 0
+    runs = sorted(out.iterdir())
+    report = cli("report", *map(str, runs))
+    assert report.code == 0
+    rows = [line for line in report.out.splitlines() if line.startswith("| tiny-")]
+    assert len(rows) == 2
+    assert {row.split(" | ")[3] for row in rows} == {"0", "3"}  # train steps column
+    bad = cli("report", str(tmp_path))
+    assert bad.code == 2 and "not a genbench run directory" in bad.err
