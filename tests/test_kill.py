@@ -1,0 +1,92 @@
+"""A run killed with SIGKILL at any moment leaves only complete, parseable result files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+
+def _check_every_file(root: Path) -> int:
+    """Parse every result file under ``root``; returns how many were checked."""
+    checked = 0
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".jsonl":
+            text = path.read_text()
+            assert text.endswith("\n"), f"{path} ends in a torn line"
+            for line in text.splitlines():
+                json.loads(line)
+        elif path.suffix == ".png":
+            with Image.open(path) as img:
+                img.verify()
+        elif path.suffix == ".safetensors":
+            load_file(str(path))
+        elif path.suffix == ".toml":
+            import tomllib
+
+            tomllib.loads(path.read_text())
+        else:
+            assert path.name.endswith(".partial"), f"unexpected file {path}"
+            continue
+        checked += 1
+    return checked
+
+
+def _kill_when(spec: Path, out: Path, trigger: str | None, delay: float) -> None:
+    """Start a run; SIGKILL it ``delay`` s after file ``trigger`` appears (or after start)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cli", "run", str(spec), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while trigger is not None and proc.poll() is None and time.monotonic() < deadline:
+            if any(out.rglob(trigger)):
+                break
+            time.sleep(0.002)
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+# Kill moments spread over start-up, training, checkpointing, sampling, timing and the end:
+# right after each kind of file first appears, while the next one is being produced.
+MOMENTS = [
+    ("environment.json", 0.0),
+    ("train_log.jsonl", 0.3),
+    ("checkpoint.safetensors", 0.0),
+    ("samples.png", 0.0),
+    ("timing.json", 0.0),
+]
+
+
+def test_sigkill_at_many_moments_leaves_no_truncated_file(tiny_spec, tmp_path):
+    spec = tiny_spec(steps=300, num_samples=600)
+    seen: set[str] = set()
+    interrupted = 0
+    for i, (trigger, delay) in enumerate(MOMENTS):
+        out = tmp_path / f"runs{i}"
+        _kill_when(spec, out, trigger, delay)
+        assert out.exists(), f"the run was killed before writing anything (trigger {trigger})"
+        _check_every_file(out)
+        seen |= {p.name for p in out.rglob("*") if p.is_file()}
+        status = json.loads(next(out.rglob("run.json")).read_text())
+        interrupted += status["status"] == "running"
+    # the last moments race the final writes; most kills must land mid-run
+    assert interrupted >= len(MOMENTS) - 1
+    assert {"spec.toml", "train_log.jsonl", "checkpoint.safetensors", "samples.png"} <= seen
