@@ -1,0 +1,29 @@
+"""nox sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s smoke``.
+
+The sessions run in the current environment (``venv_backend="none"``): a fresh nox venv
+would copy the 5 GB CUDA build of torch every time. Activate the project venv first
+(``. .venv/bin/activate``, see the README's quick start).
+"""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """The test suite (CPU; GPU tests skip without CUDA)."""
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(venv_backend="none")
+def smoke(session: nox.Session) -> None:
+    """The smoke benchmark on the embedded digits data set."""
+    session.run("bench", "run", "smoke", *session.posargs)
