@@ -16,6 +16,7 @@ Each stage is its own function; ``run`` strings them together and writes the res
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -242,38 +243,49 @@ def measure_speed(gen: Generator, model: ResolvedModel, plan: RunPlan) -> dict[s
 # --------------------------------------------------------------------------- the run
 
 
-class _Reference:
-    """The feature extractor and reference statistics, built once per run, shared by models."""
+class RunInputs:
+    """Data splits and the feature extractor of a run, opened before anything is written.
+
+    Opening them first turns a missing data set or missing extractor weights into a usage
+    error that leaves no half-made run directory behind.
+    """
 
     def __init__(self, plan: RunPlan, device: torch.device) -> None:
-        self.plan, self.device = plan, device
-
-    @functools.cached_property
-    def extractor(self):
         from eval.extractors import load_extractor
 
-        return load_extractor(self.plan.evaluate.extractor, self.device)
+        bench, evaluate = plan.benchmark, plan.evaluate
+        self.dataset = get_dataset(bench.dataset)
+        needs_train = any(m.train.steps for m in plan.models.values())
+        self.train = self.dataset.load("train", bench.data_root) if needs_train else None
+        self.reference = self.dataset.load(evaluate.reference, bench.data_root)
+        self.extractor = load_extractor(evaluate.extractor, device)
+        self.batch_size = evaluate.batch_size
 
     @functools.cached_property
     def stats(self):
+        """Reference feature statistics, computed once and shared by every model."""
         from eval.evaluator import reference_stats
 
-        bench, evaluate = self.plan.benchmark, self.plan.evaluate
-        split = get_dataset(bench.dataset).load(evaluate.reference, bench.data_root)
-        loader = DataLoader(split, batch_size=evaluate.batch_size, shuffle=False)
+        loader = DataLoader(self.reference, batch_size=self.batch_size, shuffle=False)
         images = torch.cat([x for x, _ in loader])
-        return reference_stats(self.extractor, images, evaluate.batch_size)
+        return reference_stats(self.extractor, images, self.batch_size)
+
+    @functools.cached_property
+    def stats_sha256(self) -> str:
+        """Hash of the reference mean and covariance (float64 bytes), for the protocol."""
+        digest = hashlib.sha256(self.stats.mean().tobytes())
+        digest.update(self.stats.cov().tobytes())
+        return digest.hexdigest()
 
 
 def run_model(
-    plan: RunPlan, model: ResolvedModel, out: Path, device: torch.device, ref: _Reference
+    plan: RunPlan, model: ResolvedModel, out: Path, device: torch.device, inputs: RunInputs
 ) -> dict[str, Any]:
     """Train (or load), checkpoint, sample + evaluate, time; write the model's files."""
     from eval.evaluator import Evaluator
 
     out.mkdir(parents=True, exist_ok=True)
-    ds_cls = get_dataset(plan.benchmark.dataset)
-    info = ds_cls.info
+    info = inputs.dataset.info
     gen = build_generator(
         model,
         DataShape(info.channels, info.image_size, info.num_classes),
@@ -282,12 +294,11 @@ def run_model(
     )
     train_info = {"train_steps": 0, "train_time_s": 0.0}
     if model.train.steps:
-        split = ds_cls.load("train", plan.benchmark.data_root)
-        data = batches(split, model, plan.benchmark.seed, gen.image_size, device)
+        data = batches(inputs.train, model, plan.benchmark.seed, gen.image_size, device)
         train_info = train(gen, data, model, out / "train_log.jsonl")
     save_checkpoint(gen, out / "checkpoint.safetensors", model, train_info["train_steps"])
 
-    evaluator = Evaluator(ref.extractor, ref.stats, plan.evaluate.metrics)
+    evaluator = Evaluator(inputs.extractor, inputs.stats, plan.evaluate.metrics)
     sampled = sample_and_evaluate(gen, model, evaluator, out / "samples.png")
     timing = measure_speed(gen, model, plan)
     store.write_json_atomic(out / "timing.json", timing)
@@ -308,7 +319,16 @@ def run_model(
             "seconds": sampled["seconds"],
         },
         "metrics": evaluator.compute(),
-        "protocol": {**evaluator.protocol(), "reference": plan.evaluate.reference},
+        "protocol": {
+            **evaluator.protocol(),
+            "seeds": sampled["seeds"],
+            "reference": {
+                "dataset": plan.benchmark.dataset,
+                "split": plan.evaluate.reference,
+                "count": inputs.stats.count,
+                "stats_sha256": inputs.stats_sha256,
+            },
+        },
     }
     store.write_json_atomic(out / "metrics.json", metrics)
     return metrics
@@ -317,6 +337,7 @@ def run_model(
 def run(plan: RunPlan, out_dir: Path) -> Path:
     """Execute ``plan``; returns the run directory."""
     device = resolve_device(plan.benchmark.device)
+    inputs = RunInputs(plan, device)
     run_dir = store.new_run_dir(out_dir, plan.benchmark.name)
     store.write_text_atomic(run_dir / "spec.toml", plan.to_toml())
     store.write_json_atomic(run_dir / "environment.json", store.fingerprint(device))
@@ -328,9 +349,8 @@ def run(plan: RunPlan, out_dir: Path) -> Path:
         "started": store.utc_now(),
     }
     store.write_json_atomic(run_dir / "run.json", status)
-    ref = _Reference(plan, device)
     for model in plan.models.values():
-        run_model(plan, model, run_dir / model.name, device, ref)
+        run_model(plan, model, run_dir / model.name, device, inputs)
     status.update(status="complete", finished=store.utc_now())
     store.write_json_atomic(run_dir / "run.json", status)
     return run_dir

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -42,7 +43,10 @@ def test_run_writes_complete_results(cli, tiny_spec, tmp_path):
     assert 1.0 <= metrics["metrics"]["is"]["value"] <= 10.0
     proto = metrics["protocol"]
     assert proto["extractor"] == "digits_cnn" and proto["num_samples"] == 120
-    assert proto["reference"] == "train"
+    assert proto["seeds"] == "0-119"
+    ref = proto["reference"]
+    assert (ref["dataset"], ref["split"], ref["count"]) == ("digits", "train", 1437)
+    assert len(ref["stats_sha256"]) == 64
 
     timing = json.loads((model / "timing.json").read_text())
     assert len(timing["raw_s"]) == 2 and len(timing["warmup_s"]) == 1
@@ -105,3 +109,46 @@ def test_report_compares_runs_and_rejects_non_runs(cli, tiny_spec, tmp_path):
     assert {row.split(" | ")[3] for row in rows} == {"0", "3"}  # train steps column
     bad = cli("report", str(tmp_path))
     assert bad.code == 2 and "not a genbench run directory" in bad.err
+
+
+def test_same_seed_same_model_other_seed_other_model(cli, tiny_spec, tmp_path):
+    spec = str(tiny_spec(steps=6, num_samples=64))
+    fids = []
+    for name, seed in [("a", "0"), ("b", "0"), ("c", "1")]:
+        assert cli("run", spec, "--out", str(tmp_path / name), "--seed", seed).code == 0
+        state = load_file(str(_run_dir(tmp_path / name) / "dcgan" / "checkpoint.safetensors"))
+        fids.append(state)
+    assert all(torch.equal(fids[0][k], fids[1][k]) for k in fids[0])
+    assert not all(torch.equal(fids[0][k], fids[2][k]) for k in fids[0])
+
+
+def test_missing_data_is_a_usage_error_before_anything_is_written(cli, tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    spec = tmp_path / "c.toml"
+    spec.write_text(
+        '[benchmark]\nname = "c"\ndataset = "cifar10"\ndevice = "cpu"\n'
+        '[evaluate]\nextractor = "digits"\n[models.gan]\ngenerator = "dcgan"\n'
+    )
+    out = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("run", str(spec), "--out", str(out), "--data-root", str(empty))
+    assert result.code == 2
+    assert "--data-root" in result.err and len(result.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_smoke_dcgan_trained_fid_at_most_half_of_untrained(cli, tmp_path):
+    """The acceptance claim of the skeleton, on the shipped smoke settings (fewer steps)."""
+    out = tmp_path / "runs"
+    args = ["run", "smoke", "--models", "gan", "--out", str(out), "--num-samples", "500"]
+    assert cli(*args, "--train-steps", "0").code == 0
+    assert cli(*args, "--train-steps", "500").code == 0
+    fid = {}
+    for run in out.iterdir():
+        m = json.loads((run / "dcgan" / "metrics.json").read_text())
+        fid[m["train_steps"]] = m["metrics"]["fid"]["value"]
+    assert fid[500] <= 0.5 * fid[0], fid
