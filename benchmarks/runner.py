@@ -257,7 +257,10 @@ class RunInputs:
         self.dataset = get_dataset(bench.dataset)
         needs_train = any(m.train.steps for m in plan.models.values())
         self.train = self.dataset.load("train", bench.data_root) if needs_train else None
-        self.reference = self.dataset.load(evaluate.reference, bench.data_root)
+        if evaluate.reference == "train" and self.train is not None:
+            self.reference = self.train
+        else:
+            self.reference = self.dataset.load(evaluate.reference, bench.data_root)
         self.extractor = load_extractor(evaluate.extractor, device)
         self.batch_size = evaluate.batch_size
 
