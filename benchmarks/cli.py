@@ -46,25 +46,36 @@ def _checkpoints(values: list[str] | None) -> dict[str, Path]:
 
 @app.command()
 def run(
-    spec: Annotated[str, typer.Argument(help="shipped spec name (see `bench list`) or a path")],
+    spec: Annotated[
+        str, typer.Argument(metavar="SPEC", help="shipped spec name (see `bench list`) or a path")
+    ],
     models: Annotated[
-        str | None, typer.Option(help="comma-separated models of the spec (gan = dcgan)")
+        str | None,
+        typer.Option(metavar="A,B", help="comma-separated models of the spec (gan = dcgan)"),
     ] = None,
-    out: Annotated[Path, typer.Option(help="directory that receives run directories")] = Path(
-        "runs"
-    ),
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
-    seed: Annotated[int | None, typer.Option(help="training seed (init and data order)")] = None,
+    out: Annotated[
+        Path, typer.Option(metavar="DIR", help="directory that receives run directories")
+    ] = Path("runs"),
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(metavar="N", help="training seed (init and data order)")
+    ] = None,
     train_steps: Annotated[
-        int | None, typer.Option(help="optimiser updates per model; 0 = untrained baseline")
+        int | None,
+        typer.Option(metavar="N", help="optimiser updates per model; 0 = untrained baseline"),
     ] = None,
-    num_samples: Annotated[int | None, typer.Option(help="images sampled for evaluation")] = None,
+    num_samples: Annotated[
+        int | None, typer.Option(metavar="N", help="images sampled for evaluation")
+    ] = None,
     checkpoint: Annotated[
         list[str] | None,
-        typer.Option(help="MODEL=PATH: start MODEL from a saved checkpoint (repeatable)"),
+        typer.Option(metavar="MODEL=PATH", help="start MODEL from a saved checkpoint (repeatable)"),
     ] = None,
     data_root: Annotated[
-        Path | None, typer.Option(help="directory holding the data set (e.g. CIFAR-10)")
+        Path | None,
+        typer.Option(metavar="DIR", help="directory holding the data set (e.g. CIFAR-10)"),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the resolved spec, write nothing")
@@ -121,7 +132,9 @@ def list_cmd() -> None:
 
 @app.command()
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="run directories made by `bench run`")],
+    run_dirs: Annotated[
+        list[Path], typer.Argument(metavar="RUN_DIR...", help="run directories made by `bench run`")
+    ],
 ) -> None:
     """Print a markdown comparison table of the models in RUN_DIRS."""
     from reports.markdown import render_markdown
