@@ -1,0 +1,343 @@
+"""The pytorch-fid Inception extractor: weights resolution and checks, conformance with
+pytorch-fid's own ``InceptionV3`` on the same (random) weights. Never touches the network."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.server
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from pytorch_fid import inception as pytorch_fid_inception
+from torch import nn
+
+from benchmarks.errors import GenbenchError
+from eval.extractors import (
+    EXTRACTORS,
+    ExtractorLoader,
+    FeatureExtractor,
+    file_sha256,
+    load_extractor,
+)
+from eval.inception import FID_WEIGHTS_NAME, WEIGHTS_ENV, InceptionWeights
+
+FIXES = ("--inception-weights", WEIGHTS_ENV)
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def random_fid_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict in pytorch-fid's format with random values, built offline.
+
+    pytorch-fid's FID blocks subclass torchvision's and change only their forward passes, so
+    torchvision's Inception3 with 1008 classes and no aux head has exactly their parameters.
+    """
+    net = torchvision.models.inception_v3(
+        weights=None, aux_logits=False, num_classes=1008, init_weights=False
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            # He init keeps activations O(1) through the ~100 layers; non-trivial batch-norm
+            # statistics make the check sensitive to their use (eps, eval mode).
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=gen)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0.0, 0.1, generator=gen)
+                m.running_mean.normal_(0.0, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+    return net.state_dict()
+
+
+def images(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, size, size, generator=gen) * 2 - 1
+
+
+def hub_name(prefix: str) -> str:
+    """A torch hub file name like pytorch-fid's, promising sha256 prefix ``prefix``."""
+    return f"pt_inception-2015-12-05-{prefix}.pth"
+
+
+def with_weights(weights: InceptionWeights) -> ExtractorLoader:
+    """The registered ``inception`` loader, looking for its weights through ``weights``."""
+    return dataclasses.replace(EXTRACTORS.get("inception"), weights=weights)
+
+
+@pytest.fixture(scope="module")
+def state_dict() -> dict[str, torch.Tensor]:
+    return random_fid_inception_state_dict()
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory: pytest.TempPathFactory, state_dict) -> Path:
+    """The random weights under a name of the user's choosing (no hub prefix to check)."""
+    path = tmp_path_factory.mktemp("weights") / "random_fid_inception.pth"
+    torch.save(state_dict, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights_sha256(weights_file: Path) -> str:
+    return file_sha256(weights_file)
+
+
+@pytest.fixture(scope="module")
+def extractor(weights_file: Path) -> FeatureExtractor:
+    return load_extractor("inception", weights=weights_file)
+
+
+@pytest.fixture(scope="module")
+def pytorch_fid_pool3(state_dict) -> nn.Module:
+    """pytorch-fid's own ``InceptionV3([3])`` (pool3 features of [0, 1] images) on the random
+    weights."""
+    with mock.patch.object(
+        pytorch_fid_inception, "load_state_dict_from_url", lambda *args, **kwargs: state_dict
+    ):
+        net = pytorch_fid_inception.InceptionV3([3], resize_input=True, normalize_input=True)
+    return net.eval()
+
+
+@pytest.fixture
+def hub_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty torch hub cache, no ``$BENCH_INCEPTION_WEIGHTS`` and no proxies; returns the
+    cache's checkpoints folder (not created)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # in case something called set_dir
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def link(target: Path, path: Path) -> Path:
+    """Symlink ``path`` -> ``target`` (the weights are 96 MB: no copies); returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+    return path
+
+
+def closed_port() -> int:
+    """A local TCP port with nothing listening on it (connections are refused at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the extractor ---------------------------------------------------------------------------
+
+
+def test_registered_with_pytorch_fid_protocol(
+    extractor: FeatureExtractor, weights_sha256: str
+) -> None:
+    assert "inception" in EXTRACTORS.names()
+    assert extractor.id == "pytorch_fid_inception_v3"
+    assert (extractor.feature_dim, extractor.num_classes, extractor.input_size) == (2048, 1008, 299)
+    assert extractor.resize == "bilinear"
+    assert extractor.weights_sha256 == weights_sha256
+    assert not extractor.training
+    assert not any(p.requires_grad for p in extractor.parameters())
+    assert os.path.basename(pytorch_fid_inception.FID_WEIGHTS_URL) == FID_WEIGHTS_NAME
+    assert InceptionWeights().sha256_prefix == "6726825d"
+
+
+@pytest.mark.parametrize(("n", "size"), [(2, 32), (1, 320)], ids=["upsample", "downsample"])
+def test_matches_pytorch_fid(
+    extractor: FeatureExtractor,
+    pytorch_fid_pool3: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    n: int,
+    size: int,
+) -> None:
+    x = images(n, size=size)
+    x01 = (x + 1) / 2  # pytorch-fid's input range
+    features, logits = extractor(x)
+    assert features.shape == (n, 2048) and logits.shape == (n, 1008)
+    assert features.dtype == logits.dtype == torch.float32
+    assert features.isfinite().all() and logits.isfinite().all()
+    with torch.no_grad():
+        ref_features = pytorch_fid_pool3(x01)[0].flatten(1)
+    # The FID Inception's logits are its final fc layer applied to pool3 (dropout is off).
+    ref_logits = F.linear(ref_features, state_dict["fc.weight"], state_dict["fc.bias"])
+    torch.testing.assert_close(features, ref_features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    if size < 299:
+        # The check can see a scaling mistake: [0, 1] inputs give clearly different features.
+        assert (extractor(x01[:1])[0] - ref_features[:1]).abs().max() > 1e-2
+
+
+def test_batch_size_independent(extractor: FeatureExtractor) -> None:
+    x = images(3, seed=1)
+    features, logits = extractor(x)
+    singles = [extractor(x[i : i + 1]) for i in range(3)]
+    torch.testing.assert_close(torch.cat([f for f, _ in singles]), features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([lg for _, lg in singles]), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_grey_is_repeated_to_rgb(extractor: FeatureExtractor) -> None:
+    grey = images(1, channels=1, seed=2)
+    torch.testing.assert_close(extractor(grey), extractor(grey.expand(-1, 3, -1, -1)))
+
+
+# --- where the weights come from -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["explicit", "env", "hub"])
+def test_weights_resolution_order(
+    source: str,
+    hub_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    weights_file: Path,
+    weights_sha256: str,
+) -> None:
+    # The chosen source holds the weights; every source after it in the order holds garbage,
+    # so loading succeeds only if the order is right. The names carry the weights' own hash
+    # prefix, so the hub-name check runs and passes.
+    name = hub_name(weights_sha256[:8])
+    garbage = tmp_path / "garbage" / name
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not a state dict")
+    order = ["explicit", "env", "hub"]
+    files = {s: weights_file if s == source else garbage for s in order[order.index(source) :]}
+    explicit = None
+    if "explicit" in files:
+        explicit = link(files["explicit"], tmp_path / "explicit" / name)
+    if "env" in files:
+        monkeypatch.setenv(WEIGHTS_ENV, str(link(files["env"], tmp_path / "env" / name)))
+    link(files["hub"], hub_dir / name)
+
+    loaded = with_weights(InceptionWeights(file_name=name))("cpu", explicit)
+    assert loaded.weights_sha256 == weights_sha256
+
+
+def test_missing_explicit_or_env_file_is_a_one_line_error(
+    hub_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(GenbenchError, match="not found") as info:
+        load_extractor("inception", weights=missing)
+    assert str(missing) in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.setenv(WEIGHTS_ENV, str(missing))
+    with pytest.raises(GenbenchError, match=f"{WEIGHTS_ENV}={missing} is not a file"):
+        load_extractor("inception")
+
+
+@pytest.mark.parametrize("source", ["explicit", "hub"])
+def test_wrong_hash_prefix_is_refused(source: str, hub_dir: Path, weights_file: Path) -> None:
+    path = link(weights_file, hub_dir / FID_WEIGHTS_NAME)
+    with pytest.raises(GenbenchError, match="starting with 6726825d") as info:
+        load_extractor("inception", weights=path if source == "explicit" else None)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    assert all(fix in message for fix in FIXES)
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ({"fc.weight": torch.zeros(1008, 2048)}, "do not fit pytorch-fid's FID Inception"),
+        ([1, 2, 3], "hold a list, not a state dict"),
+        (b"not a torch file", "cannot read Inception weights"),
+    ],
+    ids=["wrong-keys", "not-a-dict", "not-torch"],
+)
+def test_unusable_weights_are_a_one_line_error(tmp_path: Path, content, error: str) -> None:
+    path = tmp_path / "bad.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(GenbenchError, match=error) as info:
+        load_extractor("inception", weights=path)
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_shapes_are_a_one_line_error(tmp_path: Path, state_dict) -> None:
+    path = tmp_path / "wrong_shape.pth"
+    torch.save({**state_dict, "fc.weight": torch.zeros(1000, 2048)}, path)
+    with pytest.raises(GenbenchError, match=r"size mismatch for fc\.weight") as info:
+        load_extractor("inception", weights=path)
+    assert "\n" not in str(info.value)
+
+
+# --- downloading -----------------------------------------------------------------------------
+
+
+def test_unreachable_download_fails_fast_naming_both_fixes(hub_dir: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/{FID_WEIGHTS_NAME}"
+    start = time.perf_counter()
+    with pytest.raises(GenbenchError, match="download failed") as info:
+        with_weights(InceptionWeights(url=url))("cpu")
+    assert time.perf_counter() - start < 10
+    message = str(info.value)
+    assert str(hub_dir / FID_WEIGHTS_NAME) in message and "\n" not in message
+    assert all(fix in message for fix in FIXES)
+    assert socket.getdefaulttimeout() is None
+    assert not hub_dir.exists() or not any(hub_dir.iterdir())
+
+
+def test_stalled_download_times_out(hub_dir: Path) -> None:
+    # A server that accepts connections (into the backlog) but never answers.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/{FID_WEIGHTS_NAME}"
+        start = time.perf_counter()
+        with pytest.raises(GenbenchError, match="timed out"):
+            InceptionWeights(url=url, timeout_s=0.5).resolve(None)
+        assert time.perf_counter() - start < 5
+    assert socket.getdefaulttimeout() is None
+
+
+def test_hanging_host_lookup_times_out(hub_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Socket timeouts do not bound DNS look-ups; a resolver that never answers must not hang.
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: release.wait(10))
+    start = time.perf_counter()
+    try:
+        with pytest.raises(GenbenchError, match=r"looking up weights\.example took more than"):
+            InceptionWeights(url="https://weights.example/x.pth", timeout_s=0.3).resolve(None)
+    finally:
+        release.set()
+    assert time.perf_counter() - start < 5
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def file_server(weights_file: Path) -> Iterator[str]:
+    """Base URL of a local HTTP server serving ``weights_file``'s folder."""
+    handler = functools.partial(_QuietHandler, directory=str(weights_file.parent))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+        thread.join()
+
+
+def test_download_fills_the_hub_cache_and_checks_the_prefix(
+    hub_dir: Path, file_server: str, weights_file: Path, weights_sha256: str
+) -> None:
+    url = f"{file_server}/{weights_file.name}"
+    name = hub_name(weights_sha256[:8])
+    assert InceptionWeights(file_name=name, url=url).resolve(None) == hub_dir / name
+    assert file_sha256(hub_dir / name) == weights_sha256
+    # pytorch-fid's name promises another hash: the download is refused and nothing is kept.
+    with pytest.raises(GenbenchError, match="invalid hash value"):
+        InceptionWeights(url=url).resolve(None)
+    assert sorted(p.name for p in hub_dir.iterdir()) == [name]
