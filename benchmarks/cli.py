@@ -77,6 +77,14 @@ def run(
         Path | None,
         typer.Option(metavar="DIR", help="directory holding the data set (e.g. CIFAR-10)"),
     ] = None,
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="local pt_inception-2015-12-05-6726825d.pth (else $BENCH_INCEPTION_WEIGHTS, "
+            "then the torch hub cache)",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the resolved spec, write nothing")
     ] = False,
@@ -92,6 +100,7 @@ def run(
         train_steps=train_steps,
         num_samples=num_samples,
         data_root=data_root,
+        inception_weights=inception_weights,
         checkpoints=_checkpoints(checkpoint),
     )
     plan = resolve(parsed, source, overrides)

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import urllib.error
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -23,6 +19,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import TensorDataset
 
+from benchmarks.download import check_host_resolves, one_line, socket_timeout
 from benchmarks.errors import DatasetError
 from benchmarks.registry import Registry
 
@@ -77,29 +74,6 @@ def default_data_root() -> Path:
 def resolve_data_root(root: str | os.PathLike[str] | None) -> Path:
     """``root`` as an absolute path, or ``default_data_root()`` when ``root`` is None."""
     return (default_data_root() if root is None else Path(root).expanduser()).absolute()
-
-
-def _short_reason(exc: BaseException, limit: int = 160) -> str:
-    """One line naming the failure, e.g. ``URLError: [Errno 111] Connection refused``."""
-    # A bare URLError hides the useful part (DNS failure, refusal, timeout) in ``reason``;
-    # its subclass HTTPError already prints its status code.
-    detail = exc.reason if type(exc) is urllib.error.URLError else exc
-    text = " ".join(f"{type(exc).__name__}: {detail}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Give sockets created inside the block a default timeout, restored afterwards."""
-    # torchvision's urllib calls take no timeout argument; the process-wide default is the
-    # only handle. It bounds connect and each read, so a dead host or a stalled transfer
-    # fails instead of hanging. (DNS look-ups are bounded by the system resolver instead.)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _to_signed_unit(img: object) -> torch.Tensor:
@@ -222,9 +196,7 @@ class Cifar10(ImageDataset):
             base = root / tv.base_folder
             bad = cls._first_bad_file(base)
             if bad is None:
-                raise DatasetError(
-                    f"cannot read CIFAR-10 under {base}: {_short_reason(exc)}"
-                ) from exc
+                raise DatasetError(f"cannot read CIFAR-10 under {base}: {one_line(exc)}") from exc
             raise DatasetError(
                 f"CIFAR-10 under {base} is corrupted or incomplete ({bad}): delete that directory"
                 f" to download it again, or pass --data-root DIR pointing at an intact copy"
@@ -250,7 +222,8 @@ class Cifar10(ImageDataset):
         """Download, extract and load; any failure -> ``DatasetError``, leftovers removed."""
         tv = cls._tv()
         try:
-            with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            with socket_timeout(DOWNLOAD_TIMEOUT_S):
+                check_host_resolves(tv.url, DOWNLOAD_TIMEOUT_S)
                 return tv(
                     str(root), train=split == "train", transform=_to_signed_unit, download=True
                 )
@@ -259,7 +232,7 @@ class Cifar10(ImageDataset):
             cls._remove_partial(root)
             if not isinstance(exc, Exception):
                 raise
-            why = f"download failed ({_short_reason(exc)})"
+            why = f"download failed ({one_line(exc)})"
             raise DatasetError(cls._missing(root, why)) from exc
 
     @classmethod

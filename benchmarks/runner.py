@@ -261,7 +261,7 @@ class RunInputs:
             self.reference = self.train
         else:
             self.reference = self.dataset.load(evaluate.reference, bench.data_root)
-        self.extractor = load_extractor(evaluate.extractor, device)
+        self.extractor = load_extractor(evaluate.extractor, device, evaluate.weights)
         self.batch_size = evaluate.batch_size
 
     @functools.cached_property
@@ -270,8 +270,15 @@ class RunInputs:
         from eval.evaluator import reference_stats
 
         loader = DataLoader(self.reference, batch_size=self.batch_size, shuffle=False)
-        images = torch.cat([x for x, _ in loader])
-        return reference_stats(self.extractor, images, self.batch_size)
+        with _progress() as bar:
+            task = bar.add_task("reference statistics", total=len(self.reference), status="")
+
+            def stream():
+                for images, _ in loader:
+                    yield images
+                    bar.advance(task, len(images))
+
+            return reference_stats(self.extractor, stream())
 
     @functools.cached_property
     def stats_sha256(self) -> str:

@@ -55,6 +55,7 @@ class SampleSection(StrictModel):
 
 class EvaluateSection(StrictModel):
     extractor: str = Field("digits", description="registered feature extractor")
+    weights: Path | None = Field(None, description="local weights file of the extractor")
     metrics: list[str] = Field(default_factory=lambda: ["fid", "is"])
     reference: Literal["train", "test"] = Field("train", description="split of real images")
     batch_size: int = Field(250, ge=1)
@@ -181,6 +182,7 @@ class Overrides:
     train_steps: int | None = None
     num_samples: int | None = None
     data_root: Path | None = None
+    inception_weights: Path | None = None
     checkpoints: dict[str, Path] = field(default_factory=dict)
 
 
@@ -294,6 +296,17 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         if metric not in METRICS:
             raise _unknown(f"{source}: evaluate.metrics", "metric", metric, METRICS.choices())
 
+    evaluate = spec.evaluate
+    if ov.inception_weights is not None:
+        if evaluate.extractor != "inception":
+            raise SpecError(
+                f"--inception-weights: this spec evaluates with the {evaluate.extractor!r} "
+                "extractor, not 'inception'"
+            )
+        evaluate = evaluate.model_copy(update={"weights": ov.inception_weights})
+    if evaluate.weights is not None and not Path(evaluate.weights).is_file():
+        raise SpecError(f"evaluate.weights: no such file: {evaluate.weights}")
+
     names = list(spec.models)
     if ov.models:
         names = select_models(spec, ov.models, GENERATORS)
@@ -343,7 +356,7 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         )
     return RunPlan(
         benchmark=bench,
-        evaluate=spec.evaluate,
+        evaluate=evaluate,
         timing=spec.timing,
         models=models,
         source=source,

@@ -7,6 +7,7 @@ float64 sums, so results do not depend on the batch size.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -96,10 +97,14 @@ class Evaluator:
 
 
 def reference_stats(
-    extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 256
+    extractor: FeatureExtractor,
+    images: torch.Tensor | Iterable[torch.Tensor],
+    batch_size: int = 256,
 ) -> FeatureStats:
-    """Feature statistics of real ``images`` (N, C, H, W) in [-1, 1], in batches."""
+    """Feature statistics of real images in [-1, 1]: one (N, C, H, W) tensor, split into
+    ``batch_size`` chunks, or any iterable of such batches (streamed, never held at once)."""
     stats = FeatureStats(extractor.feature_dim, extractor.device)
-    for batch in images.split(batch_size):
+    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+    for batch in batches:
         stats.update(extractor(batch)[0])
     return stats

@@ -19,14 +19,8 @@ takes over a second, and listing or validating extractor names must stay fast.
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -34,6 +28,7 @@ from unittest import mock
 import torch
 from torch import nn
 
+from benchmarks.download import check_host_resolves, one_line, socket_timeout
 from benchmarks.errors import GenbenchError
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -44,52 +39,6 @@ WEIGHTS_ENV = "BENCH_INCEPTION_WEIGHTS"
 
 DOWNLOAD_TIMEOUT_S = 8.0
 """Seconds a host look-up, a connect or a single read of the download may take."""
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    """``Type: message`` of ``exc`` on one line, shortened to ``limit`` characters."""
-    # A bare URLError keeps the useful part (refused, timed out, unknown host) in ``reason``.
-    detail = exc.reason if type(exc) is urllib.error.URLError else exc
-    text = " ".join(f"{type(exc).__name__}: {detail}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Sockets created inside the block time out after ``seconds``; restored afterwards."""
-    # torch.hub's download calls urlopen without a timeout: the process-wide default is the
-    # only handle, and it bounds the connect and every read.
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _check_host_resolves(url: str, timeout_s: float) -> None:
-    """Raise ``TimeoutError`` when the host ``urlopen`` would connect to for ``url`` (the
-    proxy's, when one applies) does not resolve within ``timeout_s``."""
-    # Socket timeouts do not cover getaddrinfo, which can hang for tens of seconds when no
-    # DNS server answers. Resolve in a daemon thread and stop waiting at the deadline; the
-    # look-up's own failure (unknown host) is left for urlopen to report.
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        host = urllib.parse.urlsplit(proxy).hostname or host
-    if not host:
-        return
-
-    def look_up() -> None:
-        with suppress(OSError):
-            socket.getaddrinfo(host, None)
-
-    worker = threading.Thread(target=look_up, daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise TimeoutError(f"looking up {host} took more than {timeout_s:g} s")
 
 
 def _fid_weights_url() -> str:
@@ -152,7 +101,7 @@ class InceptionWeights:
             except Exception as exc:
                 raise GenbenchError(
                     f"Inception weights not found (looked in {cached}) and download failed "
-                    f"({_one_line(exc)}): {self.hint}"
+                    f"({one_line(exc)}): {self.hint}"
                 ) from exc
         return cached
 
@@ -173,8 +122,8 @@ class InceptionWeights:
         url = self.url if self.url is not None else _fid_weights_url()
         dst.parent.mkdir(parents=True, exist_ok=True)
         print(f'Downloading "{url}" to {dst}', file=sys.stderr)
-        with _socket_timeout(self.timeout_s):
-            _check_host_resolves(url, self.timeout_s)
+        with socket_timeout(self.timeout_s):
+            check_host_resolves(url, self.timeout_s)
             torch.hub.download_url_to_file(url, str(dst), hash_prefix=self.sha256_prefix)
 
 
@@ -211,7 +160,7 @@ def load_fid_inception(path: Path) -> FIDInception:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise GenbenchError(
-            f"cannot read Inception weights {path} ({_one_line(exc)}): {hint}"
+            f"cannot read Inception weights {path} ({one_line(exc)}): {hint}"
         ) from exc
     if not isinstance(state_dict, Mapping):
         kind = type(state_dict).__name__
@@ -228,6 +177,6 @@ def load_fid_inception(path: Path) -> FIDInception:
         except Exception as exc:
             raise GenbenchError(
                 f"Inception weights {path} do not fit pytorch-fid's FID Inception "
-                f"({_one_line(exc)}): {hint}"
+                f"({one_line(exc)}): {hint}"
             ) from exc
     return FIDInception(net).eval()

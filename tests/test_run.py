@@ -152,3 +152,32 @@ def test_smoke_dcgan_trained_fid_at_most_half_of_untrained(cli, tmp_path):
         m = json.loads((run / "dcgan" / "metrics.json").read_text())
         fid[m["train_steps"]] = m["metrics"]["fid"]["value"]
     assert fid[500] <= 0.5 * fid[0], fid
+
+
+@pytest.mark.slow
+def test_cifar10_spec_end_to_end_on_local_files(cli, tmp_path, monkeypatch):
+    """`bench run cifar10` wiring: --data-root, --inception-weights, 64 px DCGAN, Inception."""
+    from tests.test_datasets import accept_fake_md5s, write_fake_cifar
+    from tests.test_inception import random_fid_inception_state_dict
+
+    fake = write_fake_cifar(tmp_path / "data")
+    accept_fake_md5s(monkeypatch, fake)
+    weights = tmp_path / "inception.pth"
+    torch.save(random_fid_inception_state_dict(), weights)
+    out = tmp_path / "runs"
+    common = ["run", "cifar10", "--models", "gan", "--device", "cpu", "--out", str(out)]
+    common += ["--train-steps", "0", "--num-samples", "20", "--data-root", str(tmp_path / "data")]
+    missing = cli(*common, "--inception-weights", str(tmp_path / "none.pth"))
+    assert missing.code == 2 and "no such file" in missing.err and not out.exists()
+
+    result = cli(*common, "--inception-weights", str(weights))
+    assert result.code == 0, result.err
+    model = _run_dir(out) / "dcgan"
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["config"]["image_size"] == 64
+    proto = metrics["protocol"]
+    assert proto["extractor"] == "pytorch_fid_inception_v3" and proto["feature_dim"] == 2048
+    assert proto["reference"]["count"] == len(fake.labels["train"])
+    assert metrics["metrics"]["fid"]["value"] > 0
+    with Image.open(model / "samples.png") as img:
+        assert img.size[0] >= 64 * 4  # 20 images of 64 px in a grid
