@@ -95,11 +95,6 @@ def batches(
         num_workers=model.train.num_workers,
         persistent_workers=model.train.num_workers > 0,
     )
-    if len(loader) == 0:
-        raise GenbenchError(
-            f"models.{model.name}.train.batch_size={model.train.batch_size} exceeds the "
-            f"{len(dataset)} training images; lower it"  # type: ignore[arg-type]
-        )
     while True:
         for images, labels in loader:
             yield Batch(_to_size(images.to(device), size), labels.to(device))
@@ -108,7 +103,9 @@ def batches(
 # --------------------------------------------------------------------------- stages
 
 
-def build_generator(model: ResolvedModel, shape: DataShape, seed: int, device: torch.device):
+def build_generator(
+    model: ResolvedModel, shape: DataShape, seed: int, device: torch.device
+) -> Generator:
     """Instantiate the generator with seeded initialisation (and its checkpoint, if any)."""
     torch.manual_seed(seed)
     gen = GENERATORS.get(model.generator)(model.config, shape, device)
@@ -257,6 +254,12 @@ class RunInputs:
         self.dataset = get_dataset(bench.dataset)
         needs_train = any(m.train.steps for m in plan.models.values())
         self.train = self.dataset.load("train", bench.data_root) if needs_train else None
+        for model in plan.models.values():
+            if model.train.steps and model.train.batch_size > len(self.train):
+                raise GenbenchError(
+                    f"models.{model.name}.train.batch_size: {model.train.batch_size} exceeds "
+                    f"the {len(self.train)} training images of {bench.dataset}; lower it"
+                )
         if evaluate.reference == "train" and self.train is not None:
             self.reference = self.train
         else:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from benchmarks.errors import SpecError
 
 SPECS_DIR = Path(__file__).parent / "specs"
+IS_SPLITS = 10  # the Inception Score's splits (Salimans et al. 2016), fixed by the protocol
 
 
 class StrictModel(BaseModel):
@@ -346,6 +347,11 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         train = _validate(TrainSection, train_data, (*where, "train"), source)
         sample = _validate(SampleSection, sample_data, (*where, "sample"), source)
         train = _train_steps(train, dataset.info.train_size)
+        if "is" in evaluate.metrics and sample.num_samples < IS_SPLITS:
+            raise SpecError(
+                f"models.{name}.sample.num_samples: {sample.num_samples} is too few for IS "
+                f"({IS_SPLITS} splits); use at least {IS_SPLITS}"
+            )
         models[name] = ResolvedModel(
             name=name,
             generator=GENERATORS.canonical(entry.generator),

@@ -140,6 +140,17 @@ def test_missing_data_is_a_usage_error_before_anything_is_written(cli, tmp_path,
     assert not out.exists()
 
 
+def test_batch_larger_than_the_data_is_a_usage_error(cli, tiny_spec, tmp_path):
+    spec = tiny_spec(steps=2).read_text().replace("batch_size = 32", "batch_size = 5000")
+    path = tmp_path / "big.toml"
+    path.write_text(spec)
+    out = tmp_path / "runs"
+    result = cli("run", str(path), "--out", str(out))
+    assert result.code == 2
+    assert "train.batch_size: 5000 exceeds the 1437 training images" in result.err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_smoke_dcgan_trained_fid_at_most_half_of_untrained(cli, tmp_path):
     """The acceptance claim of the skeleton, on the shipped smoke settings (fewer steps)."""

@@ -120,6 +120,7 @@ def test_bad_toml_and_missing_spec(tmp_path):
         (["run", "smoke", "--device", "tpu"], "--device"),
         (["run", "smoke", "--train-steps", "-1"], "steps: Input should be greater than"),
         (["run", "nonexistent"], "valid names:"),
+        (["run", "smoke", "--num-samples", "5"], "num_samples: 5 is too few for IS"),
         (["run", "smoke", "--checkpoint", "dcgan"], "--checkpoint: expected MODEL=PATH"),
         (["run", "smoke", "--checkpoint", "dcgan=/no/file"], "no such file: /no/file"),
         (["run", "smoke", "--checkpoint", "ddx=/no/file"], "model 'ddx' is not in this run"),
