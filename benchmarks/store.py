@@ -108,7 +108,7 @@ def fingerprint(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
@@ -125,6 +125,18 @@ def fingerprint(device: torch.device) -> dict[str, Any]:
     else:
         info["device_name"] = info["cpu"]
     return info
+
+
+def _cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _nvidia_driver() -> str | None:

@@ -77,6 +77,13 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _device(env: dict[str, Any], timing: dict[str, Any]) -> str:
+    name = env.get("device_name") or timing.get("device") or "–"
+    if str(env.get("device", "")).startswith("cpu") and env.get("torch_threads"):
+        return f"{name} ({env['torch_threads']} threads)"
+    return name
+
+
 def _protocol_key(metrics: dict[str, Any]) -> str:
     return json.dumps(metrics.get("protocol", {}), sort_keys=True)
 
@@ -109,7 +116,7 @@ def render_markdown(run_dirs: list[Path]) -> str:
             (is_text + mark) if is_ else "–",
             _num(t.get("images_per_s"), 1),
             _duration(m.get("train_time_s")),
-            row["env"].get("device_name") or t.get("device", "–"),
+            _device(row["env"], t),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
