@@ -88,6 +88,24 @@ def _protocol_key(metrics: dict[str, Any]) -> str:
     return json.dumps(metrics.get("protocol", {}), sort_keys=True)
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(value: Any) -> str:
+    """Hashes shortened to 12 hex digits (enough to tell them apart in a footnote)."""
+    text = str(value)
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return text[:12]
+    return text
+
+
 def render_markdown(run_dirs: list[Path]) -> str:
     """A GitHub-flavoured table of every model in ``run_dirs``, protocols footnoted."""
     rows = load_rows(run_dirs)
@@ -122,7 +140,7 @@ def render_markdown(run_dirs: list[Path]) -> str:
     notes = []
     for key, letter in protocols.items():
         proto = json.loads(key)
-        desc = ", ".join(f"{k}={v}" for k, v in proto.items())
+        desc = ", ".join(f"{k}={_short(v)}" for k, v in _flatten(proto).items())
         notes.append(f"{'[' + letter + '] ' if marked else ''}evaluation protocol: {desc}")
     if marked:
         notes.insert(

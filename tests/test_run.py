@@ -192,3 +192,15 @@ def test_cifar10_spec_end_to_end_on_local_files(cli, tmp_path, monkeypatch):
     assert metrics["metrics"]["fid"]["value"] > 0
     with Image.open(model / "samples.png") as img:
         assert img.size[0] >= 64 * 4  # 20 images of 64 px in a grid
+
+
+def test_report_marks_values_from_different_protocols(cli, tiny_spec, tmp_path):
+    out = tmp_path / "runs"
+    spec = str(tiny_spec(steps=0, num_samples=64))
+    assert cli("run", spec, "--out", str(out)).code == 0
+    assert cli("run", spec, "--out", str(out), "--num-samples", "80").code == 0
+    report = cli("report", *map(str, sorted(out.iterdir()))).out
+    rows = [line for line in report.splitlines() if line.startswith("| tiny-")]
+    assert {"[a]" in rows[0] or "[a]" in rows[1], "[b]" in rows[0] or "[b]" in rows[1]} == {True}
+    assert "different evaluation protocols" in report
+    assert "num_samples=64" in report and "num_samples=80" in report
