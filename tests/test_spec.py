@@ -83,6 +83,7 @@ generator = "dcgan"
         ("[models.b]\ngenerator = 'vae'\n", "models.b.generator: unknown generator 'vae'; valid"),
         ("[evaluate]\nmetrics = ['fid', 'lpips']\n", "unknown metric 'lpips'; valid choices:"),
         ("[models.gan.train]\nbatch = 3\n", "models.gan.train.batch: unknown key; valid keys:"),
+        ("[models.c]\ngenerator = 'gan'\ncheckpoint = 'x.st'\n", "models.c.checkpoint: no such"),
     ],
 )
 def test_spec_errors_name_the_field(tmp_path, extra, expected):
