@@ -50,7 +50,7 @@ def test_registry_lists_digits_and_extractor_protocol(extractor: FeatureExtracto
     assert extractor.id == "digits_cnn"
     assert extractor.weights_sha256 == DIGITS_WEIGHTS_SHA256
     assert (extractor.feature_dim, extractor.num_classes, extractor.input_size) == (64, 10, 16)
-    assert extractor.resize == "bilinear"
+    assert extractor.resize == "bilinear_antialias"
     assert not extractor.training
     assert not any(p.requires_grad for p in extractor.parameters())
 
@@ -239,7 +239,7 @@ def test_evaluator_reference_forms_and_protocol(
     assert by_stats.protocol() == {
         "extractor": "digits_cnn",
         "weights_sha256": DIGITS_WEIGHTS_SHA256,
-        "resize": "bilinear",
+        "resize": "bilinear_antialias",
         "input_size": 16,
         "dtype": "float32",
         "feature_dim": 64,
