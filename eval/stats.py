@@ -7,14 +7,13 @@ feature is kept. ``to_npz`` writes the pytorch-fid statistics format (``mu``, ``
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.errors import GenbenchError
+from benchmarks.store import write_with_atomic
 
 
 class FeatureStats:
@@ -86,21 +85,14 @@ class FeatureStats:
 
 
 def save_npz(path: Path, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write ``mu`` and ``sigma`` to ``path`` via a ``.partial`` temp file in the same
-    directory and ``os.replace``, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    try:
+    """Write ``mu`` and ``sigma`` to ``path`` (pytorch-fid's format), atomically."""
+
+    def write(tmp: Path) -> None:
         # A file object, not a name: np.savez would append ".npz" to the temp name.
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with open(tmp, "wb") as fh:
+            np.savez(fh, mu=mu, sigma=sigma)
+
+    write_with_atomic(Path(path), write)
 
 
 class LogitStore:

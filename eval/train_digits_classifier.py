@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from benchmarks.datasets import Digits
+from benchmarks.store import write_with_atomic
 from eval.digits_net import DIGITS_WEIGHTS, DigitsNet
 
 SEED = 0
@@ -71,10 +71,8 @@ def train(epochs: int = EPOCHS, seed: int = SEED) -> DigitsNet:
 
 def save_weights(net: DigitsNet, path: Path) -> str:
     """Write ``net``'s weights to ``path`` as safetensors (atomically); returns their sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    write_with_atomic(path, lambda tmp: save_file(state, str(tmp)))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
