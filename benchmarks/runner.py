@@ -33,6 +33,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from benchmarks import store
 from benchmarks.datasets import get_dataset
+from benchmarks.ema import EMA, ema_beta
 from benchmarks.errors import CheckpointError, GenbenchError
 from benchmarks.spec import ResolvedModel, RunPlan
 from benchmarks.timing import time_sampling
@@ -117,15 +118,31 @@ def build_generator(
 def train(
     gen: Generator, data: Iterator[Batch], model: ResolvedModel, log_path: Path
 ) -> dict[str, Any]:
-    """Run ``model.train.steps`` updates with a progress bar and a JSONL log."""
+    """Run ``model.train.steps`` updates with a progress bar and a JSONL log.
+
+    With an EMA configured, the sampling networks hold the averaged weights afterwards.
+    """
     steps, every = model.train.steps or 0, model.train.log_every
     sums: dict[str, float] = {}
+    cfg = model.train
+    mods = gen.modules()
+    ema = EMA({n: mods[n] for n in gen.sampling_modules()}) if cfg.ema else None
     gen.train()
     t0 = last = time.perf_counter()
     with _progress() as bar:
         task = bar.add_task(f"train {model.name}", total=steps, status="")
         for step in range(1, steps + 1):
             losses = gen.train_step(next(data))
+            if ema is not None:
+                ema.update(
+                    ema_beta(
+                        batch_size=cfg.batch_size,
+                        step=step,
+                        decay=cfg.ema_decay,
+                        halflife_kimg=cfg.ema_halflife_kimg,
+                        rampup_ratio=cfg.ema_rampup_ratio,
+                    )
+                )
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % every == 0 or step == steps:
@@ -139,7 +156,13 @@ def train(
                 bar.update(task, status=status)
                 sums, last = {}, now
             bar.advance(task)
-    return {"train_steps": steps, "train_time_s": time.perf_counter() - t0}
+    if ema is not None:  # sample (and checkpoint) with the averaged weights from here on
+        ema.copy_to_modules()
+    return {
+        "train_steps": steps,
+        "train_time_s": time.perf_counter() - t0,
+        "ema": cfg.ema_decay or (f"halflife {cfg.ema_halflife_kimg} kimg" if cfg.ema else None),
+    }
 
 
 def save_checkpoint(gen: Generator, path: Path, model: ResolvedModel, steps: int) -> None:
@@ -305,7 +328,7 @@ def run_model(
         plan.benchmark.seed,
         device,
     )
-    train_info = {"train_steps": 0, "train_time_s": 0.0}
+    train_info = {"train_steps": 0, "train_time_s": 0.0, "ema": None}
     if model.train.steps:
         data = batches(inputs.train, model, plan.benchmark.seed, gen.image_size, device)
         train_info = train(gen, data, model, out / "train_log.jsonl")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from benchmarks.errors import SpecError
 
@@ -43,6 +43,28 @@ class TrainSection(StrictModel):
     batch_size: int = Field(64, ge=1)
     log_every: int = Field(50, ge=1, description="steps between training-log lines")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="EMA of the sampling networks: fixed decay per update"
+    )
+    ema_halflife_kimg: float | None = Field(
+        None, gt=0, description="EMA half-life in thousands of training images (EDM)"
+    )
+    ema_rampup_ratio: float | None = Field(
+        None, gt=0, description="cap the EMA half-life at this fraction of images seen (EDM)"
+    )
+
+    @model_validator(mode="after")
+    def _one_ema(self) -> TrainSection:
+        if self.ema_decay is not None and self.ema_halflife_kimg is not None:
+            raise ValueError("give ema_decay or ema_halflife_kimg, not both")
+        if self.ema_rampup_ratio is not None and self.ema_halflife_kimg is None:
+            raise ValueError("ema_rampup_ratio needs ema_halflife_kimg")
+        return self
+
+    @property
+    def ema(self) -> bool:
+        """Whether sampling uses an EMA of the weights."""
+        return self.ema_decay is not None or self.ema_halflife_kimg is not None
 
 
 class SampleSection(StrictModel):

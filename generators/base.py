@@ -8,8 +8,9 @@ The harness owns everything around it: data, the loop, checkpoints, timing, eval
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -41,6 +42,21 @@ class Batch:
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def split(self, parts: int) -> list[Batch]:
+        """``parts`` micro-batches for gradient accumulation (sizes differ by at most one).
+
+        Weight each micro-batch's loss by ``len(micro) / len(batch)`` so the accumulated
+        gradient equals the full batch's.
+        """
+        if not 1 <= parts <= len(self):
+            raise ValueError(f"cannot split a batch of {len(self)} into {parts} micro-batches")
+        images = self.images.tensor_split(parts)
+        labels = self.labels.tensor_split(parts) if self.labels is not None else [None] * parts
+        return [Batch(x, y) for x, y in zip(images, labels, strict=True)]
 
 
 class Generator(ABC):
@@ -79,6 +95,11 @@ class Generator(ABC):
     def modules(self) -> dict[str, nn.Module]:
         """The networks, by name; checkpoints and parameter counts are built from these."""
 
+    def bits_per_dim(self, batch: Batch) -> torch.Tensor | None:
+        """Per-image upper bound on the negative log-likelihood of ``batch`` in bits per
+        dimension (likelihood models such as DDPM's VLB); None when the model has none."""
+        return None
+
     def sampling_modules(self) -> list[str]:
         """Names of the networks used at sampling time (counted as the model's parameters)."""
         return list(self.modules())
@@ -114,6 +135,22 @@ class Generator(ABC):
 
     def eval(self) -> None:
         self.train(False)
+
+
+@contextlib.contextmanager
+def gradient_sync(modules: Sequence[nn.Module], sync: bool) -> Iterator[None]:
+    """Run a backward pass with (``sync``) or without DDP's gradient all-reduce.
+
+    Accumulating micro-batches call this with ``sync=False`` for all but the last one, so
+    a DDP-wrapped network all-reduces once per optimiser update. Plain modules ignore it.
+    """
+    with contextlib.ExitStack() as stack:
+        if not sync:
+            for mod in modules:
+                no_sync = getattr(mod, "no_sync", None)
+                if no_sync is not None:
+                    stack.enter_context(no_sync())
+        yield
 
 
 GENERATORS: Registry[type[Generator]] = Registry("generator", base=Generator)

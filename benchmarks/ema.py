@@ -1,0 +1,59 @@
+"""Exponential moving average of a generator's sampling networks (owned by the harness).
+
+Two ways to give the decay, as the papers do: a fixed per-step ``decay`` (DDPM, DDGAN,
+v-diffusion: 0.9999), or a half-life in thousands of training images (EDM: 500 kimg, with
+an optional ramp-up that caps the half-life at ``rampup_ratio`` x images seen so far).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def ema_beta(
+    *,
+    batch_size: int,
+    step: int,
+    decay: float | None = None,
+    halflife_kimg: float | None = None,
+    rampup_ratio: float | None = None,
+) -> float:
+    """Weight of the old average after update number ``step`` (1-based) of ``batch_size``."""
+    if decay is not None:
+        return decay
+    if halflife_kimg is None:
+        raise ValueError("give decay or halflife_kimg")
+    halflife = halflife_kimg * 1000.0
+    if rampup_ratio is not None:
+        halflife = min(halflife, step * batch_size * rampup_ratio)
+    # Karras et al. 2022, training_loop: beta = 0.5 ** (batch / half-life in images).
+    return 0.5 ** (batch_size / max(halflife, 1e-8))
+
+
+class EMA:
+    """Shadow copies of the floating-point parameters of ``modules``; buffers are copied."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.shadow = {
+            name: {k: v.detach().clone() for k, v in mod.state_dict().items()}
+            for name, mod in modules.items()
+        }
+
+    @torch.no_grad()
+    def update(self, beta: float) -> None:
+        """shadow <- beta * shadow + (1 - beta) * current (integer buffers: current)."""
+        for name, mod in self.modules.items():
+            shadow = self.shadow[name]
+            for key, value in mod.state_dict().items():
+                if value.is_floating_point():
+                    shadow[key].lerp_(value.detach(), 1.0 - beta)
+                else:
+                    shadow[key].copy_(value)
+
+    @torch.no_grad()
+    def copy_to_modules(self) -> None:
+        """Load the averaged weights into the live networks (used for sampling from then on)."""
+        for name, mod in self.modules.items():
+            mod.load_state_dict(self.shadow[name], strict=True)

@@ -1,0 +1,79 @@
+"""The shared diffusion backbone: ``diffusers.UNet2DModel`` built from paper-style settings.
+
+DDPM, EDM and VDPM describe their networks as base channels, channel multipliers, res blocks
+per level and the resolutions that get self-attention; this maps those onto diffusers'
+block lists so every generator builds its UNet the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers import UNet2DModel
+
+
+def build_unet(
+    *,
+    image_size: int,
+    in_channels: int,
+    out_channels: int,
+    channels: int,
+    channel_mult: Sequence[int],
+    num_res_blocks: int,
+    attn_resolutions: Sequence[int] = (),
+    dropout: float = 0.0,
+    num_class_embeds: int = 0,
+    norm_groups: int = 32,
+    attention_head_dim: int | None = None,
+    scale_shift_norm: bool = False,
+    resblock_resample: bool = False,
+    flip_sin_to_cos: bool = False,
+    freq_shift: int = 1,
+) -> UNet2DModel:
+    """A UNet with one level per entry of ``channel_mult`` (the first at ``image_size``).
+
+    ``attn_resolutions`` lists feature-map sizes (e.g. 16 for 16x16) that get attention;
+    ``num_class_embeds`` > 0 adds a learned class embedding to the time embedding (give one
+    extra class for the "no label" of classifier-free guidance). ``attention_head_dim=None``
+    means one head per block, as in Ho et al. 2020.
+    """
+    levels = len(channel_mult)
+    if image_size % (2 ** (levels - 1)):
+        raise ValueError(f"image_size {image_size} is not divisible by 2^{levels - 1}")
+    widths = tuple(channels * m for m in channel_mult)
+    if any(w % norm_groups for w in widths):
+        raise ValueError(f"every level's channels {widths} must divide by norm_groups")
+    sizes = [image_size // 2**i for i in range(levels)]
+    attn = set(attn_resolutions)
+    unknown = attn - set(sizes)
+    if unknown:
+        raise ValueError(f"attn_resolutions {sorted(unknown)} are not among the levels {sizes}")
+    down = tuple("AttnDownBlock2D" if s in attn else "DownBlock2D" for s in sizes)
+    up = tuple("AttnUpBlock2D" if s in attn else "UpBlock2D" for s in reversed(sizes))
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        block_out_channels=widths,
+        layers_per_block=num_res_blocks,
+        down_block_types=down,
+        up_block_types=up,
+        dropout=dropout,
+        norm_num_groups=norm_groups,
+        attention_head_dim=attention_head_dim,
+        resnet_time_scale_shift="scale_shift" if scale_shift_norm else "default",
+        downsample_type="resnet" if resblock_resample else "conv",
+        upsample_type="resnet" if resblock_resample else "conv",
+        num_class_embeds=num_class_embeds or None,
+        flip_sin_to_cos=flip_sin_to_cos,
+        freq_shift=freq_shift,
+    )
+
+
+def unet_apply(
+    net: UNet2DModel, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``net``'s output for inputs ``x`` at (float, per-sample) times ``t`` and class labels."""
+    t = t.expand(x.shape[0]) if t.dim() == 0 else t
+    return net(x, t, class_labels=labels, return_dict=False)[0]

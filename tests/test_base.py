@@ -1,0 +1,105 @@
+"""Shared generator helpers: micro-batches, gradient sync and the diffusers UNet builder."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from generators import Batch
+from generators.base import gradient_sync
+from generators.unet import build_unet, unet_apply
+
+
+def test_batch_split_covers_the_batch_in_order():
+    images = torch.arange(10.0).view(10, 1, 1, 1)
+    batch = Batch(images, torch.arange(10))
+    parts = batch.split(3)
+    assert [len(p) for p in parts] == [4, 3, 3]
+    torch.testing.assert_close(torch.cat([p.images for p in parts]), images)
+    torch.testing.assert_close(torch.cat([p.labels for p in parts]), torch.arange(10))
+    assert Batch(images).split(2)[1].labels is None
+    with pytest.raises(ValueError, match="micro-batches"):
+        batch.split(11)
+
+
+class _FakeDDP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = 0
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.entered += 1
+        yield
+
+
+def test_gradient_sync_skips_all_reduce_except_when_syncing():
+    ddp, plain = _FakeDDP(), nn.Linear(1, 1)
+    with gradient_sync([ddp, plain], sync=False):
+        pass
+    with gradient_sync([ddp, plain], sync=True):
+        pass
+    assert ddp.entered == 1
+
+
+def test_ddpm_cifar10_unet_has_the_published_size():
+    net = build_unet(
+        image_size=32,
+        in_channels=3,
+        out_channels=3,
+        channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        dropout=0.1,
+    )
+    # Ho et al. 2020 report 35.7M parameters for their CIFAR-10 model.
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(35.7e6, rel=0.005)
+    kinds = [type(b).__name__ for b in net.down_blocks]
+    assert kinds == ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"]
+
+
+def test_unet_apply_shapes_and_class_embedding():
+    torch.manual_seed(0)
+    net = build_unet(
+        image_size=8,
+        in_channels=1,
+        out_channels=2,
+        channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        norm_groups=4,
+        num_class_embeds=3,
+    )
+    x = torch.randn(2, 1, 8, 8)
+    a = unet_apply(net, x, torch.tensor(5.0), torch.tensor([0, 0]))
+    b = unet_apply(net, x, torch.tensor([5.0, 5.0]), torch.tensor([0, 2]))
+    assert a.shape == (2, 2, 8, 8)
+    torch.testing.assert_close(a[0], b[0])
+    assert not torch.allclose(a[1], b[1]), "the class label must change the output"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_size": 10, "channel_mult": (1, 2, 2)}, "divisible"),
+        ({"attn_resolutions": (5,)}, "not among"),
+        ({"norm_groups": 3}, "norm_groups"),
+    ],
+)
+def test_unet_builder_rejects_impossible_layouts(kwargs, match):
+    args = dict(
+        image_size=8,
+        in_channels=1,
+        out_channels=1,
+        channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        norm_groups=4,
+    )
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        build_unet(**args)
