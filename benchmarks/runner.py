@@ -241,6 +241,33 @@ def sample_and_evaluate(
     return {"seconds": elapsed, "seeds": f"{seeds[0]}-{seeds[-1]}"}
 
 
+def has_likelihood(generator: str) -> bool:
+    """Whether the registered generator overrides ``bits_per_dim``."""
+    return GENERATORS.get(generator).bits_per_dim is not Generator.bits_per_dim
+
+
+@torch.no_grad()
+def bits_per_dim(
+    gen: Generator, images: TorchDataset, count: int, batch_size: int
+) -> dict[str, Any]:
+    """Mean (and standard error) of the model's bits/dim bound over the first ``count``
+    images of ``images`` (the test split), with a progress bar."""
+    count = min(count, len(images))
+    loader = DataLoader(torch.utils.data.Subset(images, range(count)), batch_size=batch_size)
+    values: list[torch.Tensor] = []
+    gen.eval()
+    with _progress() as bar:
+        task = bar.add_task("bits/dim (test)", total=count, status="")
+        for x, y in loader:
+            x = _to_size(x.to(gen.device), gen.image_size)
+            labels = y.to(gen.device) if gen.conditional else None
+            values.append(gen.bits_per_dim(Batch(x, labels)).double().cpu())
+            bar.advance(task, len(x))
+    v = torch.cat(values)
+    std_err = float(v.std() / len(v) ** 0.5) if len(v) > 1 else float("nan")
+    return {"value": float(v.mean()), "std_err": std_err, "num_images": len(v), "split": "test"}
+
+
 def measure_speed(gen: Generator, model: ResolvedModel, plan: RunPlan) -> dict[str, Any]:
     timing = plan.timing
     seeds = list(range(timing.batch_size))
@@ -287,6 +314,10 @@ class RunInputs:
             self.reference = self.train
         else:
             self.reference = self.dataset.load(evaluate.reference, bench.data_root)
+        needs_test = evaluate.bpd_images > 0 and any(
+            has_likelihood(m.generator) for m in plan.models.values()
+        )
+        self.test = self.dataset.load("test", bench.data_root) if needs_test else None
         self.extractor = load_extractor(evaluate.extractor, device, evaluate.weights)
         self.batch_size = evaluate.batch_size
 
@@ -336,6 +367,11 @@ def run_model(
 
     evaluator = Evaluator(inputs.extractor, inputs.stats, plan.evaluate.metrics)
     sampled = sample_and_evaluate(gen, model, evaluator, out / "samples.png")
+    extra = {}
+    if inputs.test is not None and has_likelihood(model.generator):
+        extra["bits_per_dim"] = bits_per_dim(
+            gen, inputs.test, plan.evaluate.bpd_images, plan.evaluate.batch_size
+        )
     timing = measure_speed(gen, model, plan)
     store.write_json_atomic(out / "timing.json", timing)
     metrics = {
@@ -355,6 +391,7 @@ def run_model(
             "seconds": sampled["seconds"],
         },
         "metrics": evaluator.compute(),
+        "extra": extra,
         "protocol": {
             **evaluator.protocol(),
             "seeds": sampled["seeds"],

@@ -82,6 +82,9 @@ class EvaluateSection(StrictModel):
     metrics: list[str] = Field(default_factory=lambda: ["fid", "is"])
     reference: Literal["train", "test"] = Field("train", description="split of real images")
     batch_size: int = Field(250, ge=1)
+    bpd_images: int = Field(
+        1000, ge=0, description="test images for bits/dim of likelihood models (0 = off)"
+    )
 
 
 class TimingSection(StrictModel):
