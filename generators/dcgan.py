@@ -174,5 +174,5 @@ class DCGAN(Generator):
         finally:
             self.G.train(was_training)
 
-    def nfe(self, steps: int | str | None = None) -> int:
+    def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
         return 1

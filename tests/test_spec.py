@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.errors import SpecError
 from benchmarks.spec import Overrides, available_specs, load_spec, resolve
+from generators import GENERATORS
 
 
 def _plan(name: str, **ov):
@@ -48,7 +49,10 @@ def test_resolved_spec_round_trips(tmp_path: Path):
     assert data["benchmark"]["seed"] == 7
     for model in data["models"].values():
         assert model["train"]["steps"] == 3 and model["sample"]["num_samples"] == 50
-        assert "nz" in model["config"]  # defaults are filled in
+        # Defaults are filled in: every field of the generator's Config that has a value.
+        config = GENERATORS.get(model["generator"]).Config(**model["config"])
+        assert model["config"] == config.model_dump(mode="json", exclude_none=True)
+        assert len(model["config"]) >= 3
 
 
 def test_models_alias_and_selection():
