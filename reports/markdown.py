@@ -1,151 +1,100 @@
-"""Markdown comparison tables, read from run directories (never from live objects)."""
+"""GitHub-flavoured markdown report: the comparison tables and the notes needed to read them.
+
+Plots and sample grids live in the HTML report; the markdown one is for terminals, pull
+requests and papers, so it is text only.
+"""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-from typing import Any
 
-from benchmarks.errors import GenbenchError
+from reports.tables import Cell, Report, Table, run_summary
 
-COLUMNS = [
-    "run",
-    "model",
-    "generator",
-    "train steps",
-    "parameters",
-    "NFE",
-    "FID",
-    "IS",
-    "images/s",
-    "train time",
-    "device",
-]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GenbenchError(f"{path}: cannot read ({exc})") from None
+READING_GUIDE = (
+    "Each row is one model of one run. FID and KID compare generated images with real "
+    "ones in the feature space of the evaluation network (lower is better); IS, precision "
+    "and recall: higher is better. NFE is the number of network evaluations per generated "
+    "image; images/s and s per 50k measure sampling speed, train time the training cost. "
+    "Values are comparable only under the same evaluation protocol and timing setup: the "
+    "notes below the table say which protocol each value was measured under."
+)
+DIGITS_NOTE = (
+    "The digits data set is evaluated with genbench's small digits classifier, so these "
+    "FID/IS values are only comparable with other digits runs, never with published "
+    "CIFAR-10 figures."
+)
 
 
-def load_rows(run_dirs: list[Path]) -> list[dict[str, Any]]:
-    """One record per completed model in the given run directories."""
-    rows = []
-    for run_dir in run_dirs:
-        run_dir = Path(run_dir)
-        if not (run_dir / "run.json").is_file():
-            raise GenbenchError(f"{run_dir}: not a genbench run directory (no run.json)")
-        env = (
-            _read_json(run_dir / "environment.json")
-            if (run_dir / "environment.json").is_file()
-            else {}
-        )
-        for metrics_path in sorted(run_dir.glob("*/metrics.json")):
-            metrics = _read_json(metrics_path)
-            timing_path = metrics_path.with_name("timing.json")
-            timing = _read_json(timing_path) if timing_path.is_file() else {}
-            rows.append({"run": run_dir.name, "env": env, "metrics": metrics, "timing": timing})
-    return rows
+def escape(text: str) -> str:
+    """Keep a cell inside its table cell and free of raw HTML (GitHub renders inline HTML)."""
+    return (
+        text.replace("\\", "\\\\")
+        .replace("|", "\\|")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
 
 
-def _num(value: float | None, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:,.{digits}f}"
+def _cell(cell: Cell) -> str:
+    return escape(cell.text) + "".join(f" [{escape(m)}]" for m in cell.marks)
 
 
-def _count(n: int | None) -> str:
-    if n is None:
-        return "–"
-    if n >= 1_000_000:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1_000:
-        return f"{n / 1e3:.1f}k"
-    return str(n)
+def table_markdown(table: Table) -> str:
+    """The table and its notes (a bullet list under it)."""
+    lines = [
+        "| " + " | ".join(escape(c.header) for c in table.columns) + " |",
+        "|" + "|".join("---:" if c.numeric else "---" for c in table.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.rows]
+    if table.notes:
+        lines.append("")
+        lines += [f"- {escape(note)}" for note in table.notes]
+    return "\n".join(lines)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _device(env: dict[str, Any], timing: dict[str, Any]) -> str:
-    name = env.get("device_name") or timing.get("device") or "–"
-    if str(env.get("device", "")).startswith("cpu") and env.get("torch_threads"):
-        return f"{name} ({env['torch_threads']} threads)"
-    return name
-
-
-def _protocol_key(metrics: dict[str, Any]) -> str:
-    return json.dumps(metrics.get("protocol", {}), sort_keys=True)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+def markdown_report(report: Report, html_name: str | None = "report.html") -> str:
+    """The whole markdown report."""
+    inputs = report.inputs
+    parts = ["# genbench report", ""]
+    sources = f"{len(inputs.runs)} run(s)"
+    if inputs.speed:
+        sources += f" and {len(inputs.speed)} speed measurement(s)"
+    parts.append(f"Generated {report.generated} from {sources}.")
+    parts.append("")
+    parts += [f"- {escape(run_summary(run))}" for run in inputs.runs]
+    parts += [f"- {escape(s.speed_id)}: `bench speed` results" for s in inputs.speed]
+    if inputs.runs:
+        parts += ["", "## Results", "", READING_GUIDE]
+        if any(m.metrics.get("dataset") == "digits" for m in inputs.models):
+            parts += ["", DIGITS_NOTE]
+        parts.append("")
+        if inputs.models:
+            parts.append(table_markdown(report.results))
         else:
-            out[f"{prefix}{k}"] = v
-    return out
+            parts.append("_No model of these runs has finished yet._")
+    if report.repeats is not None:
+        parts += ["", "## Repeated runs", "", table_markdown(report.repeats)]
+    if inputs.runs:
+        parts += ["", "## Published figures (reported by their authors, not measured here)", ""]
+        if report.published is not None:
+            parts.append(table_markdown(report.published))
+        if report.published_note:
+            parts += ["", escape(report.published_note)]
+    if report.speed is not None:
+        parts += ["", "## Sampling speed (`bench speed`)", "", table_markdown(report.speed)]
+    where = html_name or "`bench report --format html --out DIR` (HTML report)"
+    parts += [
+        "",
+        "Plots (FID against sampling time with its Pareto front, FID against NFE, "
+        f"throughput, training losses, speed history) and sample grids: {where}.",
+    ]
+    return "\n".join(parts).replace("\n\n\n", "\n\n") + "\n"
 
 
-def _short(value: Any) -> str:
-    """Hashes shortened to 12 hex digits (enough to tell them apart in a footnote)."""
-    text = str(value)
-    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
-        return text[:12]
-    return text
+def render_markdown(paths: list[Path], history: Path | None = None) -> str:
+    """The markdown report of the given run and speed directories."""
+    from reports.report import load_report
 
-
-def render_markdown(run_dirs: list[Path]) -> str:
-    """A GitHub-flavoured table of every model in ``run_dirs``, protocols footnoted."""
-    rows = load_rows(run_dirs)
-    if not rows:
-        return "_no completed models in the given runs_\n"
-    protocols: dict[str, str] = {}
-    for row in rows:
-        protocols.setdefault(_protocol_key(row["metrics"]), chr(ord("a") + len(protocols)))
-    marked = len(protocols) > 1
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for row in rows:
-        m, t = row["metrics"], row["timing"]
-        values = m.get("metrics", {})
-        fid = values.get("fid", {}).get("value")
-        is_ = values.get("is", {})
-        mark = f" [{protocols[_protocol_key(m)]}]" if marked else ""
-        is_text = _num(is_.get("value")) + (f" ± {_num(is_['std'])}" if "std" in is_ else "")
-        cells = [
-            row["run"],
-            m.get("model", "–"),
-            m.get("generator", "–"),
-            str(m.get("train_steps", "–")),
-            _count(m.get("parameters")),
-            str(m.get("nfe", "–")),
-            _num(fid) + mark,
-            (is_text + mark) if is_ else "–",
-            _num(t.get("images_per_s"), 1),
-            _duration(m.get("train_time_s")),
-            _device(row["env"], t),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = []
-    for key, letter in protocols.items():
-        proto = json.loads(key)
-        desc = ", ".join(f"{k}={_short(v)}" for k, v in _flatten(proto).items())
-        notes.append(f"{'[' + letter + '] ' if marked else ''}evaluation protocol: {desc}")
-    if marked:
-        notes.insert(
-            0,
-            "Values marked with different letters were measured under different "
-            "evaluation protocols and are not directly comparable.",
-        )
-    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+    return markdown_report(load_report(paths, history))

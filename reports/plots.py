@@ -1,0 +1,407 @@
+"""Report figures as PNG bytes (matplotlib's object API on the Agg canvas, no pyplot state).
+
+Readable in print and on screen: the Okabe-Ito colour-blind-safe palette, and every series
+also differs by marker or line style and is labelled, so nothing depends on colour alone.
+Values from different evaluation protocols or timing setups are drawn as separate groups
+(their own marker and legend entry), and a Pareto front is computed within a group only.
+matplotlib is imported lazily: ``bench report`` and ``bench run`` pay for it only here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from reports import fmt
+from reports.load import ModelResult
+from reports.published import matched
+from reports.tables import Report, protocol_setting, speed_setting, timing_setting
+
+# Okabe & Ito (2008), "Color Universal Design": distinguishable with any colour vision.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", "-.", ":"]
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.facecolor": "white",
+    "figure.facecolor": "white",
+}
+DPI = 144
+
+
+@dataclass
+class Plot:
+    """One figure: what it shows, how to read it, and the PNG."""
+
+    key: str
+    title: str
+    caption: str
+    png: bytes
+    wide: bool = False  # spans the page (small multiples)
+
+
+@dataclass
+class Missing:
+    """A figure that could not be drawn, and what would make it appear."""
+
+    key: str
+    title: str
+    reason: str
+
+
+def tex_safe(text: Any) -> str:
+    """Labels are user text: ``$`` would start matplotlib mathtext (and can fail to parse)."""
+    return str(text).replace("$", r"\$")
+
+
+def _render(draw: Callable[[Any], None], size: tuple[float, float] = (6.4, 4.0)) -> bytes:
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        draw(fig)
+        buf = io.BytesIO()
+        # No "Software" text chunk: the PNG then depends only on what it shows.
+        fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _style_for(index: int) -> dict[str, Any]:
+    return {
+        "color": PALETTE[index % len(PALETTE)],
+        "marker": MARKERS[index % len(MARKERS)],
+        "linestyle": LINESTYLES[(index // len(PALETTE)) % len(LINESTYLES)],
+    }
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten on both axes (lower x and lower y are better), sorted by x."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            if front and front[-1][0] == x:  # same cost, better quality: replace
+                front[-1] = (x, y)
+            else:
+                front.append((x, y))
+    return front
+
+
+def _groups(report: Report) -> list[str]:
+    """Per model, the group it may be compared within: protocol mark + timing mark."""
+    out = []
+    for m in report.inputs.models:
+        p = report.protocols.label(protocol_setting(m)) if report.protocols.several else ""
+        t = report.timings.label(timing_setting(m)) if report.timings.several else ""
+        out.append(" ".join(f"[{x}]" for x in (p, t) if x))
+    return out
+
+
+def _quality_points(
+    report: Report, x_of: Callable[[ModelResult], Any]
+) -> list[tuple[str, str, float, float]]:
+    groups = _groups(report)
+    points = []
+    for m, label, group in zip(report.inputs.models, report.labels, groups, strict=True):
+        x, y = fmt.number(x_of(m)), fmt.number(m.metric("fid").get("value"))
+        if x is not None and y is not None and x > 0:
+            points.append((label, group, x, y))
+    return points
+
+
+def _annotate(ax: Any, label: str, x: float, y: float) -> None:
+    ax.annotate(tex_safe(label), (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+
+
+def _scatter_by_group(ax: Any, points: list[tuple[str, str, float, float]]) -> list[str]:
+    groups = list(dict.fromkeys(g for _, g, _, _ in points))
+    for gi, group in enumerate(groups):
+        style = _style_for(gi)
+        pts = [(label, x, y) for label, g, x, y in points if g == group]
+        ax.plot(
+            [x for _, x, _ in pts],
+            [y for _, _, y in pts],
+            linestyle="none",
+            marker=style["marker"],
+            color=style["color"],
+            markersize=7,
+            label=tex_safe(f"measured {group}".strip()),
+        )
+        for label, x, y in pts:
+            _annotate(ax, label, x, y)
+    return groups
+
+
+def switched_on(value: Any) -> bool:
+    """Speed options are booleans or mode names; "none" / "off" / "" mean not used."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "none", "off", "false", "no")
+    return bool(value)
+
+
+def speed_options(record: dict[str, Any]) -> list[str]:
+    """The settings that distinguish one speed series from another, for labels."""
+    opts = [str(record["precision"])] if record.get("precision") else []
+    compile_mode = record.get("compile")
+    if switched_on(compile_mode):
+        opts.append("compile" if compile_mode is True else f"compile={compile_mode}")
+    opts += [k for k in ("channels_last", "cuda_graphs") if switched_on(record.get(k))]
+    return opts
+
+
+def fid_vs_time(report: Report) -> Plot | Missing:
+    """FID against seconds per 50k images, log x, Pareto front per comparable group."""
+    title = "FID against sampling time"
+    points = _quality_points(report, lambda m: m.timing.get("s_per_50k"))
+    if not points:
+        return Missing("fid_time", title, "no model has both an FID and a sampling time")
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        groups = _scatter_by_group(ax, points)
+        for gi, group in enumerate(groups):
+            front = pareto_front([(x, y) for _, g, x, y in points if g == group])
+            ax.step(
+                [x for x, _ in front],
+                [y for _, y in front],
+                where="post",
+                color="0.3",
+                linestyle=LINESTYLES[(gi + 1) % len(LINESTYLES)],
+                linewidth=1.2,
+                label=tex_safe(f"Pareto front {group}".strip()),
+            )
+            ax.plot(
+                [x for x, _ in front],
+                [y for _, y in front],
+                linestyle="none",
+                marker="o",
+                markersize=13,
+                markerfacecolor="none",
+                markeredgecolor="0.2",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds to sample 50,000 images (log scale; lower is better)")
+        ax.set_ylabel("FID (lower is better)")
+        ax.set_title(title)
+        ax.legend(loc="best")
+
+    caption = (
+        "Each point is one model. The Pareto front (ringed points, stepped line) holds the "
+        "models that no other model beats on both FID and sampling time. Points with "
+        "different marks were measured under different protocols or timing setups and get "
+        "their own front."
+    )
+    return Plot("fid_time", title, caption, _render(draw))
+
+
+def fid_vs_nfe(report: Report) -> Plot | Missing:
+    """FID against network evaluations per image; matching published figures as hollow."""
+    title = "FID against network evaluations per image (NFE)"
+    points = _quality_points(report, lambda m: m.metrics.get("nfe"))
+    published = [
+        f for f in matched(report.published_figures, report.inputs.models) if f.nfe is not None
+    ]
+    if not points:
+        return Missing("fid_nfe", title, "no model has both an FID and an NFE")
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        _scatter_by_group(ax, points)
+        if published:
+            xs = [f.nfe for f in published]
+            ys = [f.fid[0] if isinstance(f.fid, tuple) else f.fid for f in published]
+            ax.plot(
+                xs,
+                ys,
+                linestyle="none",
+                marker="D",
+                markersize=7,
+                markerfacecolor="none",
+                markeredgecolor="black",
+                label="published (not measured here)",
+            )
+            for f, x, y in zip(published, xs, ys, strict=True):
+                _annotate(ax, f"{f.model} (published)", x, y)
+        nfes = [x for _, _, x, _ in points] + [f.nfe for f in published]
+        if max(nfes) / min(nfes) > 20:
+            ax.set_xscale("log")
+        distinct = sorted(set(nfes))
+        if len(distinct) <= 8:  # label the NFEs that occur, not arbitrary fractions
+            ax.set_xticks(distinct, [f"{n:g}" for n in distinct])
+            ax.minorticks_off()
+        ax.set_xlabel("NFE per image" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+        ax.set_ylabel("FID (lower is better)")
+        ax.set_title(title)
+        ax.legend(loc="best")
+
+    caption = (
+        "Sampling cost in network evaluations, independent of hardware. Hollow diamonds, if "
+        "any, are published figures whose protocol matches a measured run."
+    )
+    return Plot("fid_nfe", title, caption, _render(draw))
+
+
+def throughput(report: Report) -> Plot | Missing:
+    """images/s per model against batch size: speed records, else each run's timing."""
+    title = "Sampling throughput by model and batch size"
+    series: dict[str, list[tuple[float, float]]] = {}
+    for s in report.inputs.speed:
+        for r in s.results:
+            b, ips = fmt.number(r.get("batch_size")), fmt.number(r.get("images_per_s"))
+            if b is None or ips is None:
+                continue
+            device = speed_setting(s.environment, r)["device"]
+            name = f"{r.get('model', '?')} ({', '.join(speed_options(r))}; {device})"
+            series.setdefault(name, []).append((b, ips))
+    for m, label in zip(report.inputs.models, report.labels, strict=True):
+        b, ips = fmt.number(m.timing.get("batch_size")), fmt.number(m.timing.get("images_per_s"))
+        if b is not None and ips is not None:
+            device = timing_setting(m)["device"]
+            series.setdefault(f"{label} (bench run; {device})", []).append((b, ips))
+    if not series:
+        return Missing("throughput", title, "no timing results")
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        for i, (name, pts) in enumerate(series.items()):
+            pts.sort()
+            style = _style_for(i)
+            ax.plot(
+                [b for b, _ in pts],
+                [v for _, v in pts],
+                label=tex_safe(name),
+                markersize=6,
+                **style,
+            )
+        batches = sorted({b for pts in series.values() for b, _ in pts})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [f"{b:g}" for b in batches])
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (images per sampling call)")
+        ax.set_ylabel("images per second (log scale; higher is better)")
+        ax.set_title(title)
+        ax.legend(loc="best")
+
+    caption = (
+        "Median throughput after warm-up. Lines connect the batch sizes measured by "
+        "`bench speed`; single points are the timing of a `bench run`. Compare lines on the "
+        "same device only."
+    )
+    return Plot("throughput", title, caption, _render(draw))
+
+
+LOG_FIELDS = {"step", "time_s", "images_per_s"}
+
+
+def training_losses(report: Report) -> Plot | Missing:
+    """One panel per model: every logged loss against the training step."""
+    title = "Training losses and logged statistics"
+    logged = [
+        (label, m.train_log)
+        for m, label in zip(report.inputs.models, report.labels, strict=True)
+        if m.train_log
+    ]
+    if not logged:
+        return Missing("losses", title, "no training log (untrained or checkpoint-only models)")
+    cols = min(3, len(logged))
+    rows = math.ceil(len(logged) / cols)
+
+    def draw(fig: Any) -> None:
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax in axes.flat[len(logged) :]:
+            ax.set_visible(False)
+        for ax, (label, log) in zip(axes.flat, logged, strict=False):
+            keys = [k for k in log[0] if k not in LOG_FIELDS and fmt.number(log[0][k]) is not None]
+            for i, key in enumerate(keys):
+                pts = [(r["step"], r[key]) for r in log if fmt.number(r.get(key)) is not None]
+                ax.plot(
+                    [s for s, _ in pts],
+                    [v for _, v in pts],
+                    label=tex_safe(key),
+                    markevery=max(1, len(pts) // 8),
+                    markersize=4,
+                    **_style_for(i),
+                )
+            ax.set_title(tex_safe(label))
+            ax.set_xlabel("step")
+            ax.legend(loc="best")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("mean over logging interval")
+
+    size = (6.4, 4.0) if len(logged) == 1 else (min(4.2 * cols, 12.6), 3.4 * rows)
+    caption = (
+        "Every value the generator logs (losses, and e.g. a GAN's mean discriminator outputs "
+        "d_real / d_fake), averaged over each logging interval of train_log.jsonl."
+    )
+    return Plot("losses", title, caption, _render(draw, size), wide=len(logged) > 1)
+
+
+def speed_history(report: Report) -> Plot | Missing:
+    """images/s across commits, one line per (model, batch, options, machine)."""
+    title = "Sampling speed across commits"
+    records = [r for r in report.inputs.history if fmt.number(r.get("images_per_s")) is not None]
+    if not records:
+        where = report.inputs.history_path
+        if report.inputs.history_error:
+            reason = f"the speed history could not be read: {report.inputs.history_error}"
+        elif where:
+            reason = f"the speed history {where} has no records"
+        else:
+            reason = (
+                "no speed history file (`bench speed` appends to runs/speed_history.jsonl; "
+                "`bench report --history PATH` reads another)"
+            )
+        return Missing("history", title, reason)
+    records.sort(key=lambda r: str(r.get("timestamp", "")))
+    commits = list(dict.fromkeys(str(r.get("commit") or "?")[:8] for r in records))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        name = (
+            f"{r.get('model', '?')} b{r.get('batch_size', '?')} "
+            f"{' '.join(speed_options(r))} @{str(r.get('machine') or '?')[:8]}"
+        )
+        x = commits.index(str(r.get("commit") or "?")[:8])
+        series.setdefault(name, []).append((x, float(r["images_per_s"])))
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        for i, (name, pts) in enumerate(series.items()):
+            ax.plot(
+                [x for x, _ in pts],
+                [v for _, v in pts],
+                label=tex_safe(name),
+                markersize=6,
+                **_style_for(i),
+            )
+        ax.set_xticks(range(len(commits)), commits, rotation=45, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_xlabel("commit (oldest left)")
+        ax.set_ylabel("images per second (log scale)")
+        ax.set_title(title)
+        ax.legend(loc="best")
+
+    caption = (
+        "From the speed history file: one line per model, batch size, options and machine "
+        "(@ fingerprint). Only points of one line are comparable with each other."
+    )
+    return Plot("history", title, caption, _render(draw))
+
+
+FIGURES = [fid_vs_time, fid_vs_nfe, throughput, training_losses, speed_history]
+
+
+def all_plots(report: Report) -> list[Plot | Missing]:
+    """Every figure of the report, or why it is absent."""
+    return [make(report) for make in FIGURES]

@@ -1,0 +1,134 @@
+"""Build a report from stored results and write it as markdown and/or self-contained HTML."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from benchmarks import store
+from benchmarks.errors import GenbenchError
+from reports.load import ReportInputs, load_inputs
+from reports.published import PublishedFigure, load_published, published_table
+from reports.tables import (
+    Groups,
+    Report,
+    model_labels,
+    repeats_table,
+    results_table,
+    speed_table,
+)
+
+# Where `bench speed` appends its history by default (relative to the working directory).
+DEFAULT_HISTORY = Path("runs") / "speed_history.jsonl"
+
+
+def build_report(inputs: ReportInputs, published: list[PublishedFigure] | None = None) -> Report:
+    """Every table of the report, computed once for both output formats."""
+    figures = load_published() if published is None else published
+    labels = model_labels(inputs.models)
+    protocols, timings = Groups(), Groups("t")
+    results = results_table(inputs.models, labels, protocols, timings)
+    pub, pub_note = published_table(figures, inputs.models)
+    return Report(
+        inputs=inputs,
+        labels=labels,
+        protocols=protocols,
+        timings=timings,
+        results=results,
+        repeats=repeats_table(inputs.models, protocols, timings),
+        speed=speed_table(inputs),
+        published=pub,
+        published_note=pub_note,
+        published_figures=figures,
+        generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+def load_report(paths: list[Path], history: Path | None = None) -> Report:
+    """Read run/speed directories (and a speed history file) and build their report."""
+    return build_report(load_inputs(paths, history))
+
+
+def write_run_reports(run_dir: Path, history: Path | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into a run directory (atomically).
+
+    ``history`` is used when the file exists. An unreadable history file only removes the
+    history plot (the report says why): it must not fail a run that has finished.
+    """
+    from reports.html import render_html
+    from reports.markdown import markdown_report
+
+    history = history if history is not None and Path(history).is_file() else None
+    inputs = load_inputs([run_dir])
+    if history is not None:
+        try:
+            inputs.history, inputs.history_path = load_inputs([], history).history, history
+        except GenbenchError as exc:
+            inputs.history_error = str(exc)
+    report = build_report(inputs)
+    md = store.write_text_atomic(Path(run_dir) / "report.md", markdown_report(report))
+    html = store.write_text_atomic(Path(run_dir) / "report.html", render_html(report))
+    return md, html
+
+
+FORMATS = ("md", "html", "both")
+_SUFFIXES = {"md": (".md", ".markdown"), "html": (".html", ".htm")}
+_NAMES = {"md": "report.md", "html": "report.html"}
+
+
+def output_paths(fmt: str, out: Path | None) -> dict[str, Path]:
+    """Where each format goes: ``{}`` means print markdown; checked before anything is read."""
+    if fmt not in FORMATS:
+        raise GenbenchError(f"--format: unknown format {fmt!r}; valid choices: md, html, both")
+    if out is None:
+        if fmt == "md":
+            return {}
+        raise GenbenchError(f"--format {fmt}: give --out PATH (a directory, or an .html file)")
+    kinds = ["md", "html"] if fmt == "both" else [fmt]
+    if fmt == "both" or out.is_dir() or (not out.exists() and not out.suffix):
+        if out.exists() and not out.is_dir():
+            raise GenbenchError(
+                f"--out {out}: --format both writes report.md and report.html into a "
+                "directory, but this is a file; give a directory"
+            )
+        return {kind: out / _NAMES[kind] for kind in kinds}
+    if out.suffix.lower() not in _SUFFIXES[fmt]:
+        raise GenbenchError(
+            f"--out {out}: a {fmt} report is written to a file ending in "
+            f"{_SUFFIXES[fmt][0]}, or into a directory; rename it"
+        )
+    return {fmt: out}
+
+
+def resolve_history(history: Path | None) -> Path | None:
+    """An explicit --history must exist; by default runs/speed_history.jsonl if present."""
+    if history is not None:
+        if not Path(history).is_file():
+            raise GenbenchError(f"--history {history}: no such file")
+        return Path(history)
+    return DEFAULT_HISTORY if DEFAULT_HISTORY.is_file() else None
+
+
+def emit_report(
+    paths: list[Path], fmt: str = "md", out: Path | None = None, history: Path | None = None
+) -> str:
+    """``bench report``: render and write; returns what to print (markdown or written paths).
+
+    Every input is read and every output path checked before the first file is written,
+    so a bad argument never leaves a half-written report behind.
+    """
+    from reports.html import render_html
+    from reports.markdown import markdown_report
+
+    targets = output_paths(fmt, out)
+    report = load_report(paths, resolve_history(history))
+    if not targets:
+        return markdown_report(report, html_name=None)
+    html_name = targets["html"].name if "html" in targets else None
+    rendered = {
+        kind: markdown_report(report, html_name=html_name) if kind == "md" else render_html(report)
+        for kind in targets
+    }
+    for kind, path in targets.items():
+        store.write_text_atomic(path, rendered[kind])
+    return "".join(f"wrote {path}\n" for path in targets.values())

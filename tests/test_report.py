@@ -1,0 +1,561 @@
+"""`bench report`: tables, protocol and device marks, published figures, escaping, outputs.
+
+Run and speed directories are written here by hand (the files `bench run` / `bench speed`
+write), so each test states exactly the numbers it expects in the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from benchmarks.errors import GenbenchError
+from reports import fmt
+from reports.plots import pareto_front, speed_options, tex_safe
+from reports.published import load_published
+from reports.report import emit_report, load_report, write_run_reports
+
+DIGITS_PROTOCOL = {
+    "extractor": "digits_cnn",
+    "weights_sha256": "42eba43a13dfa23c1fcc064eb3de007c2c1ce4ce2878b5e670cd41348313e477",
+    "resize": "bilinear_antialias",
+    "input_size": 16,
+    "dtype": "float32",
+    "feature_dim": 64,
+    "num_samples": 1000,
+    "is_splits": 10,
+    "seeds": "0-999",
+    "reference": {"dataset": "digits", "split": "train", "count": 1437, "stats_sha256": "ab" * 32},
+}
+CPU_ENV = {
+    "git_commit": "0123456789abcdef0123456789abcdef01234567",
+    "torch": "2.14.1",
+    "device": "cpu",
+    "device_name": "AMD EPYC",
+    "torch_threads": 2,
+    "world_size": 1,
+}
+GPU_ENV = {**CPU_ENV, "device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3"}
+
+
+def timing(images_per_s: float, batch: int = 64, iqr_fraction: float = 0.02) -> dict[str, Any]:
+    median = batch / images_per_s
+    return {
+        "device": "cpu",
+        "batch_size": batch,
+        "nfe": 1,
+        "warmup_s": [0.01],
+        "raw_s": [median] * 10,
+        "median_s": median,
+        "iqr_s": median * iqr_fraction,
+        "images_per_s": images_per_s,
+        "s_per_50k": 50_000 / images_per_s,
+        "ms_per_nfe": median * 1000,
+        "peak_memory_bytes": 912388096,
+        "precision": "fp32",
+    }
+
+
+def model_files(
+    name: str,
+    fid: float,
+    *,
+    protocol: dict[str, Any] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+    generator: str = "dcgan",
+    dataset: str = "digits",
+    nfe: int = 1,
+    train_steps: int = 1500,
+) -> dict[str, Any]:
+    metrics = {
+        "model": name,
+        "generator": generator,
+        "config": {"nz": 64},
+        "parameters": 99008,
+        "nfe": nfe,
+        "dataset": dataset,
+        "checkpoint_source": None,
+        "train_steps": train_steps,
+        "train_time_s": 35.36,
+        "sample": {"num_samples": 1000, "seeds": "0-999", "steps": None, "guidance": None},
+        "metrics": {"fid": {"value": fid}, "is": {"value": 6.9682, "std": 0.2476}},
+        "protocol": copy.deepcopy(protocol or DIGITS_PROTOCOL),
+    }
+    metrics["metrics"].update(extra_metrics or {})
+    return {"metrics": metrics, "timing": timing(24927.3)}
+
+
+def write_run(
+    root: Path,
+    run_id: str,
+    models: list[dict[str, Any]],
+    *,
+    env: dict[str, Any] = CPU_ENV,
+    status: str = "complete",
+    dirs: list[str] | None = None,
+) -> Path:
+    """A run directory as `bench run` leaves it (metrics, timing, log, sample grid)."""
+    run = root / run_id
+    run.mkdir(parents=True)
+    names = [m["metrics"]["model"] for m in models]
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "benchmark": "smoke",
+                "status": status,
+                "models": names,
+                "started": "2026-11-23T10:00:00+00:00",
+            }
+        )
+    )
+    (run / "environment.json").write_text(json.dumps(env))
+    (run / "spec.toml").write_text(
+        '[benchmark]\nname = "smoke"\ndataset = "digits"\n[sample]\ngrid_size = 16\n'
+    )
+    for i, m in enumerate(models):
+        d = run / (dirs[i] if dirs else m["metrics"]["model"])
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(m["metrics"]))
+        if m.get("timing") is not None:
+            (d / "timing.json").write_text(json.dumps(m["timing"]))
+        log = [
+            {
+                "step": s,
+                "time_s": s / 10,
+                "loss_d": 1.0 / s,
+                "loss_g": 2.0 - 1.0 / s,
+                "images_per_s": 3000.0,
+            }
+            for s in (50, 100, 150)
+        ]
+        (d / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        Image.new("L", (40, 40), color=128 + 20 * i).save(d / "samples.png")
+    return run
+
+
+def table_rows(markdown: str, prefix: str = "| run-") -> list[list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith(prefix)]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+
+
+def header(markdown: str) -> list[str]:
+    line = next(x for x in markdown.splitlines() if x.startswith("| run |"))
+    return [c.strip() for c in line.split("|")[1:-1]]
+
+
+@pytest.fixture
+def two_protocols(tmp_path: Path) -> list[Path]:
+    """Two runs whose evaluation protocols differ in sample count (and seeds)."""
+    small = {**DIGITS_PROTOCOL, "num_samples": 500, "seeds": "0-499"}
+    kid = {"kid": {"value": 0.012345, "std": 0.00102}}
+    pr = {"pr": {"precision": 0.81234, "recall": 0.4321, "k": 3}}
+    a = write_run(tmp_path, "run-a-0001", [model_files("dcgan", 249.3811, extra_metrics=kid)])
+    b = write_run(
+        tmp_path,
+        "run-b-0002",
+        [model_files("dcgan", 120.5, protocol=small, extra_metrics={**kid, **pr})],
+    )
+    return [a, b]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_markdown_table_has_every_column_with_sensible_precision(two_protocols):
+    md = load_report(two_protocols)
+    from reports.markdown import markdown_report
+
+    text = markdown_report(md)
+    assert header(text) == [
+        "run",
+        "model",
+        "generator",
+        "train steps",
+        "parameters",
+        "NFE",
+        "FID ↓",
+        "IS ↑",
+        "KID ↓",
+        "precision ↑",
+        "recall ↑",
+        "images/s ↑",
+        "s per 50k ↓",
+        "train time",
+        "device",
+    ]
+    a, b = table_rows(text)
+    assert a[:6] == ["run-a-0001", "dcgan @0001", "dcgan", "1500", "99.0k", "1"]
+    assert a[6:11] == ["249.38 [a]", "6.97 ± 0.25 [a]", "0.0123 ± 0.0010 [a]", "–", "–"]
+    assert b[6:11] == [
+        "120.50 [b]",
+        "6.97 ± 0.25 [b]",
+        "0.0123 ± 0.0010 [b]",
+        "0.812 [b]",
+        "0.432 [b]",
+    ]
+    # one timing setup: no speed marks; 3 significant figures and the IQR of the repeats
+    assert a[11:] == ["24,900 (IQR 2.0%)", "2.0 s", "35.4 s", "AMD EPYC (2 threads)"]
+
+
+def test_different_protocols_are_marked_and_the_note_says_what_differs(two_protocols):
+    text = emit_report(two_protocols)
+    assert "were measured under different evaluation protocols" in text
+    notes = [line for line in text.splitlines() if line.startswith("- [")]
+    assert notes == ["- [a] num_samples=1000", "- [b] num_samples=500"]
+    shared = next(line for line in text.splitlines() if line.startswith("- Shared by all:"))
+    assert "extractor=digits_cnn" in shared and "reference.split=train" in shared
+    assert "seeds" not in shared  # the seed range is not part of the comparability key
+
+
+def test_one_protocol_no_marks_and_repeats_get_mean_sd_and_min(tmp_path):
+    other_seeds = {**DIGITS_PROTOCOL, "seeds": "1000-1999"}
+    runs = [
+        write_run(tmp_path, "run-a-0001", [model_files("dcgan", 10.0)]),
+        write_run(tmp_path, "run-b-0002", [model_files("dcgan", 12.0, protocol=other_seeds)]),
+    ]
+    text = emit_report(runs)
+    rows = table_rows(text)
+    assert [r[6] for r in rows] == ["10.00", "12.00"]  # same protocol: no [a]/[b]
+    assert "different evaluation protocols" not in text
+    assert "Evaluation protocol of every quality value: dtype=float32" in text
+    assert "## Repeated runs" in text
+    (rep,) = table_rows(text, "| dcgan |")
+    # mean 11, sample sd sqrt(2) = 1.41, min 10
+    assert rep == ["dcgan", "dcgan", "2", "11.00 ± 1.41", "10.00", "6.97 ± 0.00", "24,900 ± 0"]
+
+
+def test_speed_values_from_different_devices_are_marked(tmp_path):
+    runs = [
+        write_run(tmp_path, "run-a-0001", [model_files("dcgan", 10.0)]),
+        write_run(tmp_path, "run-b-0002", [model_files("dcgan", 10.0)], env=GPU_ENV),
+    ]
+    text = emit_report(runs)
+    a, b = table_rows(text)
+    i = header(text).index("images/s ↑")
+    assert a[i : i + 2] == ["24,900 (IQR 2.0%) [t1]", "2.0 s [t1]"]
+    assert b[i : i + 2] == ["24,900 (IQR 2.0%) [t2]", "2.0 s [t2]"]
+    # quality values from different devices are marked too, the device named as the cause
+    assert (a[6], b[6]) == ("10.00 [a]", "10.00 [b]")
+    assert "- [a] measured_on=AMD EPYC" in text and "- [b] measured_on=NVIDIA H100" in text
+    assert b[-1] == "NVIDIA H100 80GB HBM3"
+    assert "measured on different devices or timing setups" in text
+    assert "- [t1] device=AMD EPYC (2 threads)" in text
+    assert "- [t2] device=NVIDIA H100 80GB HBM3" in text
+    assert "## Repeated runs" not in text  # different devices are not repeats
+
+
+def test_older_runs_without_kid_pr_or_timing_render_with_dashes(tmp_path):
+    files = model_files("dcgan", 50.0)
+    files["timing"] = None
+    del files["metrics"]["metrics"]["is"]
+    run = write_run(tmp_path, "run-a-0001", [files])
+    text = emit_report([run])
+    (row,) = table_rows(text)
+    assert header(text)[6:8] == ["FID ↓", "IS ↑"]
+    assert row[6:] == ["50.00", "–", "–", "–", "35.4 s", "AMD EPYC (2 threads)"]
+    assert "Not computed in these runs: KID, precision, recall" in text
+
+
+def test_bits_per_dim_column_when_a_model_reports_it(tmp_path):
+    files = model_files("ddpm", 30.0, generator="ddpm", nfe=1000)
+    files["metrics"]["extra"] = {"bits_per_dim": {"value": 3.7519}}
+    run = write_run(tmp_path, "run-a-0001", [files, model_files("dcgan", 40.0)])
+    text = emit_report([run])
+    cols = header(text)
+    assert "bits/dim ↓" in cols
+    rows = {r[1]: r for r in table_rows(text)}
+    i = cols.index("bits/dim ↓")
+    assert rows["ddpm"][i] == "3.752" and rows["dcgan"][i] == "–"
+    assert rows["ddpm"][cols.index("NFE")] == "1000"
+
+
+def test_incomplete_run_is_labelled(tmp_path):
+    run = write_run(tmp_path, "run-a-0001", [model_files("dcgan", 10.0)], status="running")
+    assert "running: incomplete, only finished models are shown" in emit_report([run])
+
+
+def test_markdown_cells_cannot_break_the_table(tmp_path):
+    files = model_files("a|b<i>", 10.0)
+    run = write_run(tmp_path, "run-a-0001", [files], dirs=["ab"])
+    text = emit_report([run])
+    (row,) = table_rows(text)
+    assert len(row) == len(header(text))
+    assert row[1] == "a\\|b&lt;i&gt;"
+
+
+# --------------------------------------------------------------------------- published
+
+
+def test_published_figures_have_citations_protocols_and_the_issue_values():
+    figures = {f.id: f for f in load_published()}
+    assert len(figures) >= 8
+    ddpm = figures["ddpm-ho2020"]
+    assert (ddpm.fid, ddpm.is_, ddpm.nfe) == (3.17, 9.46, 1000)
+    assert (ddpm.protocol.num_samples, ddpm.protocol.reference_split) == (50000, "train")
+    assert figures["iddpm-nichol2021"].fid == (2.90, 3.19)
+    assert (figures["ddgan-xiao2022"].fid, figures["ddgan-xiao2022"].nfe) == (3.75, 4)
+    assert figures["ddgan-xiao2022"].protocol.fid_implementation == "pytorch-fid"
+    assert (figures["edm-karras2022-uncond"].fid, figures["edm-karras2022-cond"].fid) == (
+        1.97,
+        1.79,
+    )
+    assert figures["edm-karras2022-cond"].nfe == 35
+    assert (figures["vdpm-tqch-w0"].fid, figures["vdpm-tqch-w0"].is_) == (2.58, 9.76)
+    dcgan = figures["dcgan-studiogan-50k-train"]
+    assert (dcgan.fid, dcgan.is_) == (48.29, 6.11)
+    for f in figures.values():
+        assert f.citation and f.source and f.verification
+        assert "http" not in f.citation + f.source  # the HTML report must not link out
+
+
+def test_published_shown_only_when_dataset_and_protocol_match(tmp_path):
+    inception = {
+        "extractor": "pytorch_fid_inception_v3",
+        "weights_sha256": "cd" * 32,
+        "resize": "bilinear",
+        "input_size": 299,
+        "dtype": "float32",
+        "feature_dim": 2048,
+        "num_samples": 50000,
+        "is_splits": 10,
+        "seeds": "0-49999",
+        "reference": {
+            "dataset": "cifar10",
+            "split": "train",
+            "count": 50000,
+            "stats_sha256": "ef" * 32,
+        },
+    }
+    matching = write_run(
+        tmp_path,
+        "run-a-0001",
+        [model_files("ddpm", 3.5, protocol=inception, dataset="cifar10", generator="ddpm")],
+    )
+    text = emit_report([matching])
+    rows = table_rows(text, "| DDPM (L_simple) |")
+    assert rows and rows[0][1:4] == ["3.17", "9.46", "1000"]
+    assert "| improved DDPM (variants) | 2.90–3.19 |" in text
+    assert "NOT VERIFIED" in text  # unverified figures say so
+    assert "not measured by genbench" in text
+    assert "StudioGAN, 2020 README" not in text  # 10k-vs-test protocol: not this run's
+    digits = write_run(tmp_path, "run-b-0002", [model_files("dcgan", 10.0)])
+    text = emit_report([digits])
+    assert "| DDPM (L_simple) |" not in text
+    assert "published figure(s) in vendor/published.toml (data sets: cifar10) are not shown" in (
+        text
+    )
+
+
+def test_malformed_published_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "p.toml"
+    text = (Path(__file__).parent.parent / "vendor" / "published.toml").read_text()
+    bad.write_text(text.replace('id = "ddpm-ho2020"', 'id = "ddpm-ho2020"\ntypo = 1', 1))
+    with pytest.raises(GenbenchError, match=r"figure\.0\.typo: Extra inputs are not permitted"):
+        load_published(bad)
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def test_html_escapes_every_user_string_and_fetches_nothing(tmp_path):
+    evil = "<script>alert(1)</script>"
+    files = model_files(evil, 10.0, generator="<b>gen</b>")
+    files["metrics"]["config"] = {"note": evil}
+    run = write_run(tmp_path, "run-<img src=x onerror=alert(2)>", [files], dirs=["evil"])
+    cost = write_run(tmp_path, "run-b-0002", [model_files("cost $5 $x", 11.0)])
+    out = tmp_path / "out"
+    assert emit_report([run, cost], "html", out) == f"wrote {out / 'report.html'}\n"
+    html = (out / "report.html").read_text()
+    assert evil not in html and "<b>gen</b>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;gen&lt;/b&gt;" in html
+    assert html.count("<script") == 1  # only the page's own sorting script
+    # self-contained: every image is inline, nothing links or loads from elsewhere
+    srcs = re.findall(r'\ssrc="([^"]*)"', html)
+    assert len(srcs) >= 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http:" not in html and "https:" not in html and " href=" not in html
+    assert "url(" not in html and "@import" not in html
+    assert "default-src 'none'; img-src data:" in html
+
+
+def test_html_has_sortable_tables_plots_and_sample_grids(two_protocols):
+    from reports.html import render_html
+
+    html = render_html(load_report(two_protocols))
+    assert html.count('<table class="sortable">') == 1  # results (no repeats, no published)
+    for title in (
+        "FID against sampling time",
+        "FID against network evaluations per image (NFE)",
+        "Sampling throughput by model and batch size",
+        "Training losses and logged statistics",
+    ):
+        assert f'alt="{title}"' in html
+    assert "Sampling speed across commits: not drawn (no speed history file" in html
+    assert html.count('alt="samples of dcgan @') == 2
+    assert 'data-num="249.3811"' in html  # sort by the raw value, not the rounded text
+    assert '<span class="mark">[b]</span>' in html
+
+
+def test_labels_with_dollar_signs_do_not_break_plots():
+    assert tex_safe("cost $5 $x") == r"cost \$5 \$x"
+
+
+def test_speed_series_labels_name_only_options_in_use():
+    record = {"precision": "bf16", "compile": "none", "channels_last": True, "cuda_graphs": False}
+    assert speed_options(record) == ["bf16", "channels_last"]
+    assert speed_options({"compile": "max-autotune"}) == ["compile=max-autotune"]
+    assert speed_options({"compile": True}) == ["compile"]
+
+
+def test_pareto_front_keeps_only_points_no_other_beats_on_both_axes():
+    pts = [(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (4.0, 1.0), (2.0, 2.5), (5.0, 1.0)]
+    assert pareto_front(pts) == [(1.0, 5.0), (2.0, 2.5), (4.0, 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("fn", "value", "text"),
+    [
+        (fmt.sig, 24927.3, "24,900"),
+        (fmt.sig, 0.012345, "0.0123"),
+        (fmt.sig, 7.0, "7.00"),
+        (fmt.duration, 2.0058, "2.0 s"),
+        (fmt.duration, 0.25, "250 ms"),
+        (fmt.duration, 300.0, "5.0 min"),
+        (fmt.duration, 10_800.0, "3.0 h"),
+        (fmt.duration, 345_600.0, "4.0 days"),
+        (fmt.count, 99008, "99.0k"),
+        (fmt.count, 35_740_000, "35.74M"),
+        (fmt.memory, 912388096, "870 MiB"),
+        (fmt.fixed, float("nan"), "–"),
+        (fmt.fixed, None, "–"),
+    ],
+)
+def test_number_formatting(fn, value, text):
+    assert fn(value) == text
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def speed_record(batch: int, ips: float, **over: Any) -> dict[str, Any]:
+    record = {
+        "commit": "c0ffee1234",
+        "machine": "m4ch1ne0000",
+        "timestamp": "2026-11-23T10:00:00",
+        "model": "dcgan",
+        "generator": "dcgan",
+        "batch_size": batch,
+        "steps": None,
+        "nfe": 1,
+        "precision": "fp32",
+        "channels_last": False,
+        "compile": "none",
+        "device": "cpu",
+        "raw_s": [batch / ips] * 5,
+        "median_s": batch / ips,
+        "iqr_s": 0.01 * batch / ips,
+        "images_per_s": ips,
+        "s_per_50k": 50_000 / ips,
+        "ms_per_nfe": 1000 * batch / ips,
+        "peak_memory_bytes": 2**30,
+        "warmup_s": [0.5],
+        "time_to_first_image_s": 0.6,
+    }
+    record.update(over)
+    return record
+
+
+def test_speed_directories_and_history(tmp_path):
+    speed = tmp_path / "speed-1"
+    speed.mkdir()
+    records = [speed_record(16, 4000.0), speed_record(64, 9000.0)]
+    (speed / "speed.json").write_text(
+        json.dumps({"kind": "speed", "environment": CPU_ENV, "results": records})
+    )
+    history = tmp_path / "history.jsonl"
+    lines = [
+        speed_record(64, 8000.0, commit="aaaa1111", timestamp="2026-11-01T00:00:00"),
+        speed_record(64, 9000.0, commit="bbbb2222", timestamp="2026-11-02T00:00:00"),
+    ]
+    history.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    run = write_run(tmp_path, "run-a-0001", [model_files("dcgan", 10.0)])
+    text = emit_report([run, speed], history=history)
+    rows = table_rows(text, "| speed-1 |")
+    assert [r[3] for r in rows] == ["16", "64"]
+    assert rows[0][6:9] == ["fp32", "no", "none"]
+    assert [r[9] for r in rows] == ["4,000 (IQR 1.0%)", "9,000 (IQR 1.0%)"]
+    assert rows[0][12:15] == ["1.0 GiB", "500 ms", "600 ms"]
+    out = tmp_path / "both"
+    emit_report([run, speed], "both", out, history)
+    html = (out / "report.html").read_text()
+    assert 'alt="Sampling speed across commits"' in html
+    assert 'alt="Sampling throughput by model and batch size"' in html
+    assert "not drawn" not in html
+    assert (out / "report.md").read_text().startswith("# genbench report")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_report_outputs_and_usage_errors(cli, two_protocols, tmp_path):
+    runs = list(map(str, two_protocols))
+    printed = cli("report", *runs)
+    assert printed.code == 0 and printed.out.startswith("# genbench report")
+    target = tmp_path / "r.html"
+    made = cli("report", *runs, "--format", "html", "--out", str(target))
+    assert made.code == 0 and made.out == f"wrote {target}\n" and target.stat().st_size > 10_000
+    for args, message in [
+        (["--format", "html"], "--format html: give --out PATH"),
+        (["--format", "pdf"], "--format: unknown format 'pdf'; valid choices: md, html, both"),
+        (["--out", str(tmp_path / "r.txt")], "a md report is written to a file ending in .md"),
+        (["--format", "both", "--out", str(target)], "but this is a file; give a directory"),
+        (["--history", str(tmp_path / "none.jsonl")], "no such file"),
+    ]:
+        bad = cli("report", *runs, *args)
+        assert bad.code == 2 and message in bad.err, (args, bad.err)
+        assert len(bad.err.strip().splitlines()) == 1
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"images_per_s": 1}\nnot json\n')
+    bad = cli("report", *runs, "--history", str(broken))
+    assert bad.code == 2 and f"{broken}:2: not a JSON object" in bad.err
+    assert not (tmp_path / "r.txt").exists()
+
+
+def test_report_overwrites_nothing_but_its_own_file(cli, two_protocols):
+    run = two_protocols[0]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert cli("report", str(run), "--out", str(run)).code == 0  # md into the run directory
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert set(after) - set(before) == {run / "report.md"}
+    assert all(after[p] == data for p, data in before.items())
+    assert not list(run.rglob("*.partial"))
+
+
+def test_write_run_reports_survives_an_unreadable_history(two_protocols, tmp_path):
+    history = tmp_path / "h.jsonl"
+    history.write_text("garbage\n")
+    md, html = write_run_reports(two_protocols[0], history)
+    assert md.read_text().startswith("# genbench report")
+    assert "the speed history could not be read" in html.read_text()
+
+
+def test_bench_run_writes_report_md_and_html(cli, tiny_spec, tmp_path):
+    out = tmp_path / "runs"
+    result = cli("run", str(tiny_spec(steps=5, num_samples=64)), "--out", str(out))
+    assert result.code == 0, result.err
+    (run,) = list(out.iterdir())
+    md = (run / "report.md").read_text()
+    assert md in result.out  # what `bench run` prints is the stored report
+    metrics = json.loads((run / "dcgan" / "metrics.json").read_text())
+    (row,) = table_rows(md, f"| {run.name} |")
+    assert row[1] == "dcgan" and row[6] == f"{metrics['metrics']['fid']['value']:,.2f}"
+    html = (run / "report.html").read_text()
+    assert 'alt="samples of dcgan"' in html and 'alt="FID against sampling time"' in html
+    assert f"report:  {run / 'report.html'}" in result.out
