@@ -1,0 +1,413 @@
+"""DDPM (Ho et al. 2020) with the improvements of Nichol & Dhariwal 2021 (iDDPM).
+
+An epsilon-predicting ``diffusers.UNet2DModel`` on a linear or cosine beta schedule, with a
+fixed-small, fixed-large or learned-range variance (the network then outputs twice the image
+channels), trained with L_simple, L_vlb or the hybrid L_simple + lambda L_vlb, timesteps
+drawn uniformly or by loss-aware importance sampling. Sampling: ancestral on the full chain
+or any respaced subset of timesteps, or DDIM (Song et al. 2020) with configurable eta.
+Class-conditional models use classifier-free guidance (Ho & Salimans 2021).
+
+Defaults are Ho et al.'s CIFAR-10 model (T = 1000, linear, fixed-large, L_simple, 35.7M
+parameters); ``benchmarks/specs/cifar10.toml`` holds the iDDPM CIFAR-10 setting. A
+diffusers directory (``UNet2DModel.save_pretrained``, the format of the published
+``google/ddpm-cifar10-32``) loads with ``pretrained = "DIR"`` or ``DDPM.from_pretrained``.
+Those published weights are reported to be the non-EMA checkpoint (FID about 12), not the
+paper's FID 3.17 model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import UNet2DModel
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from benchmarks.errors import CheckpointError
+from generators.base import (
+    GENERATORS,
+    Batch,
+    DataShape,
+    Generator,
+    GeneratorConfig,
+    gradient_sync,
+    seeded_randn,
+)
+from generators.diffusion import (
+    TIMESTEP_SAMPLERS,
+    GaussianDiffusion,
+    Prediction,
+    Sampler,
+    mean_flat,
+    parse_steps,
+)
+from generators.unet import build_unet, unet_apply
+
+#: Backbone fields that a ``pretrained`` directory supplies instead.
+BACKBONE_FIELDS = (
+    "channels",
+    "channel_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "dropout",
+    "norm_groups",
+    "attention_head_dim",
+    "scale_shift_norm",
+)
+
+
+def _diffusers_dir(path: Path) -> Path | None:
+    """The folder holding the UNet's config.json: ``path`` itself or its ``unet/``."""
+    for candidate in (path, path / "unet"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+class DDPMConfig(GeneratorConfig):
+    """DDPM hyper-parameters; defaults are Ho et al. 2020's CIFAR-10 setting."""
+
+    image_size: int | None = Field(None, ge=4, description="resolution; None = the data's")
+    pretrained: Path | None = Field(
+        None, description="diffusers UNet2DModel directory to start from (backbone from it)"
+    )
+    # diffusion
+    num_timesteps: int = Field(1000, ge=2, le=65_535, description="T")
+    schedule: Literal["linear", "cosine"] = "linear"
+    variance: Literal["fixed_small", "fixed_large", "learned_range"] = "fixed_large"
+    loss: Literal["simple", "vlb", "hybrid"] = "simple"
+    hybrid_lambda: float = Field(0.001, ge=0, description="lambda of L_simple + lambda L_vlb")
+    timestep_sampler: Literal["uniform", "loss_aware"] = "uniform"
+    # class conditioning (classifier-free guidance)
+    conditional: bool = Field(False, description="use class labels (when the data has them)")
+    p_uncond: float = Field(0.1, ge=0, le=1, description="label dropout rate in training")
+    # backbone (Ho et al. appendix B)
+    channels: int = Field(128, ge=1)
+    channel_mult: tuple[int, ...] = Field((1, 2, 2, 2), min_length=1)
+    num_res_blocks: int = Field(2, ge=1)
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    norm_groups: int = Field(32, ge=1)
+    attention_head_dim: int | None = Field(None, ge=1, description="None = one head")
+    scale_shift_norm: bool = False
+    # optimisation
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(5000, ge=0, description="linear learning-rate warm-up")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = no clipping")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser update")
+    hflip: bool = Field(True, description="random horizontal flips of training images")
+    # default sampler
+    sample_steps: int | str | None = Field(
+        None, description="default sampler: N, 'ddimN' or 'a,b,c'; None = all T steps"
+    )
+    ddim_eta: float = Field(0.0, ge=0)
+    clip_denoised: bool = Field(True, description="clip predicted x_0 to [-1, 1]")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _is_diffusers_dir(cls, path: Path | None) -> Path | None:
+        if path is not None and _diffusers_dir(path) is None:
+            raise ValueError(f"{path} is not a directory holding a diffusers config.json")
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DDPMConfig:
+        if self.variance == "learned_range" and self.loss == "simple":
+            raise ValueError("learned_range variance needs loss 'hybrid' or 'vlb' to train it")
+        if any(self.channels * m % self.norm_groups for m in self.channel_mult):
+            raise ValueError("channels x every channel_mult must be divisible by norm_groups")
+        if self.sample_steps is not None:  # raises ValueError when invalid
+            parse_steps(self.sample_steps, self.num_timesteps)
+        given = sorted(self.model_fields_set & set(BACKBONE_FIELDS))
+        if self.pretrained is not None and given:
+            raise ValueError(f"pretrained supplies the backbone; drop {', '.join(given)}")
+        return self
+
+
+def load_pretrained_unet(path: Path) -> UNet2DModel:
+    """A UNet2DModel from a local diffusers directory; any failure is a one-line error."""
+    folder = _diffusers_dir(Path(path))
+    if folder is None:
+        raise CheckpointError(f"pretrained {path}: no diffusers config.json there")
+    try:
+        net = UNet2DModel.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # diffusers raises many types; the user needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"pretrained {path}: not a loadable diffusers UNet2DModel ({first})"
+        ) from None
+    if not isinstance(net, UNet2DModel):
+        raise CheckpointError(f"pretrained {path}: holds a {type(net).__name__}, not a UNet2DModel")
+    return net
+
+
+def classifier_free_guidance(
+    eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float
+) -> torch.Tensor:
+    """Ho & Salimans 2021, eq. 6: (1 + w) eps(x, c) - w eps(x); w = 0 is the conditional model."""
+    return (1.0 + w) * eps_cond - w * eps_uncond
+
+
+@GENERATORS.register("ddpm")
+class DDPM(Generator):
+    """Gaussian diffusion with an epsilon-predicting UNet (see the module docstring)."""
+
+    Config = DDPMConfig
+
+    def __init__(self, config: DDPMConfig, data: DataShape, device: torch.device) -> None:
+        super().__init__(config, data, device)
+        self.conditional = config.conditional and data.num_classes > 0
+        self.null_label = data.num_classes  # the extra "no label" class of guidance
+        self.out_channels = data.channels * (2 if config.variance == "learned_range" else 1)
+        self.image_size = config.image_size or data.image_size
+        self.unet = self._build_unet().to(self.device)
+        self.diffusion = GaussianDiffusion.from_schedule(config.schedule, config.num_timesteps)
+        self.timesteps = TIMESTEP_SAMPLERS[config.timestep_sampler](config.num_timesteps)
+        self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
+        self.step = 0
+        self._respaced: dict[tuple[int, ...], GaussianDiffusion] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, data: DataShape, device: torch.device, **config: Any
+    ) -> DDPM:
+        """A DDPM around a saved diffusers UNet; the defaults (epsilon, fixed-large, linear,
+        T = 1000) are those of Ho et al. and ``google/ddpm-cifar10-32``."""
+        return cls(cls.Config(pretrained=Path(path), **config), data, device)
+
+    # ----------------------------------------------------------------- networks
+
+    def _build_unet(self) -> UNet2DModel:
+        c = self.config
+        if c.pretrained is not None:
+            return self._checked_pretrained(load_pretrained_unet(c.pretrained))
+        return build_unet(
+            image_size=self.image_size,
+            in_channels=self.data.channels,
+            out_channels=self.out_channels,
+            channels=c.channels,
+            channel_mult=c.channel_mult,
+            num_res_blocks=c.num_res_blocks,
+            attn_resolutions=c.attn_resolutions,
+            dropout=c.dropout,
+            num_class_embeds=self.data.num_classes + 1 if self.conditional else 0,
+            norm_groups=c.norm_groups,
+            attention_head_dim=c.attention_head_dim,
+            scale_shift_norm=c.scale_shift_norm,
+        )
+
+    def _checked_pretrained(self, net: UNet2DModel) -> UNet2DModel:
+        cfg, where = net.config, f"pretrained {self.config.pretrained}"
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        if self.config.image_size not in (None, size):
+            raise CheckpointError(f"{where}: UNet is for {size} px, config asks {self.image_size}")
+        self.image_size = size
+        expected = (self.data.channels, self.out_channels)
+        if (cfg.in_channels, cfg.out_channels) != expected:
+            raise CheckpointError(
+                f"{where}: UNet maps {cfg.in_channels} -> {cfg.out_channels} channels; this "
+                f"data set and variance {self.config.variance!r} need {expected[0]} -> "
+                f"{expected[1]}"
+            )
+        if bool(cfg.num_class_embeds) != self.conditional:
+            raise CheckpointError(f"{where}: conditional = {self.conditional} does not fit it")
+        return net
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet}
+
+    def _net_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if labels is None:
+            return torch.full((n,), self.null_label, device=self.device, dtype=torch.long)
+        return labels.to(self.device, torch.long)
+
+    def _apply(
+        self, x: torch.Tensor, t: torch.Tensor, diffusion: GaussianDiffusion, labels: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """eps and (learned-range) v for step indices ``t`` of ``diffusion``."""
+        # Original timesteps scaled to [0, 1000) whatever T is (improved-diffusion's
+        # rescale_timesteps), so the time embedding sees the DDPM range.
+        scale = 1000.0 / self.config.num_timesteps
+        t_net = diffusion.timestep_map.to(x.device)[t].float() * scale
+        out = unet_apply(self.unet, x, t_net, labels)
+        if self.config.variance != "learned_range":
+            return out, None
+        eps, raw = out.chunk(2, dim=1)
+        return eps, (raw + 1.0) / 2.0  # network output in [-1, 1] -> v in [0, 1]
+
+    # ----------------------------------------------------------------- training
+
+    def _train_inputs(self, micro: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x0 = micro.images.to(self.device)
+        n = x0.shape[0]
+        if self.config.hflip:
+            flip = torch.rand(n, device=self.device) < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        labels = self._net_labels(micro.labels, n)
+        if labels is not None and self.config.p_uncond > 0:
+            # Ho & Salimans 2021, algorithm 1: drop the label with probability p_uncond.
+            drop = torch.rand(n, device=self.device) < self.config.p_uncond
+            labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+        return x0, labels
+
+    def losses(self, micro: Batch) -> dict[str, torch.Tensor]:
+        """Per-image losses of one micro-batch: ``loss`` (the importance-weighted objective)
+        plus its parts ``mse`` (L_simple) and ``vlb`` (L_t in bits/dim) where used."""
+        c, d = self.config, self.diffusion
+        x0, labels = self._train_inputs(micro)
+        t, weights = self.timesteps.sample(x0.shape[0], self.device)
+        noise = torch.randn_like(x0)  # training noise: global RNG, seeded by the harness
+        xt = d.q_sample(x0, t, noise)
+        eps, v = self._apply(xt, t, d, labels)
+        terms: dict[str, torch.Tensor] = {}
+        if c.loss in ("simple", "hybrid"):
+            terms["mse"] = mean_flat((noise - eps) ** 2)  # Ho et al. eq. 14
+        if c.loss in ("vlb", "hybrid"):
+            # iDDPM section 3.1: in the hybrid loss L_vlb trains only the variance
+            # (stop-gradient on the mean); T · L_t is an unbiased estimate of L_vlb.
+            mean_eps = eps.detach() if c.loss == "hybrid" else eps
+            pred = d.p_mean_variance(mean_eps, xt, t, c.variance, v, clip=False)
+            terms["vlb"] = d.vlb_terms(x0, xt, t, pred)
+        scale = {"simple": 0.0, "vlb": 1.0, "hybrid": c.hybrid_lambda}[c.loss]
+        total = terms.get("mse", 0.0) + scale * d.num_timesteps * terms.get("vlb", 0.0)
+        self.timesteps.update(t, total.detach())
+        return {"loss": total * weights, **terms}
+
+    def _set_lr(self) -> None:
+        warm = self.config.warmup_steps
+        factor = min(1.0, self.step / warm) if warm else 1.0  # Ho et al. appendix B
+        for group in self.opt.param_groups:
+            group["lr"] = self.config.lr * factor
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        parts = batch.split(min(self.config.grad_accum, len(batch)))
+        self.opt.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for i, micro in enumerate(parts):
+            share = len(micro) / len(batch)
+            with gradient_sync([self.unet], sync=i == len(parts) - 1):
+                terms = self.losses(micro)
+                (terms["loss"].mean() * share).backward()
+            for key, value in terms.items():
+                logs[key] = logs.get(key, 0.0) + value.mean().item() * share
+        self.step += 1
+        self._set_lr()
+        if self.config.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(self.unet.parameters(), self.config.grad_clip)
+            logs["grad_norm"] = float(norm)
+        self.opt.step()
+        return logs
+
+    # ----------------------------------------------------------------- sampling
+
+    def _plan(self, steps: int | str | None) -> Sampler:
+        steps = self.config.sample_steps if steps is None else steps
+        T = self.config.num_timesteps
+        return parse_steps(T if steps is None else steps, T)
+
+    def _process(self, plan: Sampler) -> GaussianDiffusion:
+        if len(plan.timesteps) == self.config.num_timesteps:
+            return self.diffusion
+        if plan.timesteps not in self._respaced:
+            self._respaced[plan.timesteps] = self.diffusion.respaced(plan.timesteps)
+        return self._respaced[plan.timesteps]
+
+    def _check_guidance(self, guidance: float | None) -> bool:
+        """Whether ``guidance`` asks for classifier-free guidance (a conditional model's)."""
+        if guidance and not self.conditional:
+            raise ValueError(
+                "guidance needs a class-conditional model: set config conditional = true on "
+                "a labelled data set, or drop sample guidance"
+            )
+        return bool(guidance)
+
+    def _predict(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        diffusion: GaussianDiffusion,
+        labels: torch.Tensor | None,
+        guidance: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self._check_guidance(guidance) or labels is None:
+            return self._apply(x, t, diffusion, self._net_labels(labels, x.shape[0]))
+        null = torch.full_like(labels, self.null_label)
+        both = torch.cat([labels.to(self.device, torch.long), null.to(self.device)])
+        eps, v = self._apply(torch.cat([x, x]), torch.cat([t, t]), diffusion, both)
+        eps = classifier_free_guidance(*eps.chunk(2), guidance)
+        # the variance (if learned) comes from the conditional output
+        return eps, None if v is None else v.chunk(2)[0]
+
+    def _step(
+        self, plan: Sampler, d: GaussianDiffusion, x: torch.Tensor, t: torch.Tensor, out: Any
+    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        eps, v = out
+        c = self.config
+        if plan.kind == "ddim":
+            return lambda noise: d.ddim_step(eps, x, t, c.ddim_eta, noise, c.clip_denoised)
+        pred: Prediction = d.p_mean_variance(eps, x, t, c.variance, v, c.clip_denoised)
+        return lambda noise: d.ancestral_step(pred, t, noise)
+
+    def _needs_noise(self, plan: Sampler, index: int) -> bool:
+        if index == 0:
+            return False  # the last step adds no noise (Ho et al. algorithm 2, line 3)
+        return plan.kind == "ancestral" or self.config.ddim_eta > 0
+
+    @torch.no_grad()
+    def sample(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        steps: int | str | None = None,
+        guidance: float | None = None,
+    ) -> torch.Tensor:
+        plan = self._plan(steps)
+        d = self._process(plan)
+        shape = (self.data.channels, self.image_size, self.image_size)
+        x = seeded_randn(seeds, shape, self.device, stream=0)  # x_T
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            for i, index in enumerate(reversed(range(d.num_timesteps))):
+                t = torch.full((len(seeds),), index, device=self.device, dtype=torch.long)
+                step = self._step(plan, d, x, t, self._predict(x, t, d, labels, guidance))
+                noise = None
+                if self._needs_noise(plan, index):  # stream 1 + i: step i's noise, by seed
+                    noise = seeded_randn(seeds, shape, self.device, stream=1 + i)
+                x = step(noise)
+        finally:
+            self.unet.train(was_training)
+        return x.clamp_(-1.0, 1.0)
+
+    def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
+        """Network evaluations per image; classifier-free guidance doubles them."""
+        count = len(self._plan(steps).timesteps)
+        return count * (2 if self._check_guidance(guidance) else 1)
+
+    # ----------------------------------------------------------------- likelihood
+
+    @torch.no_grad()
+    def bits_per_dim(self, batch: Batch) -> torch.Tensor:
+        """Per-image L_vlb = L_T + sum_t L_t in bits/dim (Ho et al. eq. 5), one network pass
+        per timestep over the batch; the q_sample noise comes from the global RNG."""
+        d, c = self.diffusion, self.config
+        x0 = batch.images.to(self.device)
+        labels = self._net_labels(batch.labels, x0.shape[0])
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            total = d.prior_bpd(x0)
+            for index in range(d.num_timesteps):
+                t = torch.full((x0.shape[0],), index, device=self.device, dtype=torch.long)
+                xt = d.q_sample(x0, t, torch.randn_like(x0))
+                eps, v = self._apply(xt, t, d, labels)
+                pred = d.p_mean_variance(eps, xt, t, c.variance, v, c.clip_denoised)
+                total = total + d.vlb_terms(x0, xt, t, pred)
+        finally:
+            self.unet.train(was_training)
+        return total

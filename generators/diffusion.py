@@ -1,0 +1,409 @@
+"""Gaussian diffusion maths of DDPM, improved DDPM and DDIM, independent of any network.
+
+Notation follows the papers: ``betas`` (beta_t), ``alphas_cumprod`` (alpha-bar_t),
+``posterior_variance`` (beta-tilde_t). Timesteps are 0-based: index t here is the paper's
+t + 1, so index 0 is the last denoising step (the decoder p(x_0 | x_1)).
+
+Papers: Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models" (DDPM);
+Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models" (iDDPM);
+Song, Meng, Ermon 2020, "Denoising Diffusion Implicit Models" (DDIM).
+Schedules are kept in float64 and cast to the data's dtype when gathered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def linear_betas(num_timesteps: int) -> torch.Tensor:
+    """Ho et al. 2020, section 4: beta from 1e-4 to 0.02 over T = 1000 steps.
+
+    For other T the end points are scaled by 1000 / T (as improved-diffusion does) so the
+    schedule keeps the same alpha-bar curve; T = 1000 gives exactly the paper's values. Like
+    the cosine schedule, betas are clipped at 0.999 (short chains, T <= 20, reach 1).
+    """
+    scale = 1000.0 / num_timesteps
+    betas = torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
+    return betas.clamp(max=0.999)
+
+
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: alpha-bar_t = f(t) / f(0), f(t) = cos²((t/T + s)/(1 + s)
+    · π/2), beta_t = 1 - alpha-bar_t / alpha-bar_{t-1}, clipped at 0.999."""
+    steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+BETA_SCHEDULES: dict[str, Callable[[int], torch.Tensor]] = {
+    "linear": linear_betas,
+    "cosine": cosine_betas,
+}
+
+
+def get_betas(name: str, num_timesteps: int) -> torch.Tensor:
+    """The named beta schedule (see ``BETA_SCHEDULES``) with ``num_timesteps`` steps."""
+    if name not in BETA_SCHEDULES:
+        raise ValueError(f"unknown beta schedule {name!r}; valid: {', '.join(BETA_SCHEDULES)}")
+    return BETA_SCHEDULES[name](num_timesteps)
+
+
+# --------------------------------------------------------------------------- respacing
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampling plan: which original timesteps are visited, ancestrally or with DDIM."""
+
+    kind: str  # "ancestral" or "ddim"
+    timesteps: tuple[int, ...]  # kept original timesteps, increasing
+
+
+def _evenly_spaced(start: int, size: int, count: int) -> list[int]:
+    if count > size or count < 1:
+        raise ValueError(f"cannot take {count} steps from a section of {size} timesteps")
+    if count == 1:
+        return [start]
+    stride = (size - 1) / (count - 1)
+    return [start + round(i * stride) for i in range(count)]
+
+
+def _sections(num_timesteps: int, counts: Sequence[int]) -> list[int]:
+    # iDDPM section 4: split [0, T) into equal sections, take counts[i] evenly spaced steps
+    # from section i (sizes differ by at most one, the first ones larger).
+    base, extra = divmod(num_timesteps, len(counts))
+    kept, start = [], 0
+    for i, count in enumerate(counts):
+        size = base + (1 if i < extra else 0)
+        kept += _evenly_spaced(start, size, count)
+        start += size
+    return kept
+
+
+def _ddim_stride(num_timesteps: int, count: int) -> list[int]:
+    # Song et al. 2020, section 4.2: a strided sub-sequence 0, k, 2k, ... of exactly ``count``.
+    for stride in range(1, num_timesteps + 1):
+        kept = list(range(0, num_timesteps, stride))
+        if len(kept) == count:
+            return kept
+    raise ValueError(f"no stride gives exactly {count} DDIM steps out of {num_timesteps}")
+
+
+def parse_steps(steps: int | str, num_timesteps: int) -> Sampler:
+    """A sampling plan from a spacing: ``N`` / ``"N"`` (N evenly spaced ancestral steps; T
+    is the full chain), ``"ddimN"`` (N strided DDIM steps) or ``"a,b,c"`` (iDDPM sections:
+    the T steps split into equal sections with a, b, c steps each)."""
+    text = str(steps).strip().lower()
+    try:
+        if text.startswith("ddim"):
+            return Sampler("ddim", tuple(_ddim_stride(num_timesteps, int(text[4:]))))
+        counts = [int(part) for part in text.split(",")]
+        return Sampler("ancestral", tuple(_sections(num_timesteps, counts)))
+    except ValueError as exc:
+        raise ValueError(
+            f"steps {steps!r} is not a valid spacing for T = {num_timesteps} ({exc}); use N "
+            "(1..T), 'ddimN' or comma-separated section counts such as '10,15,20'"
+        ) from None
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mean1, exp logvar1) || N(mean2, exp logvar2)), elementwise, in nats."""
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )  # fmt: skip
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
+    """Ho et al. 2020, eq. 13: log-probability (nats) of the 8-bit bin around each x in
+    [-1, 1] under N(mean, exp(log_scale)²); the edge bins extend to ±infinity."""
+    inv_std = torch.exp(-log_scale)
+    upper = (x - mean + 1.0 / 255.0) * inv_std
+    lower = (x - mean - 1.0 / 255.0) * inv_std
+    log_cdf_upper = torch.special.log_ndtr(upper)  # bin x = -1: (-inf, upper]
+    log_sf_lower = torch.special.log_ndtr(-lower)  # bin x = +1: [lower, inf)
+    mid = torch.log((torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, mid))
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the first (per-image average)."""
+    return x.flatten(1).mean(dim=1)
+
+
+# --------------------------------------------------------------------------- the process
+
+
+@dataclass
+class Prediction:
+    """The reverse-process Gaussian p(x_{t-1} | x_t) and the x_0 it implies."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+    x0: torch.Tensor
+    eps: torch.Tensor
+
+
+class GaussianDiffusion:
+    """Forward process q, its posteriors and the reverse-process steps for one beta schedule.
+
+    ``timestep_map[t]`` is the original timestep of step t (identity unless respaced).
+    """
+
+    def __init__(self, betas: torch.Tensor, timestep_map: Sequence[int] | None = None) -> None:
+        betas = betas.to(torch.float64)
+        if betas.dim() != 1 or not ((betas > 0) & (betas <= 1)).all():
+            raise ValueError("betas must be a 1-d tensor in (0, 1]")
+        self.betas = betas
+        self.num_timesteps = len(betas)
+        n = self.num_timesteps
+        self.timestep_map = torch.tensor(timestep_map if timestep_map is not None else range(n))
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.alphas_cumprod_prev = torch.cat(
+            [torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]]
+        )
+        # Ho et al. eq. 7: beta-tilde_t = (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) · beta_t.
+        self.posterior_variance = (
+            betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        )
+        # beta-tilde is 0 at the first step: its log is taken from the next step (iDDPM);
+        # a one-step process has none, and uses beta there.
+        self.first_variance = self.posterior_variance[1:2] if n > 1 else betas[:1]
+        clipped = torch.cat([self.first_variance, self.posterior_variance[1:]])
+        self.posterior_log_variance_clipped = torch.log(clipped)
+        # Ho et al. eq. 7: mu-tilde = c0 · x_0 + ct · x_t.
+        self.posterior_coef_x0 = (
+            betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        )
+        self.posterior_coef_xt = (
+            (1.0 - self.alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - self.alphas_cumprod)
+        )  # fmt: skip
+
+    @classmethod
+    def from_schedule(cls, name: str, num_timesteps: int) -> GaussianDiffusion:
+        return cls(get_betas(name, num_timesteps))
+
+    def respaced(self, timesteps: Sequence[int]) -> GaussianDiffusion:
+        """iDDPM section 4: the process on a subset S of timesteps, with
+        beta_{S_i} = 1 - alpha-bar_{S_i} / alpha-bar_{S_{i-1}} so alpha-bar is unchanged on S."""
+        kept = sorted(set(int(t) for t in timesteps))
+        if not kept or kept[0] < 0 or kept[-1] >= self.num_timesteps:
+            raise ValueError(f"respaced timesteps must lie in [0, {self.num_timesteps})")
+        abar = self.alphas_cumprod[kept]
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        return GaussianDiffusion(1.0 - abar / prev, self.timestep_map[kept].tolist())
+
+    # ----------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] shaped (N, 1, 1, ...) to broadcast against ``like``."""
+        out = values.to(like.device)[t.to(like.device)].to(like.dtype)
+        return out.view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Ho et al. eq. 4: x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps."""
+        abar = self._at(self.alphas_cumprod, t, x0)
+        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+
+    def q_posterior(
+        self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ho et al. eq. 6-7: mean, variance and clipped log-variance of q(x_{t-1}|x_t, x_0)."""
+        mean = (
+            self._at(self.posterior_coef_x0, t, xt) * x0
+            + self._at(self.posterior_coef_xt, t, xt) * xt
+        )
+        var = self._at(self.posterior_variance, t, xt)
+        return mean, var, self._at(self.posterior_log_variance_clipped, t, xt)
+
+    def x0_from_eps(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Ho et al. eq. 4 solved for x_0."""
+        abar = self._at(self.alphas_cumprod, t, xt)
+        return (xt - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+
+    def eps_from_x0(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Ho et al. eq. 4 solved for eps."""
+        abar = self._at(self.alphas_cumprod, t, xt)
+        return (xt - abar.sqrt() * x0) / (1.0 - abar).sqrt()
+
+    # ----------------------------------------------------------------- variances
+
+    def _fixed_small(self, t: torch.Tensor, like: torch.Tensor, v: torch.Tensor | None):
+        return self._at(self.posterior_log_variance_clipped, t, like)
+
+    def _fixed_large(self, t: torch.Tensor, like: torch.Tensor, v: torch.Tensor | None):
+        # sigma² = beta_t (Ho et al. section 3.2); at t = 0 beta-tilde_1 instead, as iDDPM
+        # does, for a better decoder likelihood (no noise is added at t = 0 either way).
+        large = torch.cat([self.first_variance, self.betas[1:]])
+        return self._at(torch.log(large), t, like)
+
+    def _learned_range(self, t: torch.Tensor, like: torch.Tensor, v: torch.Tensor | None):
+        if v is None:
+            raise ValueError("learned_range variance needs the network's v output")
+        # iDDPM eq. 15: Sigma = exp(v log beta_t + (1 - v) log beta-tilde_t).
+        log_beta = self._at(torch.log(self.betas), t, like)
+        log_tilde = self._at(self.posterior_log_variance_clipped, t, like)
+        return v * log_beta + (1.0 - v) * log_tilde
+
+    def log_variance(
+        self, kind: str, t: torch.Tensor, like: torch.Tensor, v: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log Sigma_theta(x_t, t) for variance ``kind`` (fixed_small, fixed_large or
+        learned_range, the last interpolating with ``v`` in [0, 1] per pixel)."""
+        rules = {
+            "fixed_small": self._fixed_small,
+            "fixed_large": self._fixed_large,
+            "learned_range": self._learned_range,
+        }
+        if kind not in rules:
+            raise ValueError(f"unknown variance {kind!r}; valid: {', '.join(rules)}")
+        return rules[kind](t, like, v).expand_as(like)
+
+    # ----------------------------------------------------------------- reverse process
+
+    def p_mean_variance(
+        self,
+        eps: torch.Tensor,
+        xt: torch.Tensor,
+        t: torch.Tensor,
+        variance: str,
+        v: torch.Tensor | None = None,
+        clip: bool = True,
+    ) -> Prediction:
+        """p(x_{t-1} | x_t) from a predicted eps: the posterior mean at the predicted x_0
+        (Ho et al. eq. 11 when unclipped) and the chosen variance."""
+        x0 = self.x0_from_eps(xt, t, eps)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+        mean, _, _ = self.q_posterior(x0, xt, t)
+        log_var = self.log_variance(variance, t, xt, v)
+        return Prediction(mean, torch.exp(log_var), log_var, x0, eps)
+
+    def ancestral_step(
+        self, pred: Prediction, t: torch.Tensor, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Ho et al. algorithm 2: x_{t-1} = mean + sigma z, with no noise at t = 0."""
+        if noise is None:
+            return pred.mean
+        nonzero = (t != 0).to(pred.mean.dtype).view(-1, *([1] * (pred.mean.dim() - 1)))
+        return pred.mean + nonzero * torch.exp(0.5 * pred.log_variance) * noise
+
+    def ddim_step(
+        self,
+        eps: torch.Tensor,
+        xt: torch.Tensor,
+        t: torch.Tensor,
+        eta: float,
+        noise: torch.Tensor | None,
+        clip: bool = True,
+    ) -> torch.Tensor:
+        """Song et al. eq. 12 with sigma_t from eq. 16 scaled by ``eta`` (0: deterministic;
+        ``noise`` may then be None). With ``clip`` the predicted x_0 is clipped to [-1, 1]
+        and eps recomputed from it."""
+        x0 = self.x0_from_eps(xt, t, eps)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = self.eps_from_x0(xt, t, x0)
+        abar = self._at(self.alphas_cumprod, t, xt)
+        abar_prev = self._at(self.alphas_cumprod_prev, t, xt)
+        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+        out = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+        return out if noise is None else out + sigma * noise
+
+    # ----------------------------------------------------------------- likelihood
+
+    def vlb_terms(
+        self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, pred: Prediction
+    ) -> torch.Tensor:
+        """Per-image L_t in bits/dim: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0 and
+        the decoder NLL -log p(x_0|x_1) at t = 0 (Ho et al. eq. 5; iDDPM eq. 4-6).
+
+        Computed in float64: in float32 a KL near 0 cancels to small negative values."""
+        x0, xt = x0.double(), xt.double()
+        true_mean, _, true_log_var = self.q_posterior(x0, xt, t)
+        mean, log_var = pred.mean.double(), pred.log_variance.double()
+        kl = mean_flat(normal_kl(true_mean, true_log_var, mean, log_var)) / LN2
+        nll = mean_flat(-discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / LN2
+        return torch.where(t.to(kl.device) == 0, nll, kl).to(pred.mean.dtype)
+
+    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
+        """Per-image L_T = KL(q(x_T|x_0) || N(0, I)) in bits/dim (no parameters to learn)."""
+        t = torch.full((x0.shape[0],), self.num_timesteps - 1, dtype=torch.long)
+        abar = self._at(self.alphas_cumprod, t, x0)
+        mean, log_var = abar.sqrt() * x0, torch.log(1.0 - abar).expand_as(x0)
+        zero = torch.zeros_like(x0)
+        return mean_flat(normal_kl(mean, log_var, zero, zero)) / LN2
+
+
+# --------------------------------------------------------------------------- timestep sampling
+
+
+class UniformTimesteps:
+    """t ~ U{0..T-1}, weights 1 (Ho et al. algorithm 1)."""
+
+    def __init__(self, num_timesteps: int) -> None:
+        self.num_timesteps = num_timesteps
+
+    def sample(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.randint(0, self.num_timesteps, (n,), device=device)
+        return t, torch.ones(n, device=device)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Uniform sampling ignores the losses."""
+
+
+class LossAwareTimesteps(UniformTimesteps):
+    """iDDPM eq. 18: p_t ∝ sqrt(E[L_t²]) over the last ``history`` losses of each t, uniform
+    until every t has a full history; importance weights 1 / (T p_t) keep the loss unbiased."""
+
+    def __init__(self, num_timesteps: int, history: int = 10, uniform_mix: float = 1e-3) -> None:
+        super().__init__(num_timesteps)
+        self.history = torch.zeros(num_timesteps, history, dtype=torch.float64)
+        self.counts = torch.zeros(num_timesteps, dtype=torch.long)
+        self.uniform_mix = uniform_mix  # keeps every p_t > 0 (improved-diffusion uses 1e-3)
+
+    def probabilities(self) -> torch.Tensor:
+        """The current p_t (uniform while any history is still filling)."""
+        n = self.num_timesteps
+        if (self.counts < self.history.shape[1]).any():
+            return torch.full((n,), 1.0 / n, dtype=torch.float64)
+        p = self.history.pow(2).mean(dim=1).sqrt()
+        p = p / p.sum()
+        return p * (1 - self.uniform_mix) + self.uniform_mix / n
+
+    def sample(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.probabilities()
+        t = torch.multinomial(p, n, replacement=True)
+        weights = 1.0 / (self.num_timesteps * p[t])
+        return t.to(device), weights.to(device=device, dtype=torch.float32)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Push each (t, loss) into t's history (a ring buffer of the latest values)."""
+        size = self.history.shape[1]
+        for step, loss in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            self.history[step, self.counts[step] % size] = loss
+            self.counts[step] += 1
+
+
+TIMESTEP_SAMPLERS: dict[str, type[UniformTimesteps]] = {
+    "uniform": UniformTimesteps,
+    "loss_aware": LossAwareTimesteps,
+}
