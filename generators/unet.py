@@ -30,13 +30,15 @@ def build_unet(
     resblock_resample: bool = False,
     flip_sin_to_cos: bool = False,
     freq_shift: int = 1,
+    time_embedding_dim: int | None = None,
 ) -> UNet2DModel:
     """A UNet with one level per entry of ``channel_mult`` (the first at ``image_size``).
 
     ``attn_resolutions`` lists feature-map sizes (e.g. 16 for 16x16) that get attention;
     ``num_class_embeds`` > 0 adds a learned class embedding to the time embedding (give one
     extra class for the "no label" of classifier-free guidance). ``attention_head_dim=None``
-    means one head per block, as in Ho et al. 2020.
+    means one head per block, as in Ho et al. 2020. ``time_embedding_dim=None`` is diffusers'
+    4 x ``channels``.
     """
     levels = len(channel_mult)
     if image_size % (2 ** (levels - 1)):
@@ -68,6 +70,7 @@ def build_unet(
         num_class_embeds=num_class_embeds or None,
         flip_sin_to_cos=flip_sin_to_cos,
         freq_shift=freq_shift,
+        time_embedding_dim=time_embedding_dim,
     )
 
 

@@ -1,0 +1,506 @@
+"""EDM (Karras, Aittala, Aila, Laine 2022, "Elucidating the Design Space of Diffusion-Based
+Generative Models").
+
+The network F is wrapped by a preconditioning into a denoiser
+D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (eq. 7), trained with the weighted
+denoising loss of eq. 8 at noise levels drawn from a training distribution p_train(sigma).
+Table 1 gives three such designs, all available here: ``edm`` (lognormal sigma, sigma_data
+scaling), ``vp`` and ``ve`` (Song et al. 2021, recast as denoisers), so the paper's ablations
+can be benchmarked. Sampling integrates the probability-flow ODE over the rho-schedule of
+eq. 5 with Heun's method (Algorithm 1) or Euler, optionally with stochastic churn
+(Algorithm 2). Samplers are plain functions over a denoiser callable ``D(x, sigma)``, so the
+exact denoiser of a Gaussian plugs into the same code in the tests.
+
+Classifier-free guidance (Ho & Salimans 2022): trained by replacing the label with a null
+class with probability ``label_dropout``; sampled with the *scale* convention
+D = D_null + s (D_label - D_null), so s = 1 is the plain conditional model (no extra NFE),
+s = 0 the unconditional one, and Ho & Salimans' w equals s - 1.
+
+Not reproduced from EDM's CIFAR-10 setup: its non-leaking augmentation pipeline (p = 0.12),
+its exact DDPM++ layer details (diffusers' UNet2DModel stands in) and float64 sampling.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from generators.base import (
+    GENERATORS,
+    Batch,
+    DataShape,
+    Generator,
+    GeneratorConfig,
+    gradient_sync,
+    seeded_randn,
+)
+from generators.unet import build_unet, unet_apply
+
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+"""D(x, sigma): the denoised estimate of x (N, ...) at noise level sigma."""
+
+StepNoise = Callable[[int], torch.Tensor]
+"""Step index i -> the standard normal churn noise of step i (same shape as x)."""
+
+
+# --------------------------------------------------------------------------- preconditioning
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """The four scalings of eq. 7, one value per sample (shape (N,))."""
+
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_in: torch.Tensor
+    c_noise: torch.Tensor
+
+
+class Preconditioning(ABC):
+    """One column of Table 1: network scalings, training noise levels and loss weights."""
+
+    sigma_min: float = 0.0  # noise levels the network is trained on (the sampler keeps to them)
+    sigma_max: float = math.inf
+
+    @abstractmethod
+    def coefficients(self, sigma: torch.Tensor) -> Coefficients:
+        """c_skip, c_out, c_in, c_noise at noise levels ``sigma`` (N,)."""
+
+    @abstractmethod
+    def sample_sigma(self, n: int, device: torch.device) -> torch.Tensor:
+        """``n`` training noise levels from p_train (global torch RNG)."""
+
+    @abstractmethod
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """lambda(sigma) of eq. 8."""
+
+
+class EDMPreconditioning(Preconditioning):
+    """Table 1, "EDM" column: unit-variance network inputs and targets for every sigma."""
+
+    def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2) -> None:
+        self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
+
+    def coefficients(self, sigma: torch.Tensor) -> Coefficients:
+        sd2, s2 = self.sigma_data**2, sigma**2
+        # Table 1 (EDM): c_skip, c_out, c_in, c_noise.
+        return Coefficients(
+            c_skip=sd2 / (s2 + sd2),
+            c_out=sigma * self.sigma_data / (s2 + sd2).sqrt(),
+            c_in=1.0 / (s2 + sd2).sqrt(),
+            c_noise=sigma.log() / 4,
+        )
+
+    def sample_sigma(self, n: int, device: torch.device) -> torch.Tensor:
+        # Table 1 (EDM): ln(sigma) ~ N(P_mean, P_std^2).
+        return (torch.randn(n, device=device) * self.p_std + self.p_mean).exp()
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        # Table 1 (EDM): lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2.
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
+
+class VPPreconditioning(Preconditioning):
+    """Table 1, "VP" column (Song et al. 2021's DDPM++ cont. as a denoiser)."""
+
+    beta_d, beta_min, M, eps_t = 19.9, 0.1, 1000, 1e-5
+
+    def __init__(self) -> None:
+        self.sigma_min = float(self.sigma_of_t(torch.tensor(self.eps_t, dtype=torch.float64)))
+        self.sigma_max = float(self.sigma_of_t(torch.tensor(1.0, dtype=torch.float64)))
+
+    def sigma_of_t(self, t: torch.Tensor) -> torch.Tensor:
+        # Table 1 (VP): sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1).
+        return torch.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t).sqrt()
+
+    def t_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        # Table 1 (VP): sigma^-1(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) - beta_min)
+        # / beta_d.
+        root = (self.beta_min**2 + 2 * self.beta_d * torch.log1p(sigma**2)).sqrt()
+        return (root - self.beta_min) / self.beta_d
+
+    def coefficients(self, sigma: torch.Tensor) -> Coefficients:
+        return Coefficients(
+            c_skip=torch.ones_like(sigma),
+            c_out=-sigma,
+            c_in=1.0 / (sigma**2 + 1).sqrt(),
+            c_noise=(self.M - 1) * self.t_of_sigma(sigma),
+        )
+
+    def sample_sigma(self, n: int, device: torch.device) -> torch.Tensor:
+        # Table 1 (VP): sigma = sigma(t), t ~ U(eps_t, 1).
+        t = torch.rand(n, device=device) * (1 - self.eps_t) + self.eps_t
+        return self.sigma_of_t(t)
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        return 1.0 / sigma**2  # Table 1 (VP): lambda = 1 / sigma^2
+
+
+class VEPreconditioning(Preconditioning):
+    """Table 1, "VE" column (Song et al. 2021's NCSN++ cont. as a denoiser)."""
+
+    sigma_min, sigma_max = 0.02, 100.0
+
+    def coefficients(self, sigma: torch.Tensor) -> Coefficients:
+        return Coefficients(
+            c_skip=torch.ones_like(sigma),
+            c_out=sigma,
+            c_in=torch.ones_like(sigma),
+            c_noise=(0.5 * sigma).log(),  # Table 1 (VE): c_noise = ln(sigma / 2)
+        )
+
+    def sample_sigma(self, n: int, device: torch.device) -> torch.Tensor:
+        # Table 1 (VE): ln(sigma) ~ U(ln sigma_min, ln sigma_max).
+        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        return (torch.rand(n, device=device) * (hi - lo) + lo).exp()
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        return 1.0 / sigma**2  # Table 1 (VE): lambda = 1 / sigma^2
+
+
+PRECONDITIONINGS: dict[str, Callable[[EDMConfig], Preconditioning]] = {
+    "edm": lambda c: EDMPreconditioning(c.sigma_data, c.p_mean, c.p_std),
+    "vp": lambda c: VPPreconditioning(),
+    "ve": lambda c: VEPreconditioning(),
+}
+
+
+def loss_per_sample(
+    D: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    precond: Preconditioning,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """lambda(sigma) ||D(y + n; sigma) - y||^2 averaged over pixels, per image (eq. 8)."""
+    sigma = precond.sample_sigma(y.shape[0], y.device)
+    n = torch.randn_like(y) * _per_row(sigma, y)
+    err = (D(y + n, sigma) - y).square().flatten(1).mean(1)
+    return precond.loss_weight(sigma) * err
+
+
+def _per_row(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Algorithm 2's stochasticity: S_churn, S_tmin, S_tmax, S_noise."""
+
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+
+
+def sigma_steps(
+    steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> torch.Tensor:
+    """The ``steps`` + 1 noise levels t_0 > ... > t_{N-1} = sigma_min, t_N = 0 (float64)."""
+    if steps < 1:
+        raise ValueError(f"need at least one sampling step, got {steps}")
+    i = torch.arange(steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    # Eq. 5: t_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, t_N = 0.
+    t = (hi + i / max(steps - 1, 1) * (lo - hi)) ** rho
+    return torch.cat([t, t.new_zeros(1)])
+
+
+def heun_step(
+    D: Denoiser, x: torch.Tensor, t_cur: float, t_next: float, order: int
+) -> torch.Tensor:
+    """One step from t_cur to t_next: Euler, plus Heun's correction when order 2 and t_next > 0."""
+    d = (x - D(x, t_cur)) / t_cur  # Algorithm 1, line 4: dx/dt = (x - D(x; t)) / t
+    x_next = x + (t_next - t_cur) * d
+    if order == 2 and t_next > 0:
+        d_next = (x_next - D(x_next, t_next)) / t_next  # Algorithm 1, lines 7-8
+        x_next = x + (t_next - t_cur) * (0.5 * d + 0.5 * d_next)
+    return x_next
+
+
+def sample_ode(
+    D: Denoiser, noise: torch.Tensor, sigmas: Sequence[float], order: int = 2
+) -> torch.Tensor:
+    """Algorithm 1: deterministic sampling from x_0 = t_0 * noise along ``sigmas``."""
+    sigmas = [float(s) for s in sigmas]
+    x = noise * sigmas[0]
+    for t_cur, t_next in pairwise(sigmas):
+        x = heun_step(D, x, t_cur, t_next, order)
+    return x
+
+
+def sample_sde(
+    D: Denoiser,
+    noise: torch.Tensor,
+    sigmas: Sequence[float],
+    churn: Churn,
+    step_noise: StepNoise,
+    order: int = 2,
+) -> torch.Tensor:
+    """Algorithm 2: each step first raises the noise level to t_hat = (1 + gamma_i) t_i."""
+    sigmas = [float(s) for s in sigmas]
+    n = len(sigmas) - 1
+    x = noise * sigmas[0]
+    for i, (t_cur, t_next) in enumerate(pairwise(sigmas)):
+        inside = churn.s_tmin <= t_cur <= churn.s_tmax
+        # Algorithm 2, line 4: gamma_i = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax].
+        gamma = min(churn.s_churn / n, math.sqrt(2) - 1) if inside else 0.0
+        if gamma > 0:
+            t_hat = t_cur + gamma * t_cur
+            eps = churn.s_noise * step_noise(i)  # Algorithm 2, line 5: eps ~ N(0, S_noise^2 I)
+            x = x + math.sqrt(t_hat**2 - t_cur**2) * eps  # line 7: x_hat = x + sqrt(...) eps
+            t_cur = t_hat
+        x = heun_step(D, x, t_cur, t_next, order)
+    return x
+
+
+ORDERS = {"heun": 2, "euler": 1}
+
+
+def sampler_nfe(steps: int, order: int) -> int:
+    """Denoiser calls of a sampling run: Heun saves the correction of the last step (to 0)."""
+    return order * steps - (order - 1)
+
+
+# --------------------------------------------------------------------------- the generator
+
+
+class EDMConfig(GeneratorConfig):
+    """EDM hyper-parameters; defaults are the paper's class-conditional CIFAR-10 setting
+    (DDPM++ network and training settings of its appendix), plus label dropout for
+    classifier-free guidance."""
+
+    precond: Literal["edm", "vp", "ve"] = Field("edm", description="Table 1 column")
+    sigma_data: float = Field(0.5, gt=0)
+    p_mean: float = Field(-1.2, description="mean of ln(sigma) in training")
+    p_std: float = Field(1.2, gt=0, description="std of ln(sigma) in training")
+    # network (EDM's DDPM++ for CIFAR-10 as closely as UNet2DModel allows)
+    channels: int = Field(128, ge=1)
+    channel_mult: tuple[int, ...] = Field((2, 2, 2), min_length=1)
+    num_res_blocks: int = Field(4, ge=1)
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = Field(0.13, ge=0, lt=1)
+    norm_groups: int = Field(32, ge=1)
+    time_embed_dim: int | None = Field(
+        512, ge=1, description="width of the noise embedding (EDM: 4 x 128); None = 4 x channels"
+    )
+    c_noise_scale: float = Field(
+        1.0, gt=0, description="multiplies c_noise before the UNet's positional embedding"
+    )
+    class_conditional: bool = Field(True, description="use labels when the data has classes")
+    label_dropout: float = Field(
+        0.1, ge=0, lt=1, description="P(null label) in training, for guidance; EDM used 0"
+    )
+    # optimiser (EDM's CIFAR-10 setting: Adam, lr 1e-3, 10 Mimg linear warm-up)
+    lr: float = Field(1e-3, gt=0)
+    lr_rampup_kimg: float = Field(10_000, ge=0, description="linear lr warm-up, kimg")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser update")
+    # sampler (EDM's CIFAR-10 setting: deterministic Heun, 18 steps = 35 NFE)
+    sampler: Literal["heun", "euler"] = "heun"
+    steps: int = Field(18, ge=1, description="default number of sampling steps N")
+    sigma_min: float = Field(0.002, gt=0)
+    sigma_max: float = Field(80.0, gt=0)
+    rho: float = Field(7.0, gt=0)
+    s_churn: float = Field(0.0, ge=0, description="Algorithm 2's S_churn; 0 = Algorithm 1")
+    s_tmin: float = Field(0.0, ge=0)
+    s_tmax: float | None = Field(None, gt=0, description="None = no upper limit (inf)")
+    s_noise: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sigma_range(self) -> EDMConfig:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min {self.sigma_min} must be below sigma_max {self.sigma_max}")
+        return self
+
+
+@GENERATORS.register("edm")
+class EDM(Generator):
+    """EDM diffusion model over a ``diffusers.UNet2DModel``; class-conditional with guidance."""
+
+    Config = EDMConfig
+
+    def __init__(self, config: EDMConfig, data: DataShape, device: torch.device) -> None:
+        super().__init__(config, data, device)
+        self.conditional = config.class_conditional and data.num_classes > 0
+        self.null_label = data.num_classes  # one extra class embedding: "no label"
+        self.precond = PRECONDITIONINGS[config.precond](config)
+        self.net = build_unet(
+            image_size=self.image_size,
+            in_channels=data.channels,
+            out_channels=data.channels,
+            channels=config.channels,
+            channel_mult=config.channel_mult,
+            num_res_blocks=config.num_res_blocks,
+            attn_resolutions=config.attn_resolutions,
+            dropout=config.dropout,
+            num_class_embeds=data.num_classes + 1 if self.conditional else 0,
+            norm_groups=config.norm_groups,
+            scale_shift_norm=True,
+            resblock_resample=True,
+            # EDM's PositionalEmbedding(endpoint=True): [cos, sin], frequencies 1 .. 1e-4.
+            flip_sin_to_cos=True,
+            freq_shift=1,
+            time_embedding_dim=config.time_embed_dim,
+        ).to(self.device)
+        self.opt = torch.optim.Adam(
+            self.net.parameters(),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            eps=config.adam_eps,
+        )
+        self.images_seen = 0  # drives the lr warm-up
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    # ---------------------------------------------------------------- denoiser
+
+    def denoise(
+        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """D(x; sigma, label) = c_skip x + c_out F(c_in x; c_noise, label) (eq. 7)."""
+        c = self.precond.coefficients(sigma)
+        out = unet_apply(
+            self.net,
+            _per_row(c.c_in, x) * x,
+            c.c_noise * self.config.c_noise_scale,
+            labels if self.conditional else None,
+        )
+        return _per_row(c.c_skip, x) * x + _per_row(c.c_out, x) * out
+
+    def _fixed_labels(self, labels: torch.Tensor | None) -> Denoiser:
+        """The denoiser at a scalar sigma with fixed labels (the sampler's view)."""
+
+        def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            s = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+            return self.denoise(x, s, labels)
+
+        return D
+
+    def _sampling_denoiser(
+        self, n: int, labels: torch.Tensor | None, guidance: float | None
+    ) -> Denoiser:
+        """D for ``n`` images: null labels without labels, guided when ``guidance`` != 1."""
+        null = torch.full((n,), self.null_label, device=self.device, dtype=torch.long)
+        if not self.conditional or labels is None:
+            return self._fixed_labels(null)
+        labels = labels.to(self.device)
+        if not self._is_guided(guidance):
+            return self._fixed_labels(labels)
+        both = self._fixed_labels(torch.cat([labels, null]))
+
+        def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            # One batched network call for the conditional and the null halves.
+            cond, uncond = both(torch.cat([x, x]), sigma).chunk(2)
+            return torch.lerp(uncond, cond, float(guidance))
+
+        return D
+
+    def _is_guided(self, guidance: float | None) -> bool:
+        return self.conditional and guidance is not None and guidance != 1.0
+
+    # ---------------------------------------------------------------- training
+
+    def _train_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if labels is None:
+            return torch.full((n,), self.null_label, device=self.device, dtype=torch.long)
+        labels = labels.to(self.device)
+        drop = torch.rand(n, device=self.device) < self.config.label_dropout
+        return labels.masked_fill(drop, self.null_label)
+
+    def _learning_rate(self, images: int) -> float:
+        """EDM's linear warm-up: lr * min(images / ramp-up images, 1).
+
+        ``images`` counts the current batch too (EDM counts it after the step, which makes
+        its very first update a no-op with lr = 0).
+        """
+        ramp = self.config.lr_rampup_kimg * 1000
+        return self.config.lr * (min(images / ramp, 1.0) if ramp > 0 else 1.0)
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        lr = self._learning_rate(self.images_seen + len(batch))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        micro = batch.split(self.config.grad_accum)
+        total = 0.0
+        for i, mb in enumerate(micro):
+            labels = self._train_labels(mb.labels, len(mb))
+            D = functools.partial(self.denoise, labels=labels)
+            loss = loss_per_sample(D, self.precond, mb.images.to(self.device)).mean()
+            loss = loss * (len(mb) / len(batch))
+            with gradient_sync([self.net], sync=i == len(micro) - 1):
+                loss.backward()
+            total += loss.item()
+        self.opt.step()
+        self.images_seen += len(batch)
+        return {"loss": total, "lr": lr}
+
+    # ---------------------------------------------------------------- sampling
+
+    def _steps(self, steps: int | str | None) -> int:
+        if steps is None:
+            return self.config.steps
+        if isinstance(steps, str) and not steps.isdigit():
+            raise ValueError(f"edm: steps must be a number of sampling steps, got {steps!r}")
+        return int(steps)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """The sampling noise levels, kept inside the range the network was trained on."""
+        c = self.config
+        lo = max(c.sigma_min, self.precond.sigma_min)
+        hi = min(c.sigma_max, self.precond.sigma_max)
+        return sigma_steps(steps, lo, hi, c.rho)
+
+    def _churn(self) -> Churn:
+        c = self.config
+        s_tmax = math.inf if c.s_tmax is None else c.s_tmax
+        return Churn(c.s_churn, c.s_tmin, s_tmax, c.s_noise)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        steps: int | str | None = None,
+        guidance: float | None = None,
+    ) -> torch.Tensor:
+        shape = (self.data.channels, self.image_size, self.image_size)
+        # Stream 0: initial noise; stream 1 + i: the churn noise of step i.
+        noise = seeded_randn(seeds, shape, self.device, stream=0)
+        D = self._sampling_denoiser(len(seeds), labels, guidance)
+        sigmas = self.sigmas(self._steps(steps)).tolist()
+        order = ORDERS[self.config.sampler]
+        was_training = self.net.training
+        self.net.eval()  # no dropout: an image depends only on its seed
+        try:
+            if self.config.s_churn > 0:
+
+                def step_noise(i: int) -> torch.Tensor:
+                    return seeded_randn(seeds, shape, self.device, stream=1 + i)
+
+                x = sample_sde(D, noise, sigmas, self._churn(), step_noise, order)
+            else:
+                x = sample_ode(D, noise, sigmas, order)
+        finally:
+            self.net.train(was_training)
+        return x.clamp_(-1.0, 1.0)
+
+    def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
+        per_call = 2 if self._is_guided(guidance) else 1
+        return per_call * sampler_nfe(self._steps(steps), ORDERS[self.config.sampler])
