@@ -1,8 +1,9 @@
 """Streaming evaluation of generated images against reference statistics.
 
 Stages, each a small function: images -> extractor (features, logits) -> ``FeatureStats`` /
-``LogitStore`` -> metrics. Batches stream through and are dropped, and the statistics are
-float64 sums, so results do not depend on the batch size.
+``LogitStore`` / ``FeatureStore`` -> metrics. Batches stream through and are dropped, and the
+statistics are float64 sums, so results do not depend on the batch size; evaluators over
+disjoint shards of the samples ``merge`` into the evaluator of the whole.
 """
 
 from __future__ import annotations
@@ -15,10 +16,20 @@ import torch
 
 from benchmarks.errors import GenbenchError
 from eval.extractors import FeatureExtractor
-from eval.metrics import METRICS, Metric, MetricInputs
-from eval.stats import FeatureStats, LogitStore
+from eval.metrics import (
+    METRICS,
+    Metric,
+    MetricInputs,
+    MetricOptions,
+    ReferenceInputs,
+    kid_subset_size,
+)
+from eval.reference import ReferenceStats, accumulate
+from eval.stats import FeatureStats, FeatureStore, LogitStore
 
-Reference = FeatureStats | tuple[np.ndarray, np.ndarray]
+Reference = ReferenceStats | FeatureStats | tuple[np.ndarray, np.ndarray]
+"""Real images' statistics: ``ReferenceStats`` (moments, count, maybe feature vectors and
+their source), ``FeatureStats`` sums, or pytorch-fid's ``(mu, sigma)``."""
 
 
 def _resolve_metrics(names: list[str]) -> dict[str, Metric]:
@@ -30,26 +41,37 @@ def _resolve_metrics(names: list[str]) -> dict[str, Metric]:
     return {METRICS.canonical(n): METRICS.get(n) for n in names}
 
 
-def _reference_moments(reference: Reference | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def _reference_inputs(
+    reference: Reference | None, dim: int, needs_features: bool
+) -> ReferenceInputs:
     if reference is None:
-        raise GenbenchError("FID needs reference statistics, but none were given")
-    if isinstance(reference, FeatureStats):
-        mu, sigma = reference.mean(), reference.cov()
+        raise GenbenchError("FID, KID and precision/recall need reference statistics")
+    if isinstance(reference, ReferenceStats):
+        ref = reference.inputs()
+    elif isinstance(reference, FeatureStats):
+        ref = ReferenceInputs(reference.mean(), reference.cov())
     else:
         mu, sigma = (np.asarray(a, dtype=np.float64) for a in reference)
-    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        ref = ReferenceInputs(mu, sigma)
+    if ref.mu.shape != (dim,) or ref.sigma.shape != (dim, dim):
         raise GenbenchError(
-            f"reference statistics have shape mu {mu.shape}, sigma {sigma.shape}; the "
-            f"extractor gives {dim}-d features"
+            f"reference statistics have shape mu {ref.mu.shape}, sigma {ref.sigma.shape}; the "
+            f"extractor gives {dim}-d features (check --dims)"
         )
-    return mu, sigma
+    if needs_features and ref.features is None:
+        raise GenbenchError(
+            "KID and precision/recall need reference feature vectors, but the reference "
+            "holds only mu and sigma; compute it from images (a data set split or a folder)"
+        )
+    return ref
 
 
 class Evaluator:
     """Accumulates generated images batch by batch and computes the requested metrics.
 
-    ``reference`` is the real images' statistics (``FeatureStats`` or pytorch-fid's
-    ``(mu, sigma)``); it may be None when no requested metric needs it (e.g. IS only).
+    ``reference`` is the real images' statistics (see ``Reference``); it may be None when no
+    requested metric needs it (e.g. IS only). KID and precision/recall need a
+    ``ReferenceStats`` with feature vectors. ``options`` holds the metrics' settings.
     """
 
     def __init__(
@@ -57,43 +79,77 @@ class Evaluator:
         extractor: FeatureExtractor,
         reference: Reference | None,
         metrics: list[str],
-        is_splits: int = 10,
+        options: MetricOptions | None = None,
     ) -> None:
         self.extractor = extractor
         self.metrics = _resolve_metrics(metrics)
-        self.is_splits = is_splits
-        needs_ref = any(m.needs_reference for m in self.metrics.values())
+        self.options = options or MetricOptions()
+        needed = self.metrics.values()
+        self.keep_logits = any(m.needs_logits for m in needed)
+        self.keep_features = any(m.needs_features for m in needed)
         dim = extractor.feature_dim
-        self.reference = _reference_moments(reference, dim) if needs_ref else None
-        self.keep_logits = any(m.needs_logits for m in self.metrics.values())
+        self.reference: ReferenceInputs | None = None
+        if any(m.needs_reference or m.needs_features for m in needed):
+            self.reference = _reference_inputs(reference, dim, self.keep_features)
+        self.reference_protocol = (
+            reference.protocol() if isinstance(reference, ReferenceStats) else None
+        )
         self.stats = FeatureStats(dim, extractor.device)
         self.logits = LogitStore()
+        self.features = FeatureStore(self.options.max_features if self.keep_features else 0)
 
     def update(self, images: torch.Tensor) -> None:
-        """Stream a batch of generated images (N, 1 or 3, H, W) in [-1, 1]."""
-        features, logits = self.extractor(images)
+        """Stream a batch of generated images (N, 1 or 3, H, W), float in [-1, 1] or uint8."""
+        features, logits = self.extractor(images, logits=self.keep_logits)
+        self.accumulate(features, logits)
+
+    def accumulate(self, features: torch.Tensor, logits: torch.Tensor | None = None) -> None:
+        """Add extractor outputs of a batch (for callers that ran the extractor themselves)."""
         self.stats.update(features)
+        self.features.update(features)
         if self.keep_logits:
+            if logits is None:
+                raise ValueError("the Inception Score needs the logits of every batch")
             self.logits.update(logits)
 
+    def merge(self, other: Evaluator) -> Evaluator:
+        """An evaluator over ``self``'s samples, then ``other``'s (same setup); merge shards
+        in seed order so the Inception Score's splits and the kept features match one pass."""
+        if other.metrics.keys() != self.metrics.keys() or other.options != self.options:
+            raise ValueError("cannot merge evaluators with different metrics or options")
+        merged = object.__new__(Evaluator)
+        merged.__dict__.update(self.__dict__)
+        merged.stats = self.stats.merge(other.stats)
+        merged.logits = self.logits.merge(other.logits)
+        merged.features = self.features.merge(other.features)
+        return merged
+
     def compute(self) -> dict[str, dict[str, float]]:
-        """``{metric name: {"value": ..., and e.g. "std": ...}}`` over every image so far."""
-        inputs = MetricInputs(self.stats, self.logits, self.reference, self.is_splits)
+        """``{metric name: result dict}`` over every image so far (see ``eval.metrics``)."""
+        inputs = MetricInputs(self.stats, self.logits, self.features, self.reference, self.options)
         return {name: metric.compute(inputs) for name, metric in self.metrics.items()}
 
     def protocol(self) -> dict[str, Any]:
-        """The facts a metric value must be stored with to be comparable."""
-        ext = self.extractor
-        return {
-            "extractor": ext.id,
-            "weights_sha256": ext.weights_sha256,
-            "resize": ext.resize,
-            "input_size": ext.input_size,
-            "dtype": "float32",
-            "feature_dim": ext.feature_dim,
+        """The facts a metric value must be stored with to be comparable: the extractor's
+        (``FeatureExtractor.protocol``), the sample count, the metrics' settings and, when
+        known, the reference's (``ReferenceStats.protocol``)."""
+        opts = self.options
+        out: dict[str, Any] = {
+            **self.extractor.protocol(),
             "num_samples": self.stats.count,
-            "is_splits": self.is_splits,
+            "is_splits": opts.is_splits,
         }
+        if self.keep_features:
+            out.update(max_features=opts.max_features, num_features=len(self.features))
+        if "kid" in self.metrics:
+            n_ref = 0 if self.reference is None else len(self.reference.features)
+            size = kid_subset_size(len(self.features), n_ref, opts.kid_subset_size)
+            out.update(kid_subsets=opts.kid_subsets, kid_subset_size=size, kid_seed=opts.kid_seed)
+        if "pr" in self.metrics:
+            out["pr_k"] = opts.pr_k
+        if self.reference_protocol is not None:
+            out["reference"] = self.reference_protocol
+        return out
 
 
 def reference_stats(
@@ -101,10 +157,8 @@ def reference_stats(
     images: torch.Tensor | Iterable[torch.Tensor],
     batch_size: int = 256,
 ) -> FeatureStats:
-    """Feature statistics of real images in [-1, 1]: one (N, C, H, W) tensor, split into
-    ``batch_size`` chunks, or any iterable of such batches (streamed, never held at once)."""
-    stats = FeatureStats(extractor.feature_dim, extractor.device)
+    """Feature statistics of real images in [-1, 1] (or uint8): one (N, C, H, W) tensor,
+    split into ``batch_size`` chunks, or any iterable of such batches (streamed, never held
+    at once)."""
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-    for batch in batches:
-        stats.update(extractor(batch)[0])
-    return stats
+    return accumulate(extractor, batches)[0]

@@ -1,30 +1,45 @@
 """Feature extractors: networks that map generated images to (features, class logits).
 
-Every extractor takes images of any size with 1 or 3 channels in [-1, 1], converts channels
-and resizes to its own input (the resize method is part of the evaluation protocol), and
-returns float32 features for FID and logits for IS. Extractors are registered by name in
-``EXTRACTORS`` as ``ExtractorLoader`` objects. A loader's ``WeightsSource`` finds the weights
-file and checks its sha256 against what is pinned for it; the loader records the file's actual
-sha256 on the extractor, so every metric value can name exactly which network measured it.
+Every extractor takes images of any size with 1 or 3 channels, either float in [-1, 1] or
+uint8 in [0, 255] (as read from image files), converts channels and resizes to its own input,
+and returns float32 features for FID / KID / precision-recall and logits for IS. How it does
+so is part of the evaluation protocol (``FeatureExtractor.protocol``):
+
+- ``quantize``: float images are first rounded to uint8 exactly as ``torchvision``'s
+  ``save_image`` writes them, so streaming generated samples gives the same numbers as
+  saving them as PNG files and evaluating the folder (pytorch-fid's path reads uint8 PNGs).
+- ``resize``: the method that brings images to the network's input size.
+- ``dims``: which layer's features (pytorch-fid's ``--dims``).
+- ``tf32``: whether cuDNN may run the float32 convolutions in TF32 on Ampere or newer GPUs.
+
+Extractors are registered by name in ``EXTRACTORS`` as ``ExtractorLoader`` objects. A
+loader's ``WeightsSource`` finds the weights file and checks its sha256 against what is pinned
+for it; the loader records the file's actual sha256 on the extractor, so every metric value
+can name exactly which network measured it.
 
 Registered:
 
 - ``digits``: ``DigitsNet``, trained by ``eval.train_digits_classifier``, shipped in
   ``eval/weights/``, pinned by its full sha256 (``PinnedWeights``).
-- ``inception``: pytorch-fid's FID Inception (``eval.inception``), pool3 2048-d features and
-  1008-way logits at 299 x 299, weights from an explicit path, ``$BENCH_INCEPTION_WEIGHTS``,
-  the torch hub cache or a download (``eval.inception.InceptionWeights``).
+- ``inception``: pytorch-fid's FID Inception (``eval.inception``), pool3 2048-d features (or
+  64, 192, 768 with ``dims``) and 1008-way logits at 299 x 299, resized with pytorch-fid's
+  ``bilinear`` or clean-fid's ``clean`` resize; weights from an explicit path,
+  ``$BENCH_INCEPTION_WEIGHTS``, the torch hub cache or a download
+  (``eval.inception.InceptionWeights``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -33,7 +48,7 @@ from torch import nn
 from benchmarks.errors import GenbenchError
 from benchmarks.registry import Registry
 from eval.digits_net import DIGITS_WEIGHTS, DigitsNet
-from eval.inception import InceptionWeights, load_fid_inception
+from eval.inception import BLOCK_INDEX_BY_DIM, InceptionWeights, load_fid_inception
 
 DIGITS_WEIGHTS_SHA256 = "42eba43a13dfa23c1fcc064eb3de007c2c1ce4ce2878b5e670cd41348313e477"
 """sha256 of the shipped ``eval/weights/digits_cnn.safetensors``."""
@@ -55,7 +70,8 @@ def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if have == channels:
         return images
     if channels == 1:
-        return images.mean(dim=1, keepdim=True)
+        # Averaged in float64, so identical channels give back exactly their value.
+        return images.to(torch.float64).mean(dim=1, keepdim=True).to(images.dtype)
     return images.expand(-1, channels, -1, -1)
 
 
@@ -70,51 +86,151 @@ def resize_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-class FeatureExtractor(nn.Module, ABC):
-    """Base class: images in [-1, 1], any size, 1 or 3 channels -> (features, logits).
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] -> uint8, byte for byte what ``torchvision.utils.save_image(x,
+    normalize=True, value_range=(-1, 1))`` writes to a PNG file: (x + 1) / 2 * 255 + 0.5,
+    clamped and truncated."""
+    return images.add(1).div_(2).mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
-    Subclasses set the class attributes and implement ``extract`` on images already converted
-    to ``in_channels`` x ``input_size`` x ``input_size``; ``forward`` does that conversion.
-    ``weights_sha256`` is set per instance by the loader from the verified file.
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [0, 1] (``ToTensor``'s u / 255); float [-1, 1] -> [0, 1]."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255)
+    return images.to(torch.float32).add(1).div_(2)
+
+
+def to_signed(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] (u / 127.5 - 1, the data sets' mapping); float
+    images are only cast to float32."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(127.5).sub_(1)
+    return images.to(torch.float32)
+
+
+@contextlib.contextmanager
+def float32_precision(device: torch.device, allow_tf32: bool) -> Iterator[None]:
+    """Pin float32 precision on CUDA inside the block and restore the global flags after.
+
+    ``allow_tf32`` True is torch's default and so pytorch-fid's behaviour: cuDNN convolutions
+    may use TF32 on Ampere or newer GPUs, matrix products may not. False is strict float32
+    for both. Pinned rather than inherited, so a generator that enabled TF32 matmuls for its
+    own speed cannot change what the evaluator measures.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def tf32_in_effect(device: torch.device, allow_tf32: bool) -> bool:
+    """Whether TF32 convolutions can actually run: allowed, on CUDA, on compute capability
+    8.0 (Ampere) or newer."""
+    if not allow_tf32 or device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+class FeatureExtractor(nn.Module, ABC):
+    """Base class: images (float [-1, 1] or uint8), any size, 1 or 3 channels -> (features,
+    logits).
+
+    Subclasses set the class attributes and implement ``preprocess`` (images -> network
+    input) and ``extract`` (network input -> features, logits); ``forward`` validates,
+    quantizes and pins the float32 precision around them. The loader sets the per-instance
+    protocol: ``weights_sha256`` from the verified file, ``feature_dim`` (the ``dims``),
+    ``resize``, ``quantize`` and ``allow_tf32``.
     """
 
     id: str
-    feature_dim: int
     num_classes: int
     input_size: int
     in_channels: int
-    resize: str = "bilinear"
+    feature_dim: int
+    resize: str
 
-    def __init__(self, weights_sha256: str) -> None:
+    def __init__(
+        self,
+        weights_sha256: str,
+        *,
+        feature_dim: int | None = None,
+        resize: str | None = None,
+        quantize: bool = True,
+        allow_tf32: bool = True,
+    ) -> None:
         super().__init__()
         self.weights_sha256 = weights_sha256
+        if feature_dim is not None:
+            self.feature_dim = feature_dim
+        if resize is not None:
+            self.resize = resize
+        self.quantize = quantize
+        self.allow_tf32 = allow_tf32
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Float32 images on this extractor's device, with its channels and size."""
+    @property
+    def tf32(self) -> bool:
+        """Whether TF32 convolutions run (see ``tf32_in_effect``)."""
+        return tf32_in_effect(self.device, self.allow_tf32)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Validated images on this extractor's device, quantized when asked, then
+        ``preprocess``-ed into the network's input."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(
                 f"{self.id}: expected images (N, 1 or 3, H, W), got shape {tuple(images.shape)}"
             )
-        x = images.to(device=self.device, dtype=torch.float32)
-        return self.resize_images(to_channels(x, self.in_channels))
-
-    def resize_images(self, x: torch.Tensor) -> torch.Tensor:
-        """Resize (N, C, H, W) to ``input_size``; the method named by ``resize``."""
-        return resize_bilinear(x, self.input_size)
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise ValueError(f"{self.id}: expected float or uint8 images, got {images.dtype}")
+        x = images.to(self.device)
+        if self.quantize and x.dtype != torch.uint8:
+            x = quantize(x)
+        return self.preprocess(x)
 
     @abstractmethod
-    def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features (N, feature_dim), logits (N, num_classes)) of preprocessed images."""
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Network input (N, in_channels, input_size, input_size) float32 of images on this
+        device, uint8 or float in [-1, 1]."""
+
+    @abstractmethod
+    def extract(
+        self, x: torch.Tensor, logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features (N, feature_dim), logits (N, num_classes) or None without ``logits``)."""
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features (N, feature_dim) float32, logits (N, num_classes)) of images in [-1, 1]."""
-        features, logits = self.extract(self.preprocess(images))
-        return features.float(), logits.float()
+    def forward(
+        self, images: torch.Tensor, logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features (N, feature_dim) float32, logits (N, num_classes) float32, or None when
+        ``logits`` is False, which lets an extractor skip work) of images."""
+        x = self.prepare(images)
+        with float32_precision(self.device, self.allow_tf32):
+            features, out = self.extract(x, logits)
+        return features.float(), out.float() if out is not None else None
+
+    def protocol(self) -> dict[str, Any]:
+        """The facts about this extractor that a metric value must be stored with."""
+        return {
+            "extractor": self.id,
+            "weights_sha256": self.weights_sha256,
+            "resize": self.resize,
+            "input_size": self.input_size,
+            "dtype": "float32",
+            "feature_dim": self.feature_dim,
+            "dims": self.feature_dim,
+            "quantize": self.quantize,
+            "tf32": self.tf32,
+        }
 
 
 class DigitsExtractor(FeatureExtractor):
@@ -129,23 +245,50 @@ class DigitsExtractor(FeatureExtractor):
     # a different name, so the protocol never equates the two.
     resize = "bilinear_antialias"
 
-    def __init__(self, net: DigitsNet, weights_sha256: str) -> None:
-        super().__init__(weights_sha256)
+    def __init__(self, net: DigitsNet, weights_sha256: str, **options: Any) -> None:
+        super().__init__(weights_sha256, **options)
         self.net = net
 
-    def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_channels(to_signed(images), self.in_channels)
+        return resize_bilinear(x, self.input_size)
+
+    def extract(
+        self, x: torch.Tensor, logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         features = self.net.features(x)
-        return features, self.net.head(features)
+        return features, self.net.head(features) if logits else None
+
+
+@functools.cache
+def _clean_resizer() -> Callable[[np.ndarray], np.ndarray]:
+    from cleanfid.resize import build_resizer
+
+    return build_resizer("clean")
+
+
+def resize_clean(images: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """clean-fid's ``clean`` resize of (N, 3, H, W) images (uint8, or float in [-1, 1]) to
+    float32 [0, 1] at 299 x 299: PIL's bicubic filter on each channel as float32 (no
+    quantization after), on the CPU, one image at a time, by clean-fid's own function."""
+    if size != 299:
+        raise ValueError(f"clean-fid's clean resize is fixed to 299, not {size}")
+    # clean-fid takes HWC arrays in [0, 255]: uint8 from files, float from generators.
+    x = images if images.dtype == torch.uint8 else images.float().add(1).mul(127.5)
+    arrays = x.permute(0, 2, 3, 1).cpu().numpy()
+    resized = np.stack([_clean_resizer()(a) for a in arrays])
+    return torch.from_numpy(resized).permute(0, 3, 1, 2).to(images.device).div_(255)
 
 
 class InceptionExtractor(FeatureExtractor):
-    """pytorch-fid's FID Inception: pool3 2048-d features and 1008-way logits at 3x299x299.
+    """pytorch-fid's FID Inception: pool3 2048-d features (or the ``dims`` pytorch-fid offers)
+    and 1008-way logits at 3x299x299.
 
-    Matches pytorch-fid's ``InceptionV3([3], resize_input=True, normalize_input=True)`` fed
-    the same images mapped to [0, 1]: grey is repeated to RGB (as pytorch-fid's RGB image
-    loading does), the resize is pytorch-fid's plain bilinear, and no rescaling is needed
-    because pytorch-fid's ``normalize_input`` (2x - 1) only brings [0, 1] to the [-1, 1] that
-    our images already have.
+    With ``resize="bilinear"`` it matches pytorch-fid's ``InceptionV3([block],
+    resize_input=True, normalize_input=True)`` fed the same images as its folder path does:
+    uint8 -> u / 255 (``ToTensor``), grey repeated to RGB (``convert("RGB")``), plain bilinear
+    resize to 299, then 2x - 1. ``resize="clean"`` swaps in clean-fid's resize (PIL bicubic on
+    float32 pixels) before the same 2x - 1.
     """
 
     id = "pytorch_fid_inception_v3"
@@ -155,20 +298,29 @@ class InceptionExtractor(FeatureExtractor):
     in_channels = 3
     resize = "bilinear"
 
-    def __init__(self, net: nn.Module, weights_sha256: str) -> None:
-        super().__init__(weights_sha256)
+    def __init__(self, net: nn.Module, weights_sha256: str, **options: Any) -> None:
+        super().__init__(weights_sha256, **options)
         self.net = net
 
-    def resize_images(self, x: torch.Tensor) -> torch.Tensor:
-        # pytorch-fid's exact call (InceptionV3.forward): no antialiasing, even when shrinking,
-        # and always applied (at 299 it is the identity). Resizing before rather than after
-        # its 2x - 1 is the same, as bilinear weights sum to one.
-        return F.interpolate(
-            x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-        )
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_channels(images, self.in_channels)
+        if self.resize == "clean":
+            x = resize_clean(x, self.input_size)
+        else:
+            # pytorch-fid's exact steps (ToTensor, then InceptionV3.forward): no
+            # antialiasing, even when shrinking, and always applied (the identity at 299).
+            x = F.interpolate(
+                to_unit(x),
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+            )
+        return 2 * x - 1
 
-    def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(x)
+    def extract(
+        self, x: torch.Tensor, logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.net(x, logits)
 
 
 class WeightsSource(Protocol):
@@ -210,36 +362,83 @@ class PinnedWeights:
 
 
 @dataclass(frozen=True)
-class ExtractorLoader:
-    """How to load one registered extractor: where its weights come from and how to build it.
+class ExtractorOptions:
+    """Per-use settings of an extractor, all recorded in the protocol. None means the
+    extractor's default (its first choice of ``dims`` / ``resizes``)."""
 
-    Calling it, ``loader(device, weights)``, resolves the weights file (``weights`` or the
-    source's default), checks its sha256 and builds the extractor in eval mode with gradients
-    off, recording the file's sha256 on it.
+    dims: int | None = None
+    resize: str | None = None
+    quantize: bool = True
+    allow_tf32: bool = True
+
+
+@dataclass(frozen=True)
+class ExtractorLoader:
+    """How to load one registered extractor: where its weights come from, which options it
+    offers and how to build it.
+
+    Calling it, ``loader(device, weights, options)``, checks the options, resolves the
+    weights file (``weights`` or the source's default), checks its sha256 and builds the
+    extractor in eval mode with gradients off, recording the file's sha256 on it.
     """
 
     description: str
     weights: WeightsSource
-    build: Callable[[Path, str, torch.device], FeatureExtractor]
-    """``build(weights_path, verified_sha256, device)``."""
+    build: Callable[[Path, str, torch.device, ExtractorOptions], FeatureExtractor]
+    """``build(weights_path, verified_sha256, device, options)``; options are resolved."""
+    dims: tuple[int, ...]
+    """Feature sizes offered; the first is the default."""
+    resizes: tuple[str, ...]
+    """Resize methods offered; the first is the default."""
+
+    def resolve_options(self, options: ExtractorOptions | None = None) -> ExtractorOptions:
+        """``options`` with defaults filled in; ``GenbenchError`` naming the valid choices
+        for a ``dims`` or ``resize`` this extractor does not offer."""
+        options = options or ExtractorOptions()
+        dims = self.dims[0] if options.dims is None else options.dims
+        resize = self.resizes[0] if options.resize is None else options.resize
+        if dims not in self.dims:
+            valid = ", ".join(map(str, self.dims))
+            raise GenbenchError(f"dims {dims} is not offered by this extractor; valid: {valid}")
+        if resize not in self.resizes:
+            valid = ", ".join(self.resizes)
+            raise GenbenchError(
+                f"resize {resize!r} is not offered by this extractor; valid: {valid}"
+            )
+        return ExtractorOptions(dims, resize, options.quantize, options.allow_tf32)
 
     def __call__(
-        self, device: str | torch.device = "cpu", weights: Path | None = None
+        self,
+        device: str | torch.device = "cpu",
+        weights: Path | None = None,
+        options: ExtractorOptions | None = None,
     ) -> FeatureExtractor:
+        resolved = self.resolve_options(options)
         path = self.weights.resolve(weights)
         actual = file_sha256(path)
         self.weights.check(path, actual)
-        extractor = self.build(path, actual, torch.device(device))
+        extractor = self.build(path, actual, torch.device(device), resolved)
         return extractor.eval().requires_grad_(False)
+
+
+def _extractor_options(options: ExtractorOptions) -> dict[str, Any]:
+    return {
+        "feature_dim": options.dims,
+        "resize": options.resize,
+        "quantize": options.quantize,
+        "allow_tf32": options.allow_tf32,
+    }
 
 
 EXTRACTORS: Registry[ExtractorLoader] = Registry("feature extractor", base=ExtractorLoader)
 
 
-def _build_digits(path: Path, sha256: str, device: torch.device) -> FeatureExtractor:
+def _build_digits(
+    path: Path, sha256: str, device: torch.device, options: ExtractorOptions
+) -> FeatureExtractor:
     net = DigitsNet()
     net.load_state_dict(load_file(path))
-    return DigitsExtractor(net, sha256).to(device)
+    return DigitsExtractor(net, sha256, **_extractor_options(options)).to(device)
 
 
 EXTRACTORS.add(
@@ -253,12 +452,17 @@ EXTRACTORS.add(
             hint=" (restore the shipped eval/weights/digits_cnn.safetensors from the repository)",
         ),
         build=_build_digits,
+        dims=(DigitsNet.feature_dim,),
+        resizes=(DigitsExtractor.resize,),
     ),
 )
 
 
-def _build_inception(path: Path, sha256: str, device: torch.device) -> FeatureExtractor:
-    return InceptionExtractor(load_fid_inception(path), sha256).to(device)
+def _build_inception(
+    path: Path, sha256: str, device: torch.device, options: ExtractorOptions
+) -> FeatureExtractor:
+    net = load_fid_inception(path, options.dims or 2048)
+    return InceptionExtractor(net, sha256, **_extractor_options(options)).to(device)
 
 
 EXTRACTORS.add(
@@ -267,18 +471,31 @@ EXTRACTORS.add(
         description="pytorch-fid's FID Inception v3 (pool3 2048-d features, 1008-way logits)",
         weights=InceptionWeights(),
         build=_build_inception,
+        # pytorch-fid's --dims, its default (pool3) first.
+        dims=tuple(sorted(BLOCK_INDEX_BY_DIM, reverse=True)),
+        resizes=("bilinear", "clean"),
     ),
 )
 
 
-def load_extractor(
-    name: str, device: str | torch.device = "cpu", weights: Path | None = None
-) -> FeatureExtractor:
-    """Load the registered extractor ``name`` on ``device``, from ``weights`` or its default
-    file, after checking the file's sha256. Raises ``GenbenchError`` (one line) for an unknown
-    name, a missing weights file, a hash mismatch or weights that do not fit the network."""
+def get_loader(name: str) -> ExtractorLoader:
+    """The registered loader ``name``; ``GenbenchError`` listing the choices if unknown."""
     if name not in EXTRACTORS:
         raise GenbenchError(
             f"unknown feature extractor {name!r}; valid choices: {', '.join(EXTRACTORS.choices())}"
         )
-    return EXTRACTORS.get(name)(device, weights)
+    return EXTRACTORS.get(name)
+
+
+def load_extractor(
+    name: str,
+    device: str | torch.device = "cpu",
+    weights: Path | None = None,
+    options: ExtractorOptions | None = None,
+) -> FeatureExtractor:
+    """Load the registered extractor ``name`` on ``device``, from ``weights`` or its default
+    file, after checking the file's sha256, with ``options`` (defaults: the extractor's
+    default dims and resize, quantized input, TF32 convolutions allowed). Raises
+    ``GenbenchError`` (one line) for an unknown name or option, a missing weights file, a
+    hash mismatch or weights that do not fit the network."""
+    return get_loader(name)(device, weights, options)

@@ -8,9 +8,10 @@ keeps them (``<torch.hub.get_dir()>/checkpoints/``), and finally a download into
 whose every network step is bounded by ``DOWNLOAD_TIMEOUT_S``, so an offline machine gets a
 one-line ``GenbenchError`` naming both fixes instead of a hang.
 
-The network is pytorch-fid's own ``fid_inception_v3`` (torchvision's Inception3 with the FID
-blocks patched in), loaded strictly from the resolved file; ``FIDInception`` returns its pool3
-features (what pytorch-fid's ``InceptionV3([3])`` returns) and its 1008-way logits.
+The network is pytorch-fid's own ``InceptionV3`` (its ``fid_inception_v3``: torchvision's
+Inception3 with the FID blocks patched in), loaded strictly from the resolved file;
+``FIDInception`` returns the features pytorch-fid's ``--dims`` selects (pool3, 2048-d, by
+default) and the 1008-way logits of pool3.
 
 pytorch_fid (and with it torchvision) is imported only when a network is built: the import
 takes over a second, and listing or validating extractor names must stay fast.
@@ -26,6 +27,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.download import check_host_resolves, one_line, socket_timeout
@@ -127,34 +129,52 @@ class InceptionWeights:
             torch.hub.download_url_to_file(url, str(dst), hash_prefix=self.sha256_prefix)
 
 
+BLOCK_INDEX_BY_DIM: dict[int, int] = {64: 0, 192: 1, 768: 2, 2048: 3}
+"""pytorch-fid's ``--dims`` choices and the ``InceptionV3`` block whose output they are: first
+max pool (64), second max pool (192), the aux classifier's input (768), pool3 (2048)."""
+
+LOGITS_BLOCK = 3
+"""The block ending in pool3, which the 1008-way logits are computed from."""
+
+
 class FIDInception(nn.Module):
-    """pytorch-fid's FID Inception returning (pool3 features (N, 2048), logits (N, 1008)).
+    """pytorch-fid's FID Inception returning (features (N, dims), logits (N, 1008) or None).
 
     Input: (N, 3, 299, 299) in [-1, 1], the range the network was trained on (pytorch-fid's
-    ``normalize_input`` maps its [0, 1] inputs there; nothing is rescaled here).
+    ``normalize_input`` maps its [0, 1] inputs there; nothing is rescaled here). ``blocks`` are
+    pytorch-fid's ``InceptionV3.blocks``; features of a block with a spatial extent are
+    averaged over it, as pytorch-fid's ``get_activations`` does for ``--dims`` below 2048.
     """
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, blocks: nn.ModuleList, fc: nn.Linear, dims: int = 2048) -> None:
         super().__init__()
-        # torchvision's forward ends avgpool -> dropout -> flatten -> fc. With fc lifted out,
-        # the unmodified forward yields pool3 (dropout is the identity in eval mode), and the
-        # logits are fc of it: both outputs from one pass, without hooks.
-        self.fc = net.fc
-        net.fc = nn.Identity()
-        self.net = net
+        if dims not in BLOCK_INDEX_BY_DIM:
+            raise ValueError(f"dims must be one of {sorted(BLOCK_INDEX_BY_DIM)}, got {dims}")
+        self.blocks = blocks
+        self.fc = fc
+        self.dims = dims
+        self.feature_block = BLOCK_INDEX_BY_DIM[dims]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pool3 features (N, 2048), logits (N, 1008)) of (N, 3, 299, 299) images in [-1, 1]."""
-        pool3 = self.net(x)
-        return pool3, self.fc(pool3)
+    def forward(
+        self, x: torch.Tensor, logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features (N, dims), logits (N, 1008) or None) of (N, 3, 299, 299) images in
+        [-1, 1]; without ``logits`` only the blocks up to the feature block run."""
+        last = LOGITS_BLOCK if logits else self.feature_block
+        features = x
+        for index, block in enumerate(self.blocks[: last + 1]):
+            x = block(x)
+            if index == self.feature_block:
+                features = x
+        if features.shape[2:] != (1, 1):
+            features = F.adaptive_avg_pool2d(features, output_size=(1, 1))
+        # pool3 is (N, 2048, 1, 1); the FID Inception's logits are its fc layer applied to it
+        # (torchvision's dropout before fc is the identity in eval mode).
+        return features.flatten(1), self.fc(x.flatten(1)) if logits else None
 
 
-def load_fid_inception(path: Path) -> FIDInception:
-    """pytorch-fid's FID Inception (eval mode, CPU) with the state dict stored at ``path``.
-
-    Raises ``GenbenchError`` (one line) when the file cannot be read or its state dict does
-    not fit the network (missing or unexpected keys, wrong shapes).
-    """
+def load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """The state dict stored at ``path``; ``GenbenchError`` (one line) if it is not one."""
     hint = InceptionWeights().hint
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
@@ -165,18 +185,70 @@ def load_fid_inception(path: Path) -> FIDInception:
     if not isinstance(state_dict, Mapping):
         kind = type(state_dict).__name__
         raise GenbenchError(f"Inception weights {path} hold a {kind}, not a state dict: {hint}")
+    return state_dict
+
+
+def build_fid_inception(
+    state_dict: Mapping[str, torch.Tensor], dims: int = 2048, source: str = "state dict"
+) -> FIDInception:
+    """pytorch-fid's FID Inception (eval mode, CPU) with ``state_dict`` loaded strictly.
+
+    Raises ``GenbenchError`` (one line, naming ``source``) when the state dict does not fit
+    the network (missing or unexpected keys, wrong shapes).
+    """
     from pytorch_fid import inception as pytorch_fid_inception
 
     # pytorch-fid's builder fetches its weights itself (from the URL, no file argument, no
-    # timeout). Handing it ours keeps both the architecture and the strict load its own.
+    # timeout). Handing it ours keeps the architecture, the block split and the strict load
+    # its own.
+    blocks = sorted({BLOCK_INDEX_BY_DIM.get(dims, LOGITS_BLOCK), LOGITS_BLOCK})
     with mock.patch.object(
         pytorch_fid_inception, "load_state_dict_from_url", lambda *args, **kwargs: state_dict
     ):
         try:
-            net = pytorch_fid_inception.fid_inception_v3()
+            net = pytorch_fid_inception.InceptionV3(
+                blocks, resize_input=False, normalize_input=False
+            )
         except Exception as exc:
             raise GenbenchError(
-                f"Inception weights {path} do not fit pytorch-fid's FID Inception "
-                f"({one_line(exc)}): {hint}"
+                f"Inception weights {source} do not fit pytorch-fid's FID Inception "
+                f"({one_line(exc)}): {InceptionWeights().hint}"
             ) from exc
-    return FIDInception(net).eval()
+    # InceptionV3 drops the final fc layer; the strict load above has checked its shapes.
+    fc = nn.Linear(2048, 1008)
+    fc.load_state_dict({"weight": state_dict["fc.weight"], "bias": state_dict["fc.bias"]})
+    return FIDInception(net.blocks, fc, dims).eval()
+
+
+def load_fid_inception(path: Path, dims: int = 2048) -> FIDInception:
+    """pytorch-fid's FID Inception (eval mode, CPU) with the state dict stored at ``path``,
+    returning ``dims``-d features. Raises ``GenbenchError`` (one line) when the file cannot
+    be read or its state dict does not fit the network."""
+    return build_fid_inception(load_state_dict(path), dims, source=str(path))
+
+
+def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict in pytorch-fid's format with random values, built offline (for tests and
+    for timing the network where the real weights are not at hand).
+
+    pytorch-fid's FID blocks subclass torchvision's and change only their forward passes, so
+    torchvision's Inception3 with 1008 classes and no aux head has exactly their parameters.
+    """
+    import torchvision
+
+    net = torchvision.models.inception_v3(
+        weights=None, aux_logits=False, num_classes=1008, init_weights=False
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            # He init keeps activations O(1) through the ~100 layers; non-trivial batch-norm
+            # statistics make checks sensitive to their use (eps, eval mode).
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=gen)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0.0, 0.1, generator=gen)
+                m.running_mean.normal_(0.0, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+    return net.state_dict()

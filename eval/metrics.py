@@ -1,8 +1,10 @@
 """Sample-quality metrics over extractor outputs, and the ``METRICS`` registry the CLI lists.
 
-Each ``Metric`` descriptor says what it needs (reference statistics, logits) and computes a
-``{"value": ..., ...}`` dict from ``MetricInputs``; ``eval.evaluator.Evaluator`` gathers the
-inputs once for every requested metric.
+Each ``Metric`` descriptor says what it needs (reference moments or feature vectors, logits,
+generated feature vectors) and computes a result dict from ``MetricInputs``;
+``eval.evaluator.Evaluator`` gathers the inputs once for every requested metric. Result dicts:
+``fid`` {"value"}, ``is`` {"value", "std"}, ``kid`` {"value", "std"} (mean and std over
+subsets), ``pr`` {"precision", "recall", "k"}.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from scipy.special import logsumexp
 
 from benchmarks.errors import GenbenchError
 from benchmarks.registry import Registry
-from eval.stats import FeatureStats, LogitStore
+from eval.stats import FeatureStats, FeatureStore, LogitStore
+
+KID_SEED = 2020
+"""Seed of the KID subset draws: torch-fidelity's default, so both give the same value on the
+same features in the same order."""
 
 
 def frechet_distance(
@@ -57,15 +63,141 @@ def inception_score(logits: torch.Tensor | np.ndarray, splits: int = 10) -> tupl
     return float(np.mean(scores)), float(np.std(scores))
 
 
+def _paired(
+    generated: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets as float64 tensors on the generated side's device."""
+    x = torch.as_tensor(generated).detach().to(torch.float64)
+    y = torch.as_tensor(reference).detach().to(device=x.device, dtype=torch.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise GenbenchError(
+            f"{what}: generated features {tuple(x.shape)} and reference features "
+            f"{tuple(y.shape)} do not match"
+        )
+    return x, y
+
+
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD^2 between samples ``x`` and ``y`` (m, d each) under the cubic polynomial
+    kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al. 2018, "Demystifying MMD GANs", KID)."""
+    m, d = x.shape
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # One fused 1 + a b^T / d, cubed in place: the elementwise work rivals the matrix
+        # product at small d, and this is 100 subsets of m x m.
+        ones = a.new_ones(()).expand(len(a), len(b))
+        return torch.addmm(ones, a, b.T, alpha=1 / d).pow_(3)
+
+    k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
+    # Within-sample sums drop the diagonal (k(a, a)); the cross term keeps every pair.
+    within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (
+        m * (m - 1)
+    )
+    return float(within - 2 * k_xy.sum() / (m * m))
+
+
+def kid_subset_size(n_generated: int, n_reference: int, subset_size: int) -> int:
+    """The subset size KID uses: ``subset_size``, or fewer when either side has fewer."""
+    return min(subset_size, n_generated, n_reference)
+
+
+def kernel_inception_distance(
+    generated: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = KID_SEED,
+) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): mean and std over ``subsets`` random subsets of the
+    unbiased MMD^2 with the cubic polynomial kernel, in float64.
+
+    Each subset draws ``m = kid_subset_size(...)`` generated rows, then ``m`` reference rows,
+    without replacement, from ``numpy.random.RandomState(seed)``: the original code's
+    recipe, seeded.
+    """
+    x, y = _paired(generated, reference, "KID")
+    m = kid_subset_size(len(x), len(y), subset_size)
+    if m < 2:
+        raise GenbenchError(f"KID needs at least 2 samples on each side, got {len(x)}, {len(y)}")
+    rng = np.random.RandomState(seed)
+    mmds = []
+    for _ in range(subsets):
+        gen_idx = torch.from_numpy(rng.choice(len(x), m, replace=False)).to(x.device)
+        ref_idx = torch.from_numpy(rng.choice(len(y), m, replace=False)).to(x.device)
+        mmds.append(_mmd2_unbiased(x[gen_idx], y[ref_idx]))
+    return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def _knn_radii(x: torch.Tensor, k: int, block: int) -> torch.Tensor:
+    """Distance from each row of ``x`` to its k-th nearest other row."""
+    # Each row's distance to itself (0) is the smallest, so the k-th neighbour is the
+    # (k + 1)-th smallest distance.
+    return torch.cat([torch.cdist(b, x).kthvalue(k + 1, dim=1).values for b in x.split(block)])
+
+
+def _inside(
+    queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, block: int
+) -> torch.Tensor:
+    """For each query row: is it inside (distance <= radius) any centre's ball?"""
+    return torch.cat([(torch.cdist(b, centres) <= radii).any(dim=1) for b in queries.split(block)])
+
+
+def precision_recall(
+    generated: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray,
+    k: int = 3,
+    block: int = 1024,
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, section 2), in float64.
+
+    Each set's manifold is the union of balls around its samples, each with the radius to the
+    sample's k-th nearest neighbour in the same set. Precision: the fraction of generated
+    samples inside the reference manifold; recall: the fraction of reference samples inside
+    the generated manifold. ``block`` rows of distances are held at a time.
+    """
+    x, y = _paired(generated, reference, "precision/recall")
+    if min(len(x), len(y)) <= k:
+        raise GenbenchError(
+            f"precision/recall with k = {k} needs more than {k} samples on each side, got "
+            f"{len(x)} generated and {len(y)} reference"
+        )
+    precision = _inside(x, y, _knn_radii(y, k, block), block).double().mean()
+    recall = _inside(y, x, _knn_radii(x, k, block), block).double().mean()
+    return float(precision), float(recall)
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """Settings of the metrics, all recorded in the protocol of the metrics that use them."""
+
+    is_splits: int = 10
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    kid_seed: int = KID_SEED
+    pr_k: int = 3
+    max_features: int = 10_000
+    """Feature vectors kept per side for KID and precision/recall (the first ones)."""
+
+
+@dataclass(frozen=True)
+class ReferenceInputs:
+    """The real images' side: moments for FID, optionally feature vectors for KID / PR."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: torch.Tensor | np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class MetricInputs:
-    """What the evaluator has gathered for the generated samples."""
+    """What the evaluator has gathered for the generated samples, and the reference."""
 
     stats: FeatureStats
     logits: LogitStore
-    reference: tuple[np.ndarray, np.ndarray] | None
-    """``(mu, sigma)`` of the real images, or None when no metric needs it."""
-    is_splits: int = 10
+    features: FeatureStore
+    reference: ReferenceInputs | None
+    """The real images' side, or None when no metric needs it."""
+    options: MetricOptions = MetricOptions()
 
 
 @dataclass(frozen=True)
@@ -75,19 +207,53 @@ class Metric:
     description: str
     compute: Callable[[MetricInputs], dict[str, float]]
     needs_reference: bool = False
+    """Needs the reference moments (mu, sigma)."""
     needs_logits: bool = False
+    needs_features: bool = False
+    """Needs generated and reference feature vectors (a ``FeatureStore`` each)."""
+
+
+def _reference(inputs: MetricInputs, what: str) -> ReferenceInputs:
+    if inputs.reference is None:
+        raise GenbenchError(f"{what} needs reference statistics")
+    return inputs.reference
+
+
+def _reference_features(inputs: MetricInputs, what: str) -> torch.Tensor | np.ndarray:
+    features = _reference(inputs, what).features
+    if features is None:
+        raise GenbenchError(f"{what} needs the reference feature vectors, not only mu and sigma")
+    return features
 
 
 def _fid(inputs: MetricInputs) -> dict[str, float]:
-    if inputs.reference is None:
-        raise GenbenchError("FID needs reference statistics")
-    mu_ref, sigma_ref = inputs.reference
-    return {"value": frechet_distance(inputs.stats.mean(), inputs.stats.cov(), mu_ref, sigma_ref)}
+    ref = _reference(inputs, "FID")
+    return {"value": frechet_distance(inputs.stats.mean(), inputs.stats.cov(), ref.mu, ref.sigma)}
 
 
 def _is(inputs: MetricInputs) -> dict[str, float]:
-    mean, std = inception_score(inputs.logits.all(), inputs.is_splits)
+    mean, std = inception_score(inputs.logits.all(), inputs.options.is_splits)
     return {"value": mean, "std": std}
+
+
+def _kid(inputs: MetricInputs) -> dict[str, float]:
+    opts = inputs.options
+    mean, std = kernel_inception_distance(
+        inputs.features.all(),
+        _reference_features(inputs, "KID"),
+        opts.kid_subsets,
+        opts.kid_subset_size,
+        opts.kid_seed,
+    )
+    return {"value": mean, "std": std}
+
+
+def _pr(inputs: MetricInputs) -> dict[str, float]:
+    k = inputs.options.pr_k
+    precision, recall = precision_recall(
+        inputs.features.all(), _reference_features(inputs, "precision/recall"), k
+    )
+    return {"precision": precision, "recall": recall, "k": k}
 
 
 METRICS: Registry[Metric] = Registry("metric", base=Metric)
@@ -102,4 +268,20 @@ METRICS.add(
 METRICS.add(
     "is",
     Metric("Inception Score over the extractor's class posterior", _is, needs_logits=True),
+)
+METRICS.add(
+    "kid",
+    Metric(
+        "Kernel Inception Distance: unbiased MMD^2, cubic polynomial kernel, over subsets",
+        _kid,
+        needs_features=True,
+    ),
+)
+METRICS.add(
+    "pr",
+    Metric(
+        "improved precision and recall of k-NN feature manifolds (k = 3)",
+        _pr,
+        needs_features=True,
+    ),
 )

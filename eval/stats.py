@@ -1,12 +1,16 @@
-"""Streaming statistics of extractor outputs: feature moments for FID, logits for IS.
+"""Streaming statistics of extractor outputs: feature moments for FID, logits for IS, a
+bounded feature sample for KID and precision/recall.
 
 ``FeatureStats`` keeps only n, sum f and sum f f^T in float64, so batches can arrive in any
 size and order, shards from several processes merge (or all-reduce) exactly, and no image or
 feature is kept. ``to_npz`` writes the pytorch-fid statistics format (``mu``, ``sigma``).
+``FeatureStore`` keeps the first ``limit`` feature vectors (KID and precision/recall need the
+vectors themselves), ``LogitStore`` every logit (the Inception Score needs them all).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -84,15 +88,65 @@ class FeatureStats:
             return data["mu"], data["sigma"]
 
 
-def save_npz(path: Path, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write ``mu`` and ``sigma`` to ``path`` (pytorch-fid's format), atomically."""
+def save_npz(path: Path, mu: np.ndarray, sigma: np.ndarray, **extra: np.ndarray) -> None:
+    """Write ``mu`` and ``sigma`` (and any ``extra`` arrays, which pytorch-fid ignores) to
+    ``path`` in pytorch-fid's format, atomically."""
 
     def write(tmp: Path) -> None:
         # A file object, not a name: np.savez would append ".npz" to the temp name.
         with open(tmp, "wb") as fh:
-            np.savez(fh, mu=mu, sigma=sigma)
+            np.savez(fh, mu=mu, sigma=sigma, **extra)
 
     write_with_atomic(Path(path), write)
+
+
+def stats_sha256(mu: np.ndarray, sigma: np.ndarray) -> str:
+    """sha256 of the float64 bytes of ``mu`` then ``sigma``: names a set of statistics in the
+    protocol, whichever file or computation they came from."""
+    digest = hashlib.sha256(np.ascontiguousarray(mu, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(sigma, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+class FeatureStore:
+    """The first ``limit`` feature vectors (N, D) in arrival order, on their own device.
+
+    KID and precision/recall compare feature vectors, not moments, so a bounded sample of
+    them is kept beside the sums; the bound keeps memory and the O(n^2) metrics in check.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self.limit = limit
+        self._batches: list[torch.Tensor] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def update(self, features: torch.Tensor) -> None:
+        """Keep as many rows of ``features`` (N, D) as still fit under the limit."""
+        room = self.limit - self._count
+        if room <= 0:
+            return
+        kept = features.detach()[:room]
+        self._batches.append(kept)
+        self._count += kept.shape[0]
+
+    def merge(self, other: FeatureStore) -> FeatureStore:
+        """A new store holding ``self``'s vectors, then ``other``'s, up to ``self.limit``."""
+        merged = FeatureStore(self.limit)
+        for batch in (*self._batches, *other._batches):
+            merged.update(batch)
+        return merged
+
+    def all(self) -> torch.Tensor:
+        """The kept vectors (n, D), concatenated in arrival order."""
+        if not self._batches:
+            raise GenbenchError("no features were kept: no samples were evaluated")
+        device = self._batches[0].device
+        return torch.cat([b.to(device) for b in self._batches])
 
 
 class LogitStore:
@@ -107,6 +161,13 @@ class LogitStore:
 
     def __len__(self) -> int:
         return sum(b.shape[0] for b in self._batches)
+
+    def merge(self, other: LogitStore) -> LogitStore:
+        """A new store holding ``self``'s logits, then ``other``'s (shard order matters for
+        the Inception Score's consecutive splits: merge shards in seed order)."""
+        merged = LogitStore()
+        merged._batches = [*self._batches, *other._batches]
+        return merged
 
     def all(self) -> torch.Tensor:
         """All logits so far, concatenated in arrival order."""

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from benchmarks.datasets import Digits
 from eval.digits_net import DIGITS_WEIGHTS, DigitsNet
-from eval.extractors import DIGITS_WEIGHTS_SHA256, file_sha256, load_extractor
+from eval.extractors import DIGITS_WEIGHTS_SHA256, file_sha256, load_extractor, quantize
 from eval.train_digits_classifier import accuracy, random_shift, train
 
 
@@ -26,13 +26,16 @@ def test_held_out_accuracy() -> None:
 
 
 def test_extractor_logits_match_the_net() -> None:
-    """The extractor's logits at native size are the net's, so its accuracy is the same."""
+    """The extractor's logits at native size are the net's on the uint8-quantized images (as
+    if saved as PNG), so its accuracy is the same."""
     images, labels = Digits.tensors("test")
     extractor = load_extractor("digits")
     features, logits = extractor(images)
     assert features.shape == (360, 64) and logits.shape == (360, 10)
     assert (logits.argmax(1) == labels).double().mean().item() >= 0.97
-    torch.testing.assert_close(logits, extractor.net(images), rtol=0, atol=0)
+    assert extractor.quantize
+    expected = extractor.net(quantize(images).float() / 255 * 2 - 1)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
 def test_random_shift_translates_with_background_fill() -> None:

@@ -1,4 +1,5 @@
-"""Evaluation: extractor loading and preprocessing, streaming statistics, FID, IS, evaluator."""
+"""Evaluation: extractor loading and preprocessing, streaming statistics, FID, IS, KID,
+precision/recall (against torch-fidelity on the same numbers), evaluator, shard merging."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pytorch_fid.fid_score import calculate_frechet_distance
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+from torchvision.utils import save_image
 
 from benchmarks.datasets import Digits
 from benchmarks.errors import GenbenchError
@@ -15,11 +21,22 @@ from eval.evaluator import Evaluator, reference_stats
 from eval.extractors import (
     DIGITS_WEIGHTS_SHA256,
     EXTRACTORS,
+    ExtractorOptions,
     FeatureExtractor,
+    float32_precision,
     load_extractor,
+    quantize,
 )
-from eval.metrics import METRICS, frechet_distance, inception_score
-from eval.stats import FeatureStats, LogitStore
+from eval.metrics import (
+    METRICS,
+    MetricOptions,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
+from eval.reference import ReferenceStats, accumulate
+from eval.stats import FeatureStats, FeatureStore, LogitStore
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +171,22 @@ def test_fid_orders_real_above_noise(
 
 
 @pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
+@pytest.mark.parametrize("n", [8, 12], ids=["rank-7-of-12", "rank-11-of-12"])
+def test_frechet_distance_equals_pytorch_fid_on_singular_covariances(n: int) -> None:
+    # No more samples than dimensions (n in 12-d, centred: rank n - 1) make the covariances
+    # singular: pytorch-fid's handling of them (sqrtm of a singular product, the eps offset
+    # when it is not finite, dropping tiny imaginary parts) is what FID must reproduce.
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(size=(n, 12)), rng.normal(0.5, 1.5, size=(n, 12))
+    stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (a, b)]
+    assert np.linalg.matrix_rank(stats[0][1]) < 12
+    expected = calculate_frechet_distance(*stats[0], *stats[1])
+    got = frechet_distance(*stats[0], *stats[1])
+    assert np.isfinite(got) and got == pytest.approx(expected, rel=1e-6) and got > 1
+
+
+@pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")
 def test_frechet_distance_delegates_to_pytorch_fid() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(200, 6)), rng.normal(1.0, 2.0, size=(300, 6))
@@ -202,7 +235,7 @@ def test_inception_score_extremes() -> None:
 
 
 def test_metrics_registry_names() -> None:
-    assert METRICS.names() == ["fid", "is"]
+    assert METRICS.names() == ["fid", "is", "kid", "pr"]
 
 
 def test_evaluator_is_independent_of_batch_size(
@@ -228,7 +261,7 @@ def test_evaluator_reference_forms_and_protocol(
     extractor: FeatureExtractor, digits: dict[str, torch.Tensor], train_stats: FeatureStats
 ) -> None:
     images = digits["test"]
-    by_stats = Evaluator(extractor, train_stats, ["fid", "is"], is_splits=1)
+    by_stats = Evaluator(extractor, train_stats, ["fid", "is"], MetricOptions(is_splits=1))
     by_tuple = Evaluator(extractor, (train_stats.mean(), train_stats.cov()), ["fid"])
     for ev in (by_stats, by_tuple):
         ev.update(images)
@@ -243,6 +276,9 @@ def test_evaluator_reference_forms_and_protocol(
         "input_size": 16,
         "dtype": "float32",
         "feature_dim": 64,
+        "dims": 64,
+        "quantize": True,
+        "tf32": False,
         "num_samples": 360,
         "is_splits": 1,
     }
@@ -267,3 +303,214 @@ def test_logit_store_concatenates_in_order() -> None:
     store.update(b)
     assert len(store) == 7
     torch.testing.assert_close(store.all(), torch.cat([a, b]), rtol=0, atol=0)
+
+
+# --- quantization and float32 precision ---------------------------------------------------------
+
+
+def test_quantized_stream_equals_png_files(extractor: FeatureExtractor, tmp_path: Path) -> None:
+    # Generated floats streamed into the evaluator give exactly the features of the same
+    # images saved as PNG files (torchvision's save_image) and read back as uint8.
+    images = noise_images(6, seed=3)
+    read = []
+    for i, img in enumerate(images):
+        path = tmp_path / f"{i}.png"
+        save_image(img, path, normalize=True, value_range=(-1, 1))
+        with Image.open(path) as png:
+            read.append(torch.from_numpy(np.array(png.convert("L"))).unsqueeze(0))
+    from_files = torch.stack(read)
+    assert torch.equal(quantize(images), from_files)
+    streamed, _ = extractor(images)
+    torch.testing.assert_close(extractor(from_files)[0], streamed, rtol=0, atol=0)
+    exact = load_extractor("digits", options=ExtractorOptions(quantize=False))
+    assert not exact.quantize and exact.protocol()["quantize"] is False
+    assert (exact(images)[0] - streamed).abs().max() > 1e-4  # the option does something
+
+
+def test_float32_precision_pins_and_restores_cuda_flags() -> None:
+    # Only the backend flags are touched, so this runs without a GPU.
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32 = True, True  # e.g. set by a generator for speed
+        with float32_precision(torch.device("cuda"), allow_tf32=True):
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, False)  # pytorch-fid's
+        with float32_precision(torch.device("cuda"), allow_tf32=False):
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)  # strict
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+        with float32_precision(torch.device("cpu"), allow_tf32=False):
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)  # CPU: untouched
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def test_extractor_option_choices_are_checked() -> None:
+    with pytest.raises(GenbenchError, match=r"dims 2048 is not offered.*valid: 64"):
+        load_extractor("digits", options=ExtractorOptions(dims=2048))
+    with pytest.raises(GenbenchError, match="resize 'clean' is not offered"):
+        load_extractor("digits", options=ExtractorOptions(resize="clean"))
+    assert EXTRACTORS.get("inception").dims == (2048, 768, 192, 64)
+    assert EXTRACTORS.get("inception").resizes == ("bilinear", "clean")
+
+
+# --- IS, KID and precision/recall against torch-fidelity ----------------------------------------
+
+
+def test_inception_score_equals_torch_fidelity() -> None:
+    # 1003 rows: torch-fidelity's splits and ours are both [i n / 10, (i + 1) n / 10).
+    logits = torch.randn(1003, 1008, generator=torch.Generator().manual_seed(4)) * 4
+    ref = isc_features_to_metric(logits, splits=10, shuffle=False)
+    mean, std = inception_score(logits, 10)
+    assert mean == pytest.approx(ref["inception_score_mean"], rel=1e-10)
+    assert std == pytest.approx(ref["inception_score_std"], rel=1e-8)
+    assert mean > 2 and std > 0
+
+
+def shifted_features(seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generated and reference features, float64, from slightly different distributions
+    (non-negative like Inception pool3)."""
+    gen = torch.Generator().manual_seed(seed)
+    real = torch.randn(400, 16, generator=gen, dtype=torch.float64).abs()
+    fake = (torch.randn(300, 16, generator=gen, dtype=torch.float64) * 1.2 + 0.2).abs()
+    return fake, real
+
+
+def test_kid_equals_torch_fidelity() -> None:
+    fake, real = shifted_features()
+    ref = kid_features_to_metric(
+        fake, real, kid_subsets=20, kid_subset_size=100, rng_seed=2020, verbose=False
+    )
+    mean, std = kernel_inception_distance(fake, real, subsets=20, subset_size=100, seed=2020)
+    assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
+    assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-9)
+    assert mean > 5 * std > 0  # clearly non-zero: the draws matter to the comparison
+    other = kernel_inception_distance(fake, real, subsets=20, subset_size=100, seed=1)
+    assert other[0] != mean
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution() -> None:
+    gen = torch.Generator().manual_seed(6)
+    a, b = torch.randn(2, 600, 8, generator=gen, dtype=torch.float64).abs()
+    same_mean, same_std = kernel_inception_distance(a, b, subsets=50, subset_size=200)
+    fake, real = shifted_features()
+    shifted_mean, _ = kernel_inception_distance(fake, real, subsets=50, subset_size=200)
+    # Subsets of one finite sample are correlated: judge against one subset's spread.
+    assert abs(same_mean) < same_std
+    assert shifted_mean > 20 * same_std
+    # With fewer samples than the subset size, the subsets shrink to fit.
+    assert kernel_inception_distance(a[:50], b, subsets=2, subset_size=1000)[0] == pytest.approx(
+        kernel_inception_distance(a[:50], b, subsets=2, subset_size=50)[0], rel=1e-12
+    )
+
+
+def test_precision_recall_equals_torch_fidelity() -> None:
+    fake, real = shifted_features()
+    ref = prc_features_to_metric(
+        fake, real, prc_neighborhood=3, prc_batch_size=10_000, save_cpu_ram=False, verbose=False
+    )
+    precision, recall = precision_recall(fake, real, k=3, block=64)
+    # torch-fidelity averages in float32; one sample more or less would move them by >= 1/400.
+    assert precision == pytest.approx(ref["precision"], abs=1e-6)
+    assert recall == pytest.approx(ref["recall"], abs=1e-6)
+    assert 0.2 < precision < 1 and 0.2 < recall < 1
+
+
+def test_precision_recall_extremes() -> None:
+    gen = torch.Generator().manual_seed(7)
+    real = torch.randn(300, 2, generator=gen)
+    assert precision_recall(real, real) == (1.0, 1.0)
+    assert precision_recall(real + 100, real) == (0.0, 0.0)
+    # Samples from one tight region of the real ones: precise, but recall the rest poorly.
+    collapsed = real[real[:, 0] > 1.0][:40]
+    precision, recall = precision_recall(collapsed, real)
+    assert precision == 1.0 and recall < 0.35
+    with pytest.raises(GenbenchError, match="more than 3 samples"):
+        precision_recall(real[:3], real)
+
+
+# --- feature store, merging, KID / PR in the evaluator -----------------------------------------
+
+
+def test_feature_store_keeps_the_first_rows() -> None:
+    rows = torch.arange(30.0).reshape(10, 3)
+    store, left, right = FeatureStore(7), FeatureStore(7), FeatureStore(7)
+    for batch in rows.split(3):
+        store.update(batch)
+    left.update(rows[:2])
+    right.update(rows[2:])
+    assert len(store) == 7 and torch.equal(store.all(), rows[:7])
+    assert torch.equal(left.merge(right).all(), rows[:7])
+    empty = FeatureStore(0)
+    empty.update(rows)
+    assert len(empty) == 0
+
+
+@pytest.fixture(scope="module")
+def train_reference(extractor: FeatureExtractor, digits: dict[str, torch.Tensor]):
+    stats, kept = accumulate(extractor, digits["train"].split(500), max_features=1000)
+    return ReferenceStats.from_accumulated(stats, kept, {"dataset": "digits", "split": "train"})
+
+
+ALL_METRICS = ["fid", "is", "kid", "pr"]
+OPTIONS = MetricOptions(kid_subsets=10, kid_subset_size=100, max_features=150)
+
+
+def test_evaluator_result_format_and_protocol(
+    extractor: FeatureExtractor, digits: dict[str, torch.Tensor], train_reference
+) -> None:
+    ev = Evaluator(extractor, train_reference, ALL_METRICS, OPTIONS)
+    for batch in digits["test"][:200].split(64):
+        ev.update(batch)
+    out = ev.compute()
+    assert {k: set(v) for k, v in out.items()} == {
+        "fid": {"value"},
+        "is": {"value", "std"},
+        "kid": {"value", "std"},
+        "pr": {"precision", "recall", "k"},
+    }
+    assert out["pr"]["k"] == 3 and 0.5 < out["pr"]["precision"] <= 1
+    proto = ev.protocol()
+    assert (proto["num_samples"], proto["max_features"], proto["num_features"]) == (200, 150, 150)
+    assert (proto["kid_subsets"], proto["kid_subset_size"], proto["kid_seed"]) == (10, 100, 2020)
+    assert proto["pr_k"] == 3
+    assert proto["reference"] == {
+        "dataset": "digits",
+        "split": "train",
+        "count": 1437,
+        "stats_sha256": train_reference.sha256,
+        "num_features": 1000,
+    }
+    # KID and PR use the first 150 generated features and the reference's kept ones.
+    kid = kernel_inception_distance(
+        ev.features.all(), train_reference.features, subsets=10, subset_size=100
+    )
+    assert out["kid"] == {"value": kid[0], "std": kid[1]}
+
+
+def test_merged_evaluators_equal_one_pass(
+    extractor: FeatureExtractor, digits: dict[str, torch.Tensor], train_reference
+) -> None:
+    images = torch.cat([digits["test"][:150], noise_images(50, seed=8)])
+    whole = Evaluator(extractor, train_reference, ALL_METRICS, OPTIONS)
+    whole.update(images)
+    shards = [Evaluator(extractor, train_reference, ALL_METRICS, OPTIONS) for _ in range(2)]
+    shards[0].update(images[:77])
+    shards[1].update(images[77:])
+    merged = shards[0].merge(shards[1])
+    assert merged.stats.count == 200 and shards[0].stats.count == 77
+    expected, got = whole.compute(), merged.compute()
+    for name in ALL_METRICS:
+        for key, value in expected[name].items():
+            assert got[name][key] == pytest.approx(value, rel=1e-9), (name, key)
+    with pytest.raises(ValueError, match="different metrics"):
+        whole.merge(Evaluator(extractor, train_reference, ["fid"]))
+
+
+def test_kid_and_pr_need_reference_features(
+    extractor: FeatureExtractor, train_stats: FeatureStats
+) -> None:
+    moments = (train_stats.mean(), train_stats.cov())
+    for metric in ("kid", "pr"):
+        with pytest.raises(GenbenchError, match="need reference feature vectors"):
+            Evaluator(extractor, moments, [metric])
+    assert "fid" in Evaluator(extractor, moments, ["fid"]).metrics

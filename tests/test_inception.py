@@ -1,5 +1,7 @@
 """The pytorch-fid Inception extractor: weights resolution and checks, conformance with
-pytorch-fid's own ``InceptionV3`` on the same (random) weights. Never touches the network."""
+pytorch-fid's own ``InceptionV3`` and clean-fid's resize on the same (random) weights, and
+FID through it: batch-size independence, shard merging, FID(A, A). Never touches the
+network."""
 
 from __future__ import annotations
 
@@ -14,49 +16,40 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
+from cleanfid.resize import build_resizer
 from pytorch_fid import inception as pytorch_fid_inception
 from torch import nn
 
 from benchmarks.errors import GenbenchError
+from eval.evaluator import Evaluator
 from eval.extractors import (
     EXTRACTORS,
     ExtractorLoader,
+    ExtractorOptions,
     FeatureExtractor,
     file_sha256,
     load_extractor,
 )
-from eval.inception import FID_WEIGHTS_NAME, WEIGHTS_ENV, InceptionWeights
+from eval.inception import (
+    FID_WEIGHTS_NAME,
+    WEIGHTS_ENV,
+    FIDInception,
+    InceptionWeights,
+    random_state_dict,
+)
+from eval.reference import ReferenceStats, accumulate
 
 FIXES = ("--inception-weights", WEIGHTS_ENV)
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 def random_fid_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict in pytorch-fid's format with random values, built offline.
-
-    pytorch-fid's FID blocks subclass torchvision's and change only their forward passes, so
-    torchvision's Inception3 with 1008 classes and no aux head has exactly their parameters.
-    """
-    net = torchvision.models.inception_v3(
-        weights=None, aux_logits=False, num_classes=1008, init_weights=False
-    )
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            # He init keeps activations O(1) through the ~100 layers; non-trivial batch-norm
-            # statistics make the check sensitive to their use (eps, eval mode).
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=gen)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.normal_(0.0, 0.1, generator=gen)
-                m.running_mean.normal_(0.0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
-    return net.state_dict()
+    """A state dict in pytorch-fid's format with random values, built offline."""
+    return random_state_dict(seed)
 
 
 def images(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -94,18 +87,35 @@ def weights_sha256(weights_file: Path) -> str:
 
 @pytest.fixture(scope="module")
 def extractor(weights_file: Path) -> FeatureExtractor:
+    """The default protocol: quantized input, bilinear resize, 2048-d."""
     return load_extractor("inception", weights=weights_file)
 
 
 @pytest.fixture(scope="module")
-def pytorch_fid_pool3(state_dict) -> nn.Module:
-    """pytorch-fid's own ``InceptionV3([3])`` (pool3 features of [0, 1] images) on the random
-    weights."""
+def exact(weights_file: Path) -> FeatureExtractor:
+    """Float input taken as it is (no uint8 rounding), to compare with float references."""
+    return load_extractor(
+        "inception", weights=weights_file, options=ExtractorOptions(quantize=False)
+    )
+
+
+@pytest.fixture(scope="module")
+def pytorch_fid_blocks(state_dict) -> nn.Module:
+    """pytorch-fid's own ``InceptionV3([0, 1, 2, 3])`` (every --dims block, of [0, 1] images)
+    on the random weights."""
     with mock.patch.object(
         pytorch_fid_inception, "load_state_dict_from_url", lambda *args, **kwargs: state_dict
     ):
-        net = pytorch_fid_inception.InceptionV3([3], resize_input=True, normalize_input=True)
+        net = pytorch_fid_inception.InceptionV3(
+            [0, 1, 2, 3], resize_input=True, normalize_input=True
+        )
     return net.eval()
+
+
+def pytorch_fid_features(net: nn.Module, x01: torch.Tensor) -> list[torch.Tensor]:
+    """pytorch-fid's features for each block: its get_activations' spatial average."""
+    with torch.no_grad():
+        return [F.adaptive_avg_pool2d(out, (1, 1)).flatten(1) for out in net(x01)]
 
 
 @pytest.fixture
@@ -153,27 +163,88 @@ def test_registered_with_pytorch_fid_protocol(
 
 @pytest.mark.parametrize(("n", "size"), [(2, 32), (1, 320)], ids=["upsample", "downsample"])
 def test_matches_pytorch_fid(
-    extractor: FeatureExtractor,
-    pytorch_fid_pool3: nn.Module,
+    exact: FeatureExtractor,
+    pytorch_fid_blocks: nn.Module,
     state_dict: dict[str, torch.Tensor],
     n: int,
     size: int,
 ) -> None:
     x = images(n, size=size)
     x01 = (x + 1) / 2  # pytorch-fid's input range
-    features, logits = extractor(x)
+    features, logits = exact(x)
     assert features.shape == (n, 2048) and logits.shape == (n, 1008)
     assert features.dtype == logits.dtype == torch.float32
     assert features.isfinite().all() and logits.isfinite().all()
-    with torch.no_grad():
-        ref_features = pytorch_fid_pool3(x01)[0].flatten(1)
+    ref_features = pytorch_fid_features(pytorch_fid_blocks, x01)[3]
     # The FID Inception's logits are its final fc layer applied to pool3 (dropout is off).
     ref_logits = F.linear(ref_features, state_dict["fc.weight"], state_dict["fc.bias"])
     torch.testing.assert_close(features, ref_features, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     if size < 299:
         # The check can see a scaling mistake: [0, 1] inputs give clearly different features.
-        assert (extractor(x01[:1])[0] - ref_features[:1]).abs().max() > 1e-2
+        assert (exact(x01[:1])[0] - ref_features[:1]).abs().max() > 1e-2
+
+
+def test_uint8_images_match_pytorch_fid_folder_path(
+    extractor: FeatureExtractor, pytorch_fid_blocks: nn.Module
+) -> None:
+    # pytorch-fid's folder path: uint8 pixels -> ToTensor (u / 255) -> InceptionV3.
+    u8 = torch.randint(0, 256, (1, 3, 32, 32), generator=torch.Generator().manual_seed(3))
+    u8 = u8.to(torch.uint8)
+    ref = pytorch_fid_features(pytorch_fid_blocks, u8.float() / 255)[3]
+    torch.testing.assert_close(extractor(u8)[0], ref, rtol=1e-5, atol=1e-5)
+    # Floats are rounded to the same uint8 first (default protocol: quantize).
+    assert torch.equal(extractor.prepare(u8.float() / 127.5 - 1), extractor.prepare(u8))
+
+
+def test_every_dims_matches_pytorch_fid(
+    extractor: FeatureExtractor, pytorch_fid_blocks: nn.Module, small: FeatureExtractor
+) -> None:
+    x = images(1, seed=4)
+    refs = pytorch_fid_features(pytorch_fid_blocks, (x + 1) / 2)
+    with torch.no_grad():
+        for dims, ref in zip((64, 192, 768, 2048), refs, strict=True):
+            net = FIDInception(extractor.net.blocks, extractor.net.fc, dims)
+            features, logits = net(extractor.preprocess(x), logits=dims == 2048)
+            assert features.shape == (1, dims) and (logits is None) == (dims != 2048)
+            torch.testing.assert_close(features, ref, rtol=1e-5, atol=1e-5)
+    assert small.feature_dim == 64 and small.protocol()["dims"] == 64
+    with pytest.raises(GenbenchError, match=r"dims 100 is not offered.*2048, 768, 192, 64"):
+        load_extractor("inception", options=ExtractorOptions(dims=100))
+
+
+def test_without_logits_only_the_feature_block_runs(small: FeatureExtractor) -> None:
+    calls = []
+    hook = small.net.blocks[1].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        features, logits = small(images(1, seed=5), logits=False)
+        assert logits is None and calls == []
+        with_logits, out = small(images(1, seed=5))
+        assert out is not None and calls == [1]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(features, with_logits, rtol=0, atol=0)
+
+
+def test_clean_resize_is_clean_fids(weights_file: Path, extractor: FeatureExtractor) -> None:
+    clean = load_extractor(
+        "inception", weights=weights_file, options=ExtractorOptions(resize="clean")
+    )
+    assert clean.protocol()["resize"] == "clean"
+    u8 = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(6))
+    u8 = u8.to(torch.uint8)
+    resizer = build_resizer("clean")  # PIL bicubic on float32 channels, clean-fid's own
+    expected = np.stack([resizer(a) for a in u8.permute(0, 2, 3, 1).numpy()])
+    expected = torch.from_numpy(expected).permute(0, 3, 1, 2) / 255 * 2 - 1
+    torch.testing.assert_close(clean.prepare(u8), expected, rtol=0, atol=1e-6)
+    assert (clean.prepare(u8) - extractor.prepare(u8)).abs().max() > 0.05  # not bilinear
+
+
+def test_protocol_records_the_settings(extractor: FeatureExtractor) -> None:
+    proto = extractor.protocol()
+    assert proto["resize"] == "bilinear" and proto["dims"] == proto["feature_dim"] == 2048
+    assert proto["quantize"] is True
+    assert proto["tf32"] is False and extractor.allow_tf32  # allowed, but not on a CPU
 
 
 def test_batch_size_independent(extractor: FeatureExtractor) -> None:
@@ -187,6 +258,81 @@ def test_batch_size_independent(extractor: FeatureExtractor) -> None:
 def test_grey_is_repeated_to_rgb(extractor: FeatureExtractor) -> None:
     grey = images(1, channels=1, seed=2)
     torch.testing.assert_close(extractor(grey), extractor(grey.expand(-1, 3, -1, -1)))
+
+
+# --- FID through the Inception (random weights, 64-d: full-rank covariances from 80 images) ---
+
+# One of the random network's 64 block-0 channels is almost constant (variance ~1e-12), so
+# SciPy's sqrtm inside pytorch-fid warns that the product is near singular: the case whose
+# handling FID must share with pytorch-fid.
+near_singular = pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
+
+
+@pytest.fixture(scope="module")
+def small(weights_file: Path) -> FeatureExtractor:
+    return load_extractor("inception", weights=weights_file, options=ExtractorOptions(dims=64))
+
+
+def smooth_images(n: int, cells: int, gen: torch.Generator, spread: float) -> torch.Tensor:
+    """Smooth 32 px images in [-1, 1] with a random contrast and colour each: block 0's
+    spatially averaged features then vary from image to image in every direction."""
+    base = F.interpolate(torch.rand(n, 3, cells, cells, generator=gen), size=32, mode="bilinear")
+    contrast = torch.rand(n, 1, 1, 1, generator=gen) * spread + 0.1
+    offset = torch.rand(n, 3, 1, 1, generator=gen) - 0.5
+    return ((base - 0.5) * contrast + offset).clamp(-0.5, 0.5) * 2
+
+
+@pytest.fixture(scope="module")
+def fid_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two sets of 80 images from different distributions."""
+    gen = torch.Generator().manual_seed(7)
+    return smooth_images(80, 8, gen, 1.5), smooth_images(80, 4, gen, 0.5)
+
+
+@pytest.fixture(scope="module")
+def by_batch_size(small: FeatureExtractor, fid_images) -> dict[int, Evaluator]:
+    """FID evaluators of the second set against the first, streamed in batches of 7 and 64."""
+    stats, kept = accumulate(small, fid_images[0].split(50))
+    reference = ReferenceStats.from_accumulated(stats, kept, {"folder": "a"})
+    out = {}
+    for batch in (7, 64):
+        out[batch] = Evaluator(small, reference, ["fid"])
+        for chunk in fid_images[1].split(batch):
+            out[batch].update(chunk)
+    return out
+
+
+@near_singular
+def test_fid_is_batch_size_independent(by_batch_size: dict[int, Evaluator]) -> None:
+    fid7, fid64 = (by_batch_size[b].compute()["fid"]["value"] for b in (7, 64))
+    assert fid7 == pytest.approx(fid64, rel=1e-6)
+    assert fid7 > 1.0  # far from zero, so the relative check means something
+
+
+@near_singular
+def test_fid_of_a_set_with_itself_is_zero(by_batch_size: dict[int, Evaluator]) -> None:
+    # The same 80 images, streamed in batches of 64 (as the reference) and of 7.
+    stats64 = by_batch_size[64].stats
+    itself = ReferenceStats.from_accumulated(stats64, None, {"folder": "b"})
+    ev = Evaluator(by_batch_size[7].extractor, itself, ["fid"])
+    ev.stats = by_batch_size[7].stats
+    assert abs(ev.compute()["fid"]["value"]) < 1e-6
+
+
+@near_singular
+def test_fid_of_merged_shards_equals_one_pass(small: FeatureExtractor, fid_images) -> None:
+    # Two processes' shards are sums of their own features; merging them is one pass.
+    features = [small(batch, logits=False)[0] for batch in fid_images[1].split(20)]
+    reference = (np.zeros(64), np.eye(64))
+    whole, first, second = (Evaluator(small, reference, ["fid"]) for _ in range(3))
+    for i, f in enumerate(features):
+        whole.accumulate(f)
+        (first if i < 2 else second).accumulate(f)
+    merged = first.merge(second)
+    assert (merged.stats.count, first.stats.count) == (80, 40)
+    expected = whole.compute()["fid"]["value"]
+    assert merged.compute()["fid"]["value"] == pytest.approx(expected, rel=1e-12)
+    assert expected > 1.0
 
 
 # --- where the weights come from -------------------------------------------------------------

@@ -1,0 +1,242 @@
+"""Reference statistics: the real images' side of every metric, computed once and cached.
+
+``ReferenceStats`` holds the moments FID needs (``mu``, ``sigma``), the image count, optionally
+the first feature vectors (KID and precision/recall need them) and where it all came from. It
+is read from and written to pytorch-fid's ``.npz`` format: ``mu`` and ``sigma``, plus an
+optional ``features`` array that pytorch-fid ignores, so a TTUR or pytorch-fid statistics file
+is accepted as a reference and ours are usable by pytorch-fid.
+
+``StatsCache`` keeps one entry per (dataset, split, image count, extractor protocol: id,
+weights sha256, resize, dims, quantize, TF32, ...) under ``$BENCH_CACHE_DIR/stats`` (default
+``~/.cache/genbench/stats``): ``<name>.npz`` plus a ``<name>.json`` sidecar holding the key,
+the statistics' sha256 and the number of feature vectors stored. Both are written atomically,
+and an entry whose sidecar, key or hash does not match is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from benchmarks import store
+from benchmarks.errors import GenbenchError
+from eval.extractors import FeatureExtractor
+from eval.metrics import ReferenceInputs
+from eval.stats import FeatureStats, FeatureStore, save_npz, stats_sha256
+
+CACHE_ENV = "BENCH_CACHE_DIR"
+"""Environment variable naming genbench's cache directory (statistics go in its ``stats/``)."""
+
+CACHE_FORMAT = 1
+"""Version of the cache entry layout; part of every key, so a new layout never reads an old one."""
+
+
+def cache_root() -> Path:
+    """``$BENCH_CACHE_DIR``, else ``~/.cache/genbench``."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "genbench"
+
+
+def stats_cache_dir() -> Path:
+    """Where reference statistics are cached: ``cache_root() / "stats"``."""
+    return cache_root() / "stats"
+
+
+@dataclass(frozen=True)
+class ReferenceStats:
+    """Statistics of a set of real images (see the module docstring)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int | None
+    """Images the moments were computed from; None when a file does not say (TTUR's)."""
+    features: np.ndarray | None = None
+    """The first feature vectors (n, D) float32, for KID and precision/recall."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """Where they came from: ``{"dataset", "split"}``, ``{"path"}`` or ``{"folder"}``."""
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """``stats_sha256`` of ``mu`` and ``sigma``."""
+        return stats_sha256(self.mu, self.sigma)
+
+    @property
+    def dim(self) -> int:
+        return int(np.atleast_1d(self.mu).shape[0])
+
+    def inputs(self) -> ReferenceInputs:
+        """The form the metrics take."""
+        return ReferenceInputs(self.mu, self.sigma, self.features)
+
+    def protocol(self) -> dict[str, Any]:
+        """The reference part of a metric value's protocol."""
+        out: dict[str, Any] = {**self.source, "count": self.count, "stats_sha256": self.sha256}
+        if self.features is not None:
+            out["num_features"] = len(self.features)
+        return out
+
+    @classmethod
+    def from_accumulated(
+        cls, stats: FeatureStats, features: FeatureStore | None, source: dict[str, Any]
+    ) -> ReferenceStats:
+        """From streamed sums and (optionally) kept feature vectors."""
+        kept = None
+        if features is not None and len(features):
+            kept = features.all().cpu().numpy().astype(np.float32)
+        return cls(stats.mean(), stats.cov(), stats.count, kept, dict(source))
+
+    @classmethod
+    def from_npz(cls, path: Path, count: int | None = None) -> ReferenceStats:
+        """Read a pytorch-fid style ``.npz`` (``mu``, ``sigma``, optional ``features``);
+        ``GenbenchError`` (one line) when it is missing, unreadable or lacks the moments."""
+        path = Path(path)
+        if not path.is_file():
+            raise GenbenchError(f"reference statistics file not found: {path}")
+        try:
+            with np.load(path) as data:
+                missing = {"mu", "sigma"} - set(data.files)
+                if missing:
+                    raise GenbenchError(
+                        f"{path} lacks {', '.join(sorted(missing))}: not a statistics file "
+                        "(pytorch-fid's .npz holds mu and sigma)"
+                    )
+                mu = np.asarray(data["mu"], dtype=np.float64)
+                sigma = np.asarray(data["sigma"], dtype=np.float64)
+                features = data["features"] if "features" in data.files else None
+        except GenbenchError:
+            raise
+        except Exception as exc:
+            raise GenbenchError(f"cannot read statistics file {path} ({exc})") from None
+        d = np.atleast_1d(mu).shape[0]
+        if mu.shape != (d,) or sigma.shape != (d, d):
+            raise GenbenchError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+        return cls(mu, sigma, count, features, {"path": str(path)})
+
+    def save(self, path: Path) -> None:
+        """Write as pytorch-fid's ``.npz`` (plus ``features`` when kept), atomically."""
+        extra = {} if self.features is None else {"features": self.features}
+        save_npz(path, self.mu, self.sigma, **extra)
+
+
+def accumulate(
+    extractor: FeatureExtractor,
+    batches: Iterable[torch.Tensor],
+    max_features: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[FeatureStats, FeatureStore]:
+    """Stream image batches through ``extractor`` into float64 sums and the first
+    ``max_features`` feature vectors; ``on_batch(n)`` after each batch (progress bars)."""
+    stats = FeatureStats(extractor.feature_dim, extractor.device)
+    kept = FeatureStore(max_features)
+    for batch in batches:
+        features, _ = extractor(batch, logits=False)
+        stats.update(features)
+        kept.update(features)
+        if on_batch is not None:
+            on_batch(len(batch))
+    return stats, kept
+
+
+def cache_key(extractor: FeatureExtractor, dataset: str, split: str, count: int) -> dict[str, Any]:
+    """What reference statistics of a data set split depend on."""
+    return {
+        "format": CACHE_FORMAT,
+        "dataset": dataset,
+        "split": split,
+        "count": count,
+        **extractor.protocol(),
+    }
+
+
+class StatsCache:
+    """Reference statistics on disk, one entry per ``cache_key`` (see the module docstring)."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else stats_cache_dir()
+
+    def path(self, key: dict[str, Any]) -> Path:
+        """The ``.npz`` of ``key``'s entry; readable names, a hash of the whole key."""
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        name = f"{key['dataset']}-{key['split']}-{key['extractor']}-{key['dims']}-{key['resize']}"
+        return self.directory / f"{name}-{digest}.npz"
+
+    def load(self, key: dict[str, Any], num_features: int = 0) -> ReferenceStats | None:
+        """The entry for ``key`` with at least ``num_features`` feature vectors (or all the
+        images'), trimmed to ``num_features``; None when absent, stale or unreadable."""
+        path = self.path(key)
+        sidecar = path.with_suffix(".json")
+        if not (path.is_file() and sidecar.is_file()):
+            return None
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            ref = ReferenceStats.from_npz(path, count=key["count"])
+        except (GenbenchError, ValueError, OSError) as exc:
+            print(f"bench: ignoring unreadable cache entry {path} ({exc})", file=sys.stderr)
+            return None
+        if meta.get("key") != key or meta.get("stats_sha256") != ref.sha256:
+            return None
+        stored = 0 if ref.features is None else len(ref.features)
+        if num_features > stored and stored < key["count"]:
+            return None  # more feature vectors wanted than this entry kept
+        features = None
+        if num_features and ref.features is not None:
+            features = ref.features[:num_features]
+        source = {"dataset": key["dataset"], "split": key["split"]}
+        return ReferenceStats(ref.mu, ref.sigma, key["count"], features, source)
+
+    def save(self, key: dict[str, Any], ref: ReferenceStats) -> Path:
+        """Write ``ref`` as ``key``'s entry (statistics first, then the sidecar that makes
+        the entry valid); returns the ``.npz`` path."""
+        path = self.path(key)
+        ref.save(path)
+        meta = {
+            "key": key,
+            "stats_sha256": ref.sha256,
+            "num_features": 0 if ref.features is None else len(ref.features),
+            "created": store.utc_now(),
+        }
+        store.write_json_atomic(path.with_suffix(".json"), meta)
+        return path
+
+
+def dataset_reference(
+    extractor: FeatureExtractor,
+    dataset: TorchDataset,
+    name: str,
+    split: str,
+    *,
+    batch_size: int = 250,
+    num_features: int = 0,
+    cache: StatsCache | None = None,
+    num_workers: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> ReferenceStats:
+    """Reference statistics of a data set split (``(image, label)`` pairs, images in
+    [-1, 1]): from ``cache`` when it holds them, else computed, stored there and returned.
+    ``on_batch(n)`` reports progress while computing."""
+    count = len(dataset)  # type: ignore[arg-type]
+    key = cache_key(extractor, name, split, count)
+    if cache is not None:
+        hit = cache.load(key, num_features)
+        if hit is not None:
+            return hit
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    stats, kept = accumulate(
+        extractor, (images for images, _ in loader), max(num_features, 0), on_batch
+    )
+    ref = ReferenceStats.from_accumulated(stats, kept, {"dataset": name, "split": split})
+    if cache is not None:
+        cache.save(key, ref)
+    return ref

@@ -1,0 +1,110 @@
+"""Throughput of the streaming evaluation path against the bare network forward pass.
+
+``measure_throughput`` times, in one process on one device, (1) the extractor's network alone
+on ready-made network inputs and (2) the whole streaming path a run uses
+(``Evaluator.update``: quantize, resize, forward, float64 sums, logits), on the same number
+of images at the same batch size. Generated images come from a small pool made beforehand on
+the device, so neither rate includes a generator. Warm-up batches (cuDNN's algorithm search,
+allocator growth) run first, untimed; then each batch is timed once through each path in
+turn, on CUDA with CUDA events after a synchronisation, on CPU with ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.linalg import LinAlgWarning
+
+from eval.evaluator import Evaluator
+from eval.extractors import FeatureExtractor, float32_precision
+
+
+def _elapsed(fn: Callable[[int], object], i: int, device: torch.device) -> float:
+    """Seconds for ``fn(i)``, its work on ``device`` finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(i)
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn(i)
+    return time.perf_counter() - t0
+
+
+def _batch_sizes(num_images: int, batch_size: int) -> list[int]:
+    full, rest = divmod(num_images, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+def measure_throughput(
+    extractor: FeatureExtractor,
+    num_images: int = 50_000,
+    batch_size: int = 500,
+    image_size: int = 32,
+    metrics: tuple[str, ...] = ("fid", "is"),
+    warmup: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Images/s of the bare forward pass and of the streaming path over ``num_images``
+    generated images of ``image_size`` pixels in batches of ``batch_size``, with the time
+    of the final metric computation (FID's matrix square root) reported apart."""
+    device = extractor.device
+    sizes = _batch_sizes(num_images, batch_size)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = (batch_size, 3, image_size, image_size)
+    # A few distinct batches, reused: image content does not change the work done.
+    pool = [torch.rand(shape, generator=gen, device=device) * 2 - 1 for _ in range(4)]
+    net_input = extractor.prepare(pool[0])
+    dim = extractor.feature_dim
+    evaluator = Evaluator(extractor, (np.zeros(dim), np.eye(dim)), list(metrics))
+
+    def forward(i: int) -> None:
+        # The same network work as the streaming path: the logits only when a metric uses them.
+        with float32_precision(device, extractor.allow_tf32), torch.no_grad():
+            extractor.extract(net_input[: sizes[i]], evaluator.keep_logits)
+
+    def stream(i: int) -> None:
+        evaluator.update(pool[i % len(pool)][: sizes[i]])
+
+    for _ in range(warmup):
+        forward(0)
+        Evaluator(extractor, (np.zeros(dim), np.eye(dim)), list(metrics)).update(pool[0])
+    # Batch by batch, alternating, so that a change in the machine's load (other processes,
+    # clocks) falls on both rates alike and their ratio stays meaningful.
+    forward_s = stream_s = 0.0
+    for i in range(len(sizes)):
+        forward_s += _elapsed(forward, i, device)
+        stream_s += _elapsed(stream, i, device)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # The reference is a stand-in (0, I) and the images noise: only the time matters,
+        # so SciPy's near-singular warnings about them would only mislead.
+        warnings.simplefilter("ignore", LinAlgWarning)
+        values = evaluator.compute()
+    finalize_s = time.perf_counter() - t0
+    forward_ips, stream_ips = num_images / forward_s, num_images / stream_s
+    return {
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+        "torch_threads": torch.get_num_threads(),
+        "num_images": num_images,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "metrics": list(metrics),
+        "forward_s": forward_s,
+        "forward_images_per_s": forward_ips,
+        "stream_s": stream_s,
+        "stream_images_per_s": stream_ips,
+        "stream_over_forward": stream_ips / forward_ips,
+        "finalize_s": finalize_s,
+        "values": values,
+        "protocol": evaluator.protocol(),
+    }

@@ -1,0 +1,191 @@
+"""``bench eval`` and ``bench eval-speed`` end to end: folders of PNGs against pytorch-fid's own
+command line, samples and statistics ``.npz`` files, usage errors, the offline weights error."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_fid import fid_score
+from torchvision.utils import save_image
+
+from benchmarks.commands_eval import open_input
+from eval.extractors import load_extractor
+from eval.inception import FID_WEIGHTS_NAME, WEIGHTS_ENV, random_state_dict
+from eval.reference import accumulate
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights in pytorch-fid's format, under pytorch-fid's file name in a torch hub
+    cache (``<TORCH_HOME>/hub/checkpoints``), where pytorch-fid's command line finds them."""
+    path = tmp_path_factory.mktemp("torch") / "hub" / "checkpoints" / FID_WEIGHTS_NAME
+    path.parent.mkdir(parents=True)
+    torch.save(random_state_dict(1), path)
+    return path
+
+
+def write_pngs(folder: Path, images: torch.Tensor) -> Path:
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images):
+        save_image(img, folder / f"{i:03d}.png", normalize=True, value_range=(-1, 1))
+    return folder
+
+
+def varied_images(n: int, cells: int, seed: int, channels: int = 3, size: int = 32):
+    """Smooth images with a random contrast and colour each (see test_inception)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, channels, cells, cells, generator=gen)
+    base = F.interpolate(base, size=size, mode="bilinear")
+    contrast = torch.rand(n, 1, 1, 1, generator=gen) * 1.5 + 0.1
+    offset = torch.rand(n, channels, 1, 1, generator=gen) - 0.5
+    return ((base - 0.5) * contrast + offset).clamp(-0.5, 0.5) * 2
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pngs")
+    real = write_pngs(root / "real", varied_images(70, 8, seed=1))
+    fake = write_pngs(root / "fake", varied_images(70, 4, seed=2))
+    return real, fake
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
+def test_fid_equals_pytorch_fid_command_line(
+    cli, folders, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    real, fake = folders
+    # `python -m pytorch_fid ...`, run in this process (its main() reads sys.argv); it loads
+    # the weights from the torch hub cache under TORCH_HOME.
+    monkeypatch.setenv("TORCH_HOME", str(weights.parents[2]))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    argv = ["pytorch_fid", "--device", "cpu", "--dims", "64", "--batch-size", "25"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--num-workers", "0", str(real), str(fake)])
+    fid_score.main()
+    expected = float(re.search(r"FID:\s+(\S+)", capsys.readouterr().out).group(1))
+
+    # The same file under a name of our own: under pytorch-fid's name genbench checks that
+    # the sha256 starts with 6726825d, which random weights do not.
+    ours = tmp_path / "random_inception.pth"
+    ours.symlink_to(weights)
+    out = tmp_path / "eval.json"
+    args = ["eval", str(real), str(fake), "--dims", "64", "--device", "cpu", "--num-workers", "0"]
+    result = cli(*args, "--inception-weights", str(ours), "--out", str(out))
+    assert result.code == 0, result.err
+    saved = json.loads(out.read_text())
+    fid = saved["metrics"]["fid"]["value"]
+    assert fid == pytest.approx(expected, rel=1e-4)
+    assert expected > 1.0
+    assert f"| fid | {fid:.6g} |" in result.out
+    proto = saved["protocol"]
+    assert (proto["extractor"], proto["dims"], proto["resize"]) == (
+        "pytorch_fid_inception_v3",
+        64,
+        "bilinear",
+    )
+    assert proto["reference"]["folder"] == str(real) and proto["reference"]["count"] == 70
+    assert proto["fake"] == {"folder": str(fake)} and proto["num_samples"] == 70
+
+
+def test_missing_weights_offline_fails_fast_naming_both_options(
+    cli, folders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    import eval.inception
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    with socket.socket() as s:  # a port nothing listens on: the network is unreachable
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/{FID_WEIGHTS_NAME}"
+    monkeypatch.setattr(eval.inception, "_fid_weights_url", lambda: url)
+    start = time.perf_counter()
+    result = cli("eval", *map(str, folders), "--device", "cpu", "--out", str(tmp_path / "x.json"))
+    assert time.perf_counter() - start < 10
+    # The "Downloading ..." notice, then the one-line error.
+    notice, error = result.err.strip().splitlines()
+    assert result.code == 2 and notice.startswith("Downloading") and error.startswith("bench: ")
+    assert "--inception-weights" in error and WEIGHTS_ENV in error
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_samples_npz_and_statistics_npz(cli, tmp_path: Path) -> None:
+    # Digits-sized grey samples with the digits extractor: a samples .npz (NHWC uint8, as
+    # guided-diffusion writes them) gives exactly what the same images as PNGs give.
+    real_images = varied_images(60, 4, seed=3, channels=1, size=16)
+    fake_images = varied_images(50, 8, seed=4, channels=1, size=16)
+    real = write_pngs(tmp_path / "real", real_images)
+    fake = write_pngs(tmp_path / "fake", fake_images)
+    u8 = fake_images.add(1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    samples = tmp_path / "fake.npz"
+    np.savez(samples, arr_0=u8.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy())
+    common = ["--extractor", "digits", "--device", "cpu", "--num-workers", "0"]
+    results = {}
+    for name, fake_input in (("folder", fake), ("npz", samples)):
+        out = tmp_path / f"{name}.json"
+        run = cli("eval", str(real), str(fake_input), *common, "--metrics", "fid,is,kid,pr",
+                  "--kid-subset-size", "40", "--out", str(out))  # fmt: skip
+        assert run.code == 0, run.err
+        results[name] = json.loads(out.read_text())["metrics"]
+    assert results["npz"] == results["folder"]
+    assert set(results["npz"]) == {"fid", "is", "kid", "pr"}
+    proto = json.loads((tmp_path / "npz.json").read_text())["protocol"]
+    assert proto["reference"]["count"] == 60 and proto["kid_subset_size"] == 40
+
+    # A statistics file (mu, sigma only, float32 as TTUR's) as REAL: the same FID.
+    sums, _ = accumulate(load_extractor("digits"), open_input(str(real), "REAL").batches(25, 0))
+    ref = tmp_path / "ref_stats.npz"
+    np.savez(ref, mu=sums.mean().astype(np.float32), sigma=sums.cov().astype(np.float32))
+    out = tmp_path / "stats.json"
+    run = cli("eval", str(ref), str(fake), *common, "--out", str(out))
+    assert run.code == 0, run.err
+    fid = json.loads(out.read_text())["metrics"]["fid"]["value"]
+    assert fid == pytest.approx(results["folder"]["fid"]["value"], rel=1e-4)
+
+    kid = cli("eval", str(ref), str(fake), *common, "--metrics", "kid", "--out", str(out))
+    assert kid.code == 2 and "feature vectors" in kid.err
+    both = cli("eval", str(ref), str(ref), *common, "--metrics", "fid,is", "--out", str(out))
+    assert both.code == 2 and "only fid can be computed" in both.err
+
+
+def test_usage_errors_are_one_line(cli, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    one = str(write_pngs(tmp_path / "one", varied_images(1, 4, seed=0)))
+    cases = [
+        (["eval", str(tmp_path / "nope"), one], "REAL: " + str(tmp_path / "nope")),
+        (["eval", one, str(tmp_path / "empty")], "FAKE: no image files"),
+        (["eval", one, one, "--metrics", "fid,fdi"], "unknown metric 'fdi'"),
+        (["eval", one, one, "--extractor", "digits", "--dims", "2048"], "dims 2048 is not"),
+        (["eval", one, one, "--resize", "bicubic"], "resize 'bicubic' is not offered"),
+        (["eval", "nosuch:train", one], "neither an image folder"),
+    ]
+    for args, message in cases:
+        result = cli(*args, "--device", "cpu", "--out", str(tmp_path / "out.json"))
+        assert result.code == 2, (args, result.err)
+        assert message in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_eval_speed_reports_both_rates(cli, tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    # 64-d FID alone runs only the first block: cheap enough for a test.
+    args = ["eval-speed", "--random-weights", "--num-images", "6", "--batch-size", "3"]
+    args += ["--dims", "64", "--metrics", "fid", "--warmup", "1", "--device", "cpu"]
+    result = cli(*args, "--out", str(out))
+    assert result.code == 0, result.err
+    data = json.loads(out.read_text())
+    assert data["num_images"] == 6 and data["device"] == "cpu"
+    assert data["forward_images_per_s"] > 0 and data["stream_images_per_s"] > 0
+    ratio = data["stream_images_per_s"] / data["forward_images_per_s"]
+    assert data["stream_over_forward"] == pytest.approx(ratio)
+    assert data["protocol"]["num_samples"] == 6 and data["protocol"]["weights_sha256"] == "random"
+    assert "bare Inception forward" in result.out and "streaming fid:" in result.out
