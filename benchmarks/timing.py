@@ -2,6 +2,13 @@
 
 On CUDA each call is bracketed by CUDA events after a synchronisation; on CPU by
 ``time.perf_counter``. Raw per-repeat seconds are kept so later comparisons can test them.
+The first call of a freshly prepared sampler is the cold start (compilation, autotuning,
+graph capture, caches): its duration is reported as the time to first image and never
+enters the timed repeats. One extra untimed call measures the share of sampling time
+spent drawing per-sample noise (``generators.base.seeded_randn``).
+
+``bench run`` (``runner.measure_speed``) and ``bench speed`` both go through
+``sampling_timer``, so fast paths and timing have one code path.
 """
 
 from __future__ import annotations
@@ -10,10 +17,13 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
+
+from benchmarks.fastpath import FastPaths, prepare_sampler
 
 
 @dataclass
@@ -30,11 +40,19 @@ class TimingResult:
     images_per_s: float
     s_per_50k: float
     ms_per_nfe: float
+    image_nfe_per_s: float
     peak_memory_bytes: int | None
     peak_memory_kind: str
+    time_to_first_image_s: float
+    noise_share: float | None
+    noise_s: float | None
+    fast: FastPaths = field(default_factory=FastPaths)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready dict; the fast paths appear as top-level fields."""
+        out = asdict(self)
+        out.update(out.pop("fast"))
+        return out
 
 
 def _quartiles(xs: list[float]) -> tuple[float, float]:
@@ -52,6 +70,11 @@ def _peak_memory(device: torch.device) -> tuple[int | None, str]:
     return (rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _time_once(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -66,6 +89,133 @@ def _time_once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+class SamplingTimer:
+    """Times one sampling callable in phases: ``start`` (cold call and warm-ups), any number
+    of ``repeat`` rounds (``bench compare`` interleaves them between revisions), then
+    ``result``. ``run`` does all three in one go."""
+
+    def __init__(
+        self,
+        fn: Callable[[], object],
+        *,
+        device: torch.device,
+        batch_size: int,
+        nfe: int,
+        fast: FastPaths | None = None,
+    ) -> None:
+        self.fn = fn
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.nfe = nfe
+        self.fast = fast or FastPaths()
+        self.warmup_s: list[float] = []
+        self.raw_s: list[float] = []
+        self.first_s: float | None = None
+
+    def start(self, warmup: int) -> None:
+        """Run ``warmup`` untimed calls; the first is the cold start (time to first image)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.warmup_s = [_time_once(self.fn, self.device) for _ in range(warmup)]
+        if self.warmup_s:
+            self.first_s = self.warmup_s[0]
+
+    def repeat(self, n: int) -> list[float]:
+        """``n`` timed calls; returns their seconds (also kept for ``result``)."""
+        new = [_time_once(self.fn, self.device) for _ in range(n)]
+        if self.first_s is None and new:  # no warm-up: the first timed call was the cold one
+            self.first_s = new[0]
+        self.raw_s.extend(new)
+        return new
+
+    def noise_share(self) -> tuple[float | None, float | None]:
+        """One untimed call with every noise draw synchronised and timed: (share, seconds).
+
+        (None, None) when the sampler draws no seeded noise. Synchronising around each draw
+        removes the CPU/GPU overlap of that call, so the share is an upper estimate.
+        """
+        from generators.base import _NOISE_CLOCK
+
+        spent: list[float] = []
+
+        def clock(draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+            _sync(self.device)
+            t0 = time.perf_counter()
+            out = draw()
+            _sync(self.device)
+            spent.append(time.perf_counter() - t0)
+            return out
+
+        token = _NOISE_CLOCK.set(clock)
+        try:
+            _sync(self.device)
+            t0 = time.perf_counter()
+            self.fn()
+            _sync(self.device)
+            total = time.perf_counter() - t0
+        finally:
+            _NOISE_CLOCK.reset(token)
+        if not spent:
+            return None, None
+        return min(1.0, sum(spent) / total), sum(spent)
+
+    def result(self, noise: bool = True) -> TimingResult:
+        """Summarise the repeats so far (at least one), measuring the noise share first."""
+        if not self.raw_s:
+            raise ValueError("no timed repeats yet")
+        share, noise_s = self.noise_share() if noise else (None, None)
+        raw = self.raw_s
+        median = statistics.median(raw)
+        q1, q3 = _quartiles(raw)
+        ips = self.batch_size / median
+        peak, kind = _peak_memory(self.device)
+        return TimingResult(
+            device=str(self.device),
+            batch_size=self.batch_size,
+            nfe=self.nfe,
+            warmup_s=list(self.warmup_s),
+            raw_s=list(raw),
+            median_s=median,
+            iqr_s=q3 - q1,
+            images_per_s=ips,
+            s_per_50k=50_000 / ips,
+            ms_per_nfe=1000.0 * median / max(self.nfe, 1),
+            image_nfe_per_s=self.batch_size * self.nfe / median,
+            peak_memory_bytes=peak,
+            peak_memory_kind=kind,
+            time_to_first_image_s=self.first_s if self.first_s is not None else raw[0],
+            noise_share=share,
+            noise_s=noise_s,
+            fast=self.fast,
+        )
+
+    def run(self, *, repeats: int, warmup: int) -> TimingResult:
+        """Warm up, time ``repeats`` calls, summarise."""
+        self.start(warmup)
+        self.repeat(repeats)
+        return self.result()
+
+
+def sampling_timer(
+    gen: Any,
+    seeds: Sequence[int],
+    labels: torch.Tensor | None,
+    steps: int | str | None,
+    guidance: float | None,
+    fast: FastPaths,
+) -> SamplingTimer:
+    """A timer of ``gen.sample(seeds, labels, steps, guidance)`` with ``fast`` applied.
+
+    Applies the fast paths to ``gen`` in place (see ``benchmarks.fastpath``).
+    """
+    gen.eval()
+    seeds = list(seeds)
+    run = prepare_sampler(gen, fast, lambda: gen.sample(seeds, labels, steps, guidance))
+    return SamplingTimer(
+        run, device=gen.device, batch_size=len(seeds), nfe=gen.nfe(steps, guidance), fast=fast
+    )
+
+
 def time_sampling(
     fn: Callable[[], object],
     *,
@@ -76,25 +226,5 @@ def time_sampling(
     warmup: int,
 ) -> TimingResult:
     """Time ``fn`` (one sampling call of ``batch_size`` images) ``repeats`` times."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    warm = [_time_once(fn, device) for _ in range(warmup)]
-    raw = [_time_once(fn, device) for _ in range(repeats)]
-    median = statistics.median(raw)
-    q1, q3 = _quartiles(raw)
-    ips = batch_size / median
-    peak, kind = _peak_memory(device)
-    return TimingResult(
-        device=str(device),
-        batch_size=batch_size,
-        nfe=nfe,
-        warmup_s=warm,
-        raw_s=raw,
-        median_s=median,
-        iqr_s=q3 - q1,
-        images_per_s=ips,
-        s_per_50k=50_000 / ips,
-        ms_per_nfe=1000.0 * median / max(nfe, 1),
-        peak_memory_bytes=peak,
-        peak_memory_kind=kind,
-    )
+    timer = SamplingTimer(fn, device=device, batch_size=batch_size, nfe=nfe)
+    return timer.run(repeats=repeats, warmup=warmup)

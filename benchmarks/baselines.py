@@ -1,0 +1,84 @@
+"""Reference implementations ``bench speed --baseline`` times side by side with ours.
+
+``diffusers``: the stock ``diffusers.DDPMPipeline`` (fp32 weights, eager, torch's default
+flags, its own ``DDPMScheduler`` and noise) around a fresh copy of the case's untrained
+``UNet2DModel``, with as many denoising steps as the case has network evaluations. Cases
+whose sampling network is not an unconditional ``UNet2DModel`` have no baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from benchmarks.errors import GenbenchError
+from benchmarks.fastpath import FastPaths
+from benchmarks.timing import SamplingTimer
+
+BASELINES: tuple[str, ...] = ("diffusers",)
+
+
+def _unet(gen: Any) -> Any | None:
+    from diffusers import UNet2DModel
+
+    mods = gen.modules()
+    for name in gen.sampling_modules():
+        net = mods[name]
+        if isinstance(net, UNet2DModel) and not net.config.num_class_embeds:
+            return net
+    return None
+
+
+def diffusers_pipeline(unet: Any, nfe: int) -> Any:
+    """A ``DDPMPipeline`` around ``unet`` whose scheduler can take ``nfe`` steps."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    cfg = unet.config
+    learned = cfg.out_channels == 2 * cfg.in_channels
+    scheduler = DDPMScheduler(
+        num_train_timesteps=max(1000, nfe),
+        variance_type="learned_range" if learned else "fixed_small",
+    )
+    pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def measure_baseline(
+    name: str, plan: Any, case: Any, settings: Any, device: torch.device
+) -> tuple[dict[str, Any], str, int] | None:
+    """Time the ``name`` baseline for ``case``: (timing dict, generator label, parameters),
+    or None when the case has no such baseline."""
+    from benchmarks.speed import build_untrained
+
+    if name not in BASELINES:
+        raise GenbenchError(f"--baseline: unknown {name!r}; valid: {', '.join(BASELINES)}")
+    gen = build_untrained(plan, case, device)  # its own copy: no fast path touches it
+    unet = _unet(gen)
+    if unet is None:
+        return None
+    unet.eval()
+    nfe = gen.nfe(case.steps)
+    pipe = diffusers_pipeline(unet, nfe)
+    noise = torch.Generator(device=device).manual_seed(0)
+
+    def call() -> torch.Tensor:
+        with torch.no_grad():
+            return pipe(
+                batch_size=case.batch_size,
+                generator=noise,
+                num_inference_steps=nfe,
+                output_type="pt",
+                return_dict=False,
+            )[0]
+
+    timer = SamplingTimer(
+        call, device=device, batch_size=case.batch_size, nfe=nfe, fast=FastPaths()
+    )
+    timer.start(settings.warmup)
+    timer.repeat(settings.repeats)
+    timing = timer.result(noise=False).to_dict()
+    timing["steps"] = case.steps
+    params = sum(p.numel() for p in unet.parameters())
+    return timing, "diffusers.DDPMPipeline", params
