@@ -1,4 +1,4 @@
-"""nox sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s smoke``.
+"""nox sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s smoke``, ``nox -s speed``.
 
 The sessions run in the current environment (``venv_backend="none"``): a fresh nox venv
 would copy the 5 GB CUDA build of torch every time. Activate the project venv first
@@ -27,3 +27,10 @@ def lint(session: nox.Session) -> None:
 def smoke(session: nox.Session) -> None:
     """The smoke benchmark on the embedded digits data set."""
     session.run("bench", "run", "smoke", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def speed(session: nox.Session) -> None:
+    """CPU sampling-speed check of the smoke models against the merge base (as CI runs it)."""
+    args = session.posargs or ["--spec", "smoke", "--device", "cpu", "--batch-sizes", "16"]
+    session.run("bench", "compare", *args)

@@ -13,6 +13,7 @@ from typing import Annotated
 import click
 import typer
 
+from benchmarks import commands_eval, speedcmd  # light: their heavy imports are lazy
 from benchmarks.errors import GenbenchError, SpecError
 
 app = typer.Typer(
@@ -112,9 +113,8 @@ def run(
         typer.echo(plan.to_toml(), nl=False)
         return
     run_dir = run_plan(plan, out)
-    from reports.markdown import render_markdown
-
-    typer.echo(render_markdown([run_dir]))
+    typer.echo((run_dir / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"report:  {run_dir / 'report.html'} (plots and sample grids)")
     typer.echo(f"results: {run_dir}")
 
 
@@ -142,13 +142,47 @@ def list_cmd() -> None:
 @app.command()
 def report(
     run_dirs: Annotated[
-        list[Path], typer.Argument(metavar="RUN_DIR...", help="run directories made by `bench run`")
+        list[Path],
+        typer.Argument(
+            metavar="RUN_DIR...",
+            help="run directories (`bench run`) and/or speed directories (`bench speed`)",
+        ),
     ],
+    report_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="md|html|both",
+            help="markdown tables, a self-contained HTML page with plots, or both",
+        ),
+    ] = "md",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="a .md/.html file, or a directory that receives report.md/report.html "
+            "(needed for html and both); without it markdown is printed",
+        ),
+    ] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="speed history, JSON lines (default: runs/speed_history.jsonl if present)",
+        ),
+    ] = None,
 ) -> None:
-    """Print a markdown comparison table of the models in RUN_DIRS."""
-    from reports.markdown import render_markdown
+    """Compare every model of RUN_DIRS: markdown tables, or an HTML page with plots."""
+    from reports.report import emit_report
 
-    typer.echo(render_markdown(run_dirs))
+    typer.echo(emit_report(run_dirs, report_format, out, history), nl=False)
+
+
+app.command("eval")(commands_eval.eval_cmd)
+app.command("stats")(commands_eval.stats_cmd)
+app.command("eval-speed")(commands_eval.eval_speed_cmd)
+app.command("speed")(speedcmd.speed_cmd)
+app.command("compare")(speedcmd.compare_cmd)
 
 
 # Recent typer vendors its own click; accept either flavour of click's exceptions.

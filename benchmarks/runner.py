@@ -11,17 +11,17 @@ Each stage is its own function; ``run`` strings them together and writes the res
         <model>/samples.png  sample grid
         <model>/timing.json  sampling speed (warm-up, raw repeats, median, IQR, ...)
         <model>/metrics.json FID / IS with their evaluation protocol
+        report.md, report.html   the comparison report (written last, by ``reports``)
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,16 @@ from benchmarks import store
 from benchmarks.datasets import get_dataset
 from benchmarks.ema import EMA, ema_beta
 from benchmarks.errors import CheckpointError, GenbenchError
-from benchmarks.spec import ResolvedModel, RunPlan
-from benchmarks.timing import time_sampling
+from benchmarks.fastpath import FastPaths
+from benchmarks.spec import IS_SPLITS, EvaluateSection, ResolvedModel, RunPlan
+from benchmarks.timing import sampling_timer
 from generators import GENERATORS, Batch, DataShape, Generator
+
+if TYPE_CHECKING:  # eval is imported lazily (see RunInputs)
+    from eval.evaluator import Evaluator
+    from eval.extractors import ExtractorOptions, FeatureExtractor
+    from eval.metrics import MetricOptions
+    from eval.reference import ReferenceStats
 
 
 def resolve_device(name: str) -> torch.device:
@@ -269,21 +276,18 @@ def bits_per_dim(
 
 
 def measure_speed(gen: Generator, model: ResolvedModel, plan: RunPlan) -> dict[str, Any]:
+    """Time ``plan.timing.repeats`` sampling calls of ``plan.timing.batch_size`` images with
+    the timing section's fast paths applied to ``gen`` (in place); the dict of timing.json.
+
+    ``bench speed`` calls this too, so both commands share one timing and fast-path path.
+    """
     timing = plan.timing
     seeds = list(range(timing.batch_size))
-    labels = _labels(gen, seeds)
-    gen.eval()
-    result = time_sampling(
-        lambda: gen.sample(seeds, labels, model.sample.steps, model.sample.guidance),
-        device=gen.device,
-        batch_size=timing.batch_size,
-        nfe=gen.nfe(model.sample.steps),
-        repeats=timing.repeats,
-        warmup=timing.warmup,
-    )
-    out = result.to_dict()
-    out["precision"] = timing.precision
-    out["steps"] = model.sample.steps
+    fast = FastPaths.from_section(timing)
+    steps = model.sample.steps
+    timer = sampling_timer(gen, seeds, _labels(gen, seeds), steps, model.sample.guidance, fast)
+    out = timer.run(repeats=timing.repeats, warmup=timing.warmup).to_dict()
+    out["steps"] = steps
     return out
 
 
@@ -310,7 +314,9 @@ class RunInputs:
                     f"models.{model.name}.train.batch_size: {model.train.batch_size} exceeds "
                     f"the {len(self.train)} training images of {bench.dataset}; lower it"
                 )
-        if evaluate.reference == "train" and self.train is not None:
+        if evaluate.reference_stats is not None:
+            self.reference = None  # the statistics come from that file instead
+        elif evaluate.reference == "train" and self.train is not None:
             self.reference = self.train
         else:
             self.reference = self.dataset.load(evaluate.reference, bench.data_root)
@@ -318,39 +324,112 @@ class RunInputs:
             has_likelihood(m.generator) for m in plan.models.values()
         )
         self.test = self.dataset.load("test", bench.data_root) if needs_test else None
-        self.extractor = load_extractor(evaluate.extractor, device, evaluate.weights)
+        self.plan = plan
+        self.extractor = load_extractor(
+            evaluate.extractor, device, evaluate.weights, extractor_options(evaluate)
+        )
         self.batch_size = evaluate.batch_size
+        check_evaluation(plan)
+        if evaluate.reference_stats is not None:
+            # Read now: a wrong file is a usage error before any run directory exists.
+            self.stats = reference_from_file(evaluate, self.extractor)
 
     @functools.cached_property
     def stats(self):
-        """Reference feature statistics, computed once and shared by every model."""
-        from eval.evaluator import reference_stats
+        """Reference statistics (``eval.reference.ReferenceStats``), computed once and shared
+        by every model: from the statistics cache when it holds them, else computed (and
+        cached, unless ``evaluate.cache`` is off)."""
+        from eval.reference import StatsCache, dataset_reference
 
-        loader = DataLoader(self.reference, batch_size=self.batch_size, shuffle=False)
+        evaluate = self.plan.evaluate
         with _progress() as bar:
             task = bar.add_task("reference statistics", total=len(self.reference), status="")
+            return dataset_reference(
+                self.extractor,
+                self.reference,
+                self.plan.benchmark.dataset,
+                evaluate.reference,
+                batch_size=self.batch_size,
+                num_features=evaluate.max_features if needs_features(evaluate) else 0,
+                cache=StatsCache() if evaluate.cache else None,
+                on_batch=lambda n: bar.advance(task, n),
+            )
 
-            def stream():
-                for images, _ in loader:
-                    yield images
-                    bar.advance(task, len(images))
-
-            return reference_stats(self.extractor, stream())
-
-    @functools.cached_property
+    @property
     def stats_sha256(self) -> str:
-        """Hash of the reference mean and covariance (float64 bytes), for the protocol."""
-        digest = hashlib.sha256(self.stats.mean().tobytes())
-        digest.update(self.stats.cov().tobytes())
-        return digest.hexdigest()
+        """sha256 of the reference mean and covariance (float64 bytes), for the protocol."""
+        return self.stats.sha256
+
+    def evaluator(self) -> Evaluator:
+        """A fresh ``eval.evaluator.Evaluator`` for one model, set up from the spec."""
+        from eval.evaluator import Evaluator
+
+        evaluate = self.plan.evaluate
+        return Evaluator(self.extractor, self.stats, evaluate.metrics, metric_options(evaluate))
+
+
+def extractor_options(evaluate: EvaluateSection) -> ExtractorOptions:
+    """The spec's extractor settings as ``eval.extractors.ExtractorOptions``."""
+    from eval.extractors import ExtractorOptions
+
+    return ExtractorOptions(evaluate.dims, evaluate.resize, evaluate.quantize, evaluate.tf32)
+
+
+def metric_options(evaluate: EvaluateSection) -> MetricOptions:
+    """The spec's metric settings as ``eval.metrics.MetricOptions``."""
+    from eval.metrics import MetricOptions
+
+    return MetricOptions(
+        is_splits=IS_SPLITS,
+        kid_subsets=evaluate.kid_subsets,
+        kid_subset_size=evaluate.kid_subset_size,
+        pr_k=evaluate.pr_k,
+        max_features=evaluate.max_features,
+    )
+
+
+def needs_features(evaluate: EvaluateSection) -> bool:
+    """Whether a requested metric (KID, precision/recall) compares feature vectors."""
+    from eval.metrics import METRICS
+
+    return any(METRICS.get(name).needs_features for name in evaluate.metrics)
+
+
+def check_evaluation(plan: RunPlan) -> None:
+    """Usage errors the metrics would otherwise raise only after sampling."""
+    evaluate = plan.evaluate
+    for model in plan.models.values():
+        kept = min(model.sample.num_samples, evaluate.max_features)
+        if "pr" in evaluate.metrics and kept <= evaluate.pr_k:
+            raise GenbenchError(
+                f"models.{model.name}.sample.num_samples: precision/recall with k = "
+                f"{evaluate.pr_k} needs more than {evaluate.pr_k} samples (and "
+                "evaluate.max_features); raise them"
+            )
+
+
+def reference_from_file(evaluate: EvaluateSection, extractor: FeatureExtractor) -> ReferenceStats:
+    """``evaluate.reference_stats`` read and checked against the extractor's feature size."""
+    from eval.reference import ReferenceStats
+
+    ref = ReferenceStats.from_npz(evaluate.reference_stats)
+    if ref.dim != extractor.feature_dim:
+        raise GenbenchError(
+            f"evaluate.reference_stats: {evaluate.reference_stats} holds {ref.dim}-d statistics, "
+            f"but the extractor gives {extractor.feature_dim}-d features; set evaluate.dims"
+        )
+    if needs_features(evaluate) and ref.features is None:
+        raise GenbenchError(
+            f"evaluate.reference_stats: {evaluate.reference_stats} holds only mu and sigma; KID "
+            "and precision/recall need feature vectors (drop kid/pr or the file)"
+        )
+    return ref
 
 
 def run_model(
     plan: RunPlan, model: ResolvedModel, out: Path, device: torch.device, inputs: RunInputs
 ) -> dict[str, Any]:
     """Train (or load), checkpoint, sample + evaluate, time; write the model's files."""
-    from eval.evaluator import Evaluator
-
     out.mkdir(parents=True, exist_ok=True)
     info = inputs.dataset.info
     gen = build_generator(
@@ -365,7 +444,7 @@ def run_model(
         train_info = train(gen, data, model, out / "train_log.jsonl")
     save_checkpoint(gen, out / "checkpoint.safetensors", model, train_info["train_steps"])
 
-    evaluator = Evaluator(inputs.extractor, inputs.stats, plan.evaluate.metrics)
+    evaluator = inputs.evaluator()
     sampled = sample_and_evaluate(gen, model, evaluator, out / "samples.png")
     extra = {}
     if inputs.test is not None and has_likelihood(model.generator):
@@ -379,7 +458,7 @@ def run_model(
         "generator": model.generator,
         "config": model.config.model_dump(mode="json"),
         "parameters": gen.num_parameters(),
-        "nfe": gen.nfe(model.sample.steps),
+        "nfe": gen.nfe(model.sample.steps, model.sample.guidance),
         "dataset": plan.benchmark.dataset,
         "checkpoint_source": str(model.checkpoint) if model.checkpoint else None,
         **train_info,
@@ -394,13 +473,7 @@ def run_model(
         "extra": extra,
         "protocol": {
             **evaluator.protocol(),
-            "seeds": sampled["seeds"],
-            "reference": {
-                "dataset": plan.benchmark.dataset,
-                "split": plan.evaluate.reference,
-                "count": inputs.stats.count,
-                "stats_sha256": inputs.stats_sha256,
-            },
+            "seeds": sampled["seeds"],  # the reference's protocol comes with the evaluator's
         },
     }
     store.write_json_atomic(out / "metrics.json", metrics)
@@ -426,4 +499,7 @@ def run(plan: RunPlan, out_dir: Path) -> Path:
         run_model(plan, model, run_dir / model.name, device, inputs)
     status.update(status="complete", finished=store.utc_now())
     store.write_json_atomic(run_dir / "run.json", status)
+    from reports.report import write_run_reports  # reads back only the files written above
+
+    write_run_reports(run_dir, Path(out_dir) / "speed_history.jsonl")
     return run_dir

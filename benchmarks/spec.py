@@ -85,13 +85,52 @@ class EvaluateSection(StrictModel):
     bpd_images: int = Field(
         1000, ge=0, description="test images for bits/dim of likelihood models (0 = off)"
     )
+    # Evaluation protocol (eval/): defaults are pytorch-fid's behaviour; every value is
+    # recorded with the metrics.
+    dims: int | None = Field(None, description="feature size (pytorch-fid's --dims); None: full")
+    resize: str | None = Field(None, description="bilinear | clean (inception); None: default")
+    quantize: bool = Field(True, description="round generated images to uint8 as PNGs hold them")
+    tf32: bool = Field(True, description="allow TF32 convolutions (torch's default); false: fp32")
+    reference_stats: Path | None = Field(
+        None, description="pytorch-fid .npz (mu, sigma) to use instead of the reference split"
+    )
+    cache: bool = Field(True, description="reuse reference statistics in $BENCH_CACHE_DIR/stats")
+    max_features: int = Field(10_000, ge=1, description="feature vectors kept for KID and PR")
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    pr_k: int = Field(3, ge=1, description="neighbourhood size of precision/recall")
+
+    @model_validator(mode="after")
+    def _extractor_options(self) -> EvaluateSection:
+        """Fill in the extractor's default dims and resize; reject ones it does not offer."""
+        from benchmarks.errors import GenbenchError
+        from eval.extractors import EXTRACTORS, ExtractorOptions
+
+        if self.extractor not in EXTRACTORS:
+            return self  # resolve() reports it with the valid choices
+        try:
+            options = EXTRACTORS.get(self.extractor).resolve_options(
+                ExtractorOptions(self.dims, self.resize)
+            )
+        except GenbenchError as exc:
+            raise ValueError(f"extractor {self.extractor!r}: {exc}") from None
+        self.dims, self.resize = options.dims, options.resize
+        return self
 
 
 class TimingSection(StrictModel):
     repeats: int = Field(10, ge=1, description="timed sampling calls")
     warmup: int = Field(1, ge=0, description="untimed calls first (compilation, caches)")
     batch_size: int = Field(64, ge=1)
-    precision: Literal["fp32"] = "fp32"
+    # Fast paths (benchmarks/fastpath.py): all off by default, recorded with every result.
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32 (IEEE), tf32 (CUDA), or bf16 / fp16 autocast"
+    )
+    channels_last: bool = Field(False, description="sampling networks in NHWC memory format")
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
+        "none", description="torch.compile mode of the sampling networks"
+    )
+    cuda_graphs: bool = Field(False, description="replay the network step from CUDA graphs")
 
 
 class ModelEntry(StrictModel):

@@ -1,6 +1,11 @@
 """Plugin generators. Importing this package registers every built-in generator."""
 
-from generators import dcgan  # noqa: F401  (registers "dcgan" / "gan")
+from generators import (
+    dcgan,  # noqa: F401  (registers "dcgan" / "gan")
+    ddpm,  # noqa: F401  (registers "ddpm")
+    edm,  # noqa: F401  (registers "edm")
+    vdpm,  # noqa: F401  (registers "vdpm")
+)
 from generators.base import GENERATORS, Batch, DataShape, Generator, GeneratorConfig
 
 __all__ = ["GENERATORS", "Batch", "DataShape", "Generator", "GeneratorConfig"]

@@ -75,6 +75,12 @@ def tiny_spec(tmp_path: Path):
     return make
 
 
+@pytest.fixture(autouse=True)
+def _isolated_stats_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Reference statistics cached by any test go to a temporary folder, never ~/.cache."""
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path_factory.mktemp("bench-cache")))
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip ``gpu`` tests cleanly when no CUDA device is present (CI has none)."""
     import torch
