@@ -17,7 +17,7 @@ paper's FID 3.17 model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from diffusers import UNet2DModel
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from benchmarks.errors import CheckpointError
+from benchmarks.errors import CheckpointError, SpecError
 from generators.base import (
     GENERATORS,
     Batch,
@@ -39,8 +39,7 @@ from generators.base import (
 from generators.diffusion import (
     TIMESTEP_SAMPLERS,
     GaussianDiffusion,
-    Prediction,
-    Sampler,
+    SamplingPlan,
     mean_flat,
     parse_steps,
 )
@@ -305,12 +304,15 @@ class DDPM(Generator):
 
     # ----------------------------------------------------------------- sampling
 
-    def _plan(self, steps: int | str | None) -> Sampler:
+    def _plan(self, steps: int | str | None) -> SamplingPlan:
         steps = self.config.sample_steps if steps is None else steps
         T = self.config.num_timesteps
-        return parse_steps(T if steps is None else steps, T)
+        try:
+            return parse_steps(T if steps is None else steps, T)
+        except ValueError as exc:  # a bad [sample] steps: a one-line usage error
+            raise SpecError(f"sample.steps: {exc}") from None
 
-    def _process(self, plan: Sampler) -> GaussianDiffusion:
+    def _process(self, plan: SamplingPlan) -> GaussianDiffusion:
         if len(plan.timesteps) == self.config.num_timesteps:
             return self.diffusion
         if plan.timesteps not in self._respaced:
@@ -320,9 +322,9 @@ class DDPM(Generator):
     def _check_guidance(self, guidance: float | None) -> bool:
         """Whether ``guidance`` asks for classifier-free guidance (a conditional model's)."""
         if guidance and not self.conditional:
-            raise ValueError(
-                "guidance needs a class-conditional model: set config conditional = true on "
-                "a labelled data set, or drop sample guidance"
+            raise SpecError(
+                "sample.guidance: guidance needs a class-conditional model; set config "
+                "conditional = true on a labelled data set, or drop guidance"
             )
         return bool(guidance)
 
@@ -343,17 +345,24 @@ class DDPM(Generator):
         # the variance (if learned) comes from the conditional output
         return eps, None if v is None else v.chunk(2)[0]
 
-    def _step(
-        self, plan: Sampler, d: GaussianDiffusion, x: torch.Tensor, t: torch.Tensor, out: Any
-    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
-        eps, v = out
-        c = self.config
+    def _update(
+        self,
+        plan: SamplingPlan,
+        d: GaussianDiffusion,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        out: tuple[torch.Tensor, torch.Tensor | None],
+        noise: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """x_{t-1} from x_t and the network's (eps, v): a DDIM or an ancestral step."""
+        (eps, v), c = out, self.config
         if plan.kind == "ddim":
-            return lambda noise: d.ddim_step(eps, x, t, c.ddim_eta, noise, c.clip_denoised)
-        pred: Prediction = d.p_mean_variance(eps, x, t, c.variance, v, c.clip_denoised)
-        return lambda noise: d.ancestral_step(pred, t, noise)
+            return d.ddim_step(eps, x, t, c.ddim_eta, noise, c.clip_denoised)
+        return d.ancestral_step(
+            d.p_mean_variance(eps, x, t, c.variance, v, c.clip_denoised), t, noise
+        )
 
-    def _needs_noise(self, plan: Sampler, index: int) -> bool:
+    def _needs_noise(self, plan: SamplingPlan, index: int) -> bool:
         if index == 0:
             return False  # the last step adds no noise (Ho et al. algorithm 2, line 3)
         return plan.kind == "ancestral" or self.config.ddim_eta > 0
@@ -375,11 +384,11 @@ class DDPM(Generator):
         try:
             for i, index in enumerate(reversed(range(d.num_timesteps))):
                 t = torch.full((len(seeds),), index, device=self.device, dtype=torch.long)
-                step = self._step(plan, d, x, t, self._predict(x, t, d, labels, guidance))
+                out = self._predict(x, t, d, labels, guidance)
                 noise = None
                 if self._needs_noise(plan, index):  # stream 1 + i: step i's noise, by seed
                     noise = seeded_randn(seeds, shape, self.device, stream=1 + i)
-                x = step(noise)
+                x = self._update(plan, d, x, t, out, noise)
         finally:
             self.unet.train(was_training)
         return x.clamp_(-1.0, 1.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -61,10 +62,10 @@ def get_betas(name: str, num_timesteps: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Sampler:
+class SamplingPlan:
     """A sampling plan: which original timesteps are visited, ancestrally or with DDIM."""
 
-    kind: str  # "ancestral" or "ddim"
+    kind: Literal["ancestral", "ddim"]
     timesteps: tuple[int, ...]  # kept original timesteps, increasing
 
 
@@ -98,16 +99,16 @@ def _ddim_stride(num_timesteps: int, count: int) -> list[int]:
     raise ValueError(f"no stride gives exactly {count} DDIM steps out of {num_timesteps}")
 
 
-def parse_steps(steps: int | str, num_timesteps: int) -> Sampler:
+def parse_steps(steps: int | str, num_timesteps: int) -> SamplingPlan:
     """A sampling plan from a spacing: ``N`` / ``"N"`` (N evenly spaced ancestral steps; T
     is the full chain), ``"ddimN"`` (N strided DDIM steps) or ``"a,b,c"`` (iDDPM sections:
     the T steps split into equal sections with a, b, c steps each)."""
     text = str(steps).strip().lower()
     try:
         if text.startswith("ddim"):
-            return Sampler("ddim", tuple(_ddim_stride(num_timesteps, int(text[4:]))))
+            return SamplingPlan("ddim", tuple(_ddim_stride(num_timesteps, int(text[4:]))))
         counts = [int(part) for part in text.split(",")]
-        return Sampler("ancestral", tuple(_sections(num_timesteps, counts)))
+        return SamplingPlan("ancestral", tuple(_sections(num_timesteps, counts)))
     except ValueError as exc:
         raise ValueError(
             f"steps {steps!r} is not a valid spacing for T = {num_timesteps} ({exc}); use N "

@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from pydantic import ValidationError
 
-from benchmarks.errors import CheckpointError
+from benchmarks.errors import CheckpointError, SpecError
 from generators import GENERATORS, Batch, DataShape
 from generators.ddpm import DDPM, DDPMConfig, classifier_free_guidance
 from generators.diffusion import (
@@ -361,7 +361,7 @@ def test_nfe_counts_steps_and_guidance_doubles_it(steps, count):
     gen = _tiny(conditional=True)
     assert gen.nfe(steps) == count
     assert gen.nfe(steps, guidance=2.0) == 2 * count
-    with pytest.raises(ValueError, match="guidance needs a class-conditional model"):
+    with pytest.raises(SpecError, match="guidance needs a class-conditional model"):
         _tiny().nfe(steps, guidance=1.0)
 
 
@@ -370,6 +370,8 @@ def test_sample_takes_int_and_string_steps_and_ddim_eta_zero_is_deterministic(mo
 
     gen = _tiny()
     torch.testing.assert_close(gen.sample([1, 2], steps=10), gen.sample([1, 2], steps="10"))
+    with pytest.raises(SpecError, match=r"sample\.steps: steps 'ddim11' is not a valid"):
+        gen.sample([1], steps="ddim11")  # no stride splits T = 50 into exactly 11 steps
     streams = []
     real = module.seeded_randn
     monkeypatch.setattr(module, "seeded_randn", lambda *a, **k: streams.append(k) or real(*a, **k))
@@ -568,5 +570,44 @@ def test_cifar10_dry_run_shows_the_improved_ddpm_setting(cli):
     assert entry["train"]["steps"] == 500_000
 
 
+@pytest.mark.gpu
+def test_sampling_and_training_on_cuda_match_cpu():
+    cpu = _tiny(variance="learned_range", loss="hybrid", timestep_sampler="loss_aware")
+    torch.manual_seed(0)
+    gpu = DDPM(cpu.config, DIGITS, torch.device("cuda"))
+    gpu.load_state_dict(cpu.state_dict())
+    for steps in ("ddim5", "5"):
+        torch.testing.assert_close(
+            gpu.sample([3, 4], steps=steps).cpu(),
+            cpu.sample([3, 4], steps=steps),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+    losses = gpu.train_step(Batch(_images(4).cuda(), torch.arange(4).cuda()))
+    assert math.isfinite(losses["loss"])
+    bpd = gpu.bits_per_dim(Batch(_images(2).cuda()))
+    assert bpd.device.type == "cuda" and torch.isfinite(bpd).all()
+
+
 def test_registered_as_ddpm():
     assert GENERATORS.get("ddpm") is DDPM
+
+
+@pytest.mark.slow
+def test_smoke_ddpm_trained_fid_at_most_half_of_untrained(tmp_path):
+    """The acceptance claim on the shipped smoke settings, shortened: half the training
+    steps and samples, one timed sampling call and no bits/dim pass."""
+    from benchmarks.runner import run
+    from benchmarks.spec import Overrides, load_spec, resolve
+
+    spec, source = load_spec("smoke")
+    fid = {}
+    for steps in (0, 200):
+        plan = resolve(spec, source, Overrides(models=["ddpm"], train_steps=steps, num_samples=500))
+        plan.evaluate = plan.evaluate.model_copy(update={"bpd_images": 0})
+        plan.timing = plan.timing.model_copy(update={"repeats": 1, "warmup": 0})
+        run_dir = run(plan, tmp_path / str(steps))
+        metrics = json.loads((run_dir / "ddpm" / "metrics.json").read_text())
+        assert metrics["train_steps"] == steps and metrics["nfe"] == 10
+        fid[steps] = metrics["metrics"]["fid"]["value"]
+    assert fid[200] <= 0.5 * fid[0], fid
