@@ -2,6 +2,7 @@
 
 from generators import (
     dcgan,  # noqa: F401  (registers "dcgan" / "gan")
+    ddgan,  # noqa: F401  (registers "ddgan")
     ddpm,  # noqa: F401  (registers "ddpm")
     edm,  # noqa: F401  (registers "edm")
     vdpm,  # noqa: F401  (registers "vdpm")

@@ -1,0 +1,307 @@
+"""DDGAN's networks (Xiao, Kreis, Vahdat 2022): a latent-modulated UNet G and a pair critic D.
+
+G(x_t, z, t) predicts x_0. It is an NCSN++-style UNet (Song et al. 2021, BigGAN residual
+blocks with skip rescaling by 1/sqrt(2)) whose group norms are modulated by a style vector
+w = mapping(z) (adaptive group norm, Xiao et al. 2022 section 3.4 / appendix). Time enters
+every residual block additively through a positional (sinusoidal) embedding.
+
+D(x_{t-1}, x_t, t) scores a pair: both images stacked on channels, residual down-sampling
+blocks with an additive time embedding, a minibatch-standard-deviation feature, a spatial
+sum and a linear head (the official "small" discriminator). The standard deviation is taken
+over groups of ``stddev_group`` *consecutive* samples (the official code strides them across
+the batch), so a micro-batch made of whole groups sees exactly the groups of the full batch.
+
+Building blocks from diffusers where they fit: ``AdaGroupNorm`` (group norm with a
+per-sample scale and shift), ``Timesteps`` / ``TimestepEmbedding`` (sinusoidal embedding
++ MLP) and ``Attention`` (single-head self-attention on feature maps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.normalization import AdaGroupNorm
+from torch import nn
+
+Resample = Literal["none", "down", "up"]
+
+_RESAMPLE = {
+    "none": lambda x: x,
+    "down": lambda x: F.avg_pool2d(x, 2),
+    "up": lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"),
+}
+
+
+def norm_groups(channels: int) -> int:
+    """Group count of every group norm: min(C / 4, 32), as in NCSN++ (Song et al. 2021)."""
+    return min(channels // 4, 32)
+
+
+def _zero(module: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
+    """Mark a layer that closes a residual branch: ``init_weights`` zeroes it."""
+    module.zero_init = True
+    return module
+
+
+def init_weights(net: nn.Module) -> None:
+    """NCSN++ initialisation (Song et al. 2021), as DDGAN uses it: Glorot-uniform weights
+    ("default_init"), zero biases, and zero weights where ``init_scale = 0`` (the last layer
+    of every residual branch, so each starts as the identity)."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            if getattr(module, "zero_init", False):
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class PixelNorm(nn.Module):
+    """z / rms(z), per sample (Karras et al. 2018, eq. 4 applied to the latent)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+def mapping_network(nz: int, z_emb_dim: int, n_mlp: int) -> nn.Sequential:
+    """z (N, nz) -> style w (N, z_emb_dim): pixel norm, then 1 + ``n_mlp`` linear + SiLU."""
+    layers: list[nn.Module] = [PixelNorm(), nn.Linear(nz, z_emb_dim), nn.SiLU()]
+    for _ in range(n_mlp):
+        layers += [nn.Linear(z_emb_dim, z_emb_dim), nn.SiLU()]
+    return nn.Sequential(*layers)
+
+
+class AdaResBlock(nn.Module):
+    """BigGAN residual block whose norms are modulated by the style w (Xiao et al. 2022)."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        temb_dim: int,
+        w_dim: int,
+        dropout: float = 0.0,
+        resample: Resample = "none",
+    ) -> None:
+        super().__init__()
+        self.norm1 = AdaGroupNorm(w_dim, cin, norm_groups(cin))
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, cout)
+        self.norm2 = AdaGroupNorm(w_dim, cout, norm_groups(cout))
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
+        needs_skip = cin != cout or resample != "none"
+        self.skip = nn.Conv2d(cin, cout, 1) if needs_skip else nn.Identity()
+        self.resample = _RESAMPLE[resample]
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(x, w))
+        h, x = self.resample(h), self.resample(x)
+        h = self.conv1(h) + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h, w))))
+        return (self.skip(x) + h) / math.sqrt(2.0)
+
+
+def self_attention(channels: int) -> Attention:
+    """Single-head self-attention over a feature map, residual, rescaled by 1/sqrt(2)."""
+    attention = Attention(
+        channels,
+        heads=1,
+        dim_head=channels,
+        norm_num_groups=norm_groups(channels),
+        residual_connection=True,
+        rescale_output_factor=math.sqrt(2.0),
+        bias=True,
+    )
+    # A key bias only shifts every logit of a query by the same amount, which the softmax
+    # cancels: its gradient is zero up to rounding, and Adam would turn that rounding into
+    # full-size random updates. Drop it.
+    attention.to_k.register_parameter("bias", None)
+    _zero(attention.to_out[0])
+    return attention
+
+
+class Stage(nn.Module):
+    """One UNet stage: a residual block, optionally followed by self-attention.
+
+    ``takes_skip``: the block's input is the running features concatenated with the
+    matching encoder activation (decoder stages that are not up-samplers).
+    """
+
+    def __init__(self, block: AdaResBlock, attention: bool, takes_skip: bool = False) -> None:
+        super().__init__()
+        self.block = block
+        self.attn = self_attention(block.conv1.out_channels) if attention else None
+        self.takes_skip = takes_skip
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        h = self.block(h, temb, w)
+        return self.attn(h) if self.attn is not None else h
+
+
+class DDGANGeneratorNet(nn.Module):
+    """G(x_t, z, t) -> predicted x_0 in [-1, 1] (tanh output, as the official model)."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        in_channels: int,
+        channels: int,
+        channel_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        dropout: float,
+        nz: int,
+        z_emb_dim: int,
+        n_mlp: int,
+    ) -> None:
+        super().__init__()
+        temb_dim = 4 * channels
+        # Positional embedding of t (Vaswani et al. 2017 / Ho et al. 2020), then an MLP.
+        self.time_proj = Timesteps(channels, flip_sin_to_cos=False, downscale_freq_shift=1)
+        self.time_mlp = TimestepEmbedding(channels, temb_dim)
+        self.mapping = mapping_network(nz, z_emb_dim, n_mlp)
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.down, self.mid, self.up = _unet_stages(
+            image_size,
+            channels,
+            channel_mult,
+            num_res_blocks,
+            set(attn_resolutions),
+            lambda cin, cout, rs: AdaResBlock(cin, cout, temb_dim, z_emb_dim, dropout, rs),
+        )
+        self.norm_out = nn.GroupNorm(norm_groups(channels), channels)
+        # Not zero-initialised (NCSN++ does): an untrained G must still map seeds to images.
+        self.conv_out = nn.Conv2d(channels, in_channels, 3, padding=1)
+        init_weights(self)
+
+    def forward(self, x_t: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.time_mlp(self.time_proj(t))
+        w = self.mapping(z)
+        h = self.conv_in(x_t)
+        skips = [h]
+        for stage in self.down:
+            h = stage(h, temb, w)
+            skips.append(h)
+        for stage in self.mid:
+            h = stage(h, temb, w)
+        for stage in self.up:
+            h = torch.cat([h, skips.pop()], dim=1) if stage.takes_skip else h
+            h = stage(h, temb, w)
+        return torch.tanh(self.conv_out(F.silu(self.norm_out(h))))
+
+
+def _unet_stages(
+    image_size: int,
+    channels: int,
+    channel_mult: Sequence[int],
+    num_res_blocks: int,
+    attn: set[int],
+    block: Callable[[int, int, Resample], AdaResBlock],
+) -> tuple[nn.ModuleList, nn.ModuleList, nn.ModuleList]:
+    """Encoder, middle and decoder stages of the NCSN++ layout (Song et al. 2021, fig. 4).
+
+    Encoder levels: ``num_res_blocks`` blocks, then a down-sampling residual block (not on
+    the last level); every encoder output (and the stem) is a skip. Decoder levels:
+    ``num_res_blocks + 1`` blocks each consuming one skip, then an up-sampling block.
+    """
+    widths = [channels * m for m in channel_mult]
+    down, skip_ch, cin, size = nn.ModuleList(), [channels], channels, image_size
+    for level, width in enumerate(widths):
+        for _ in range(num_res_blocks):
+            down.append(Stage(block(cin, width, "none"), size in attn))
+            cin = width
+            skip_ch.append(cin)
+        if level < len(widths) - 1:
+            down.append(Stage(block(cin, cin, "down"), False))
+            skip_ch.append(cin)
+            size //= 2
+    # Middle: block, attention, block (Song et al. 2021).
+    mid = nn.ModuleList(Stage(block(cin, cin, "none"), attention) for attention in (True, False))
+    up = nn.ModuleList()
+    for level in reversed(range(len(widths))):
+        for i in range(num_res_blocks + 1):
+            attention = i == num_res_blocks and size in attn  # after the level's last block
+            stage = Stage(block(cin + skip_ch.pop(), widths[level], "none"), attention, True)
+            up.append(stage)
+            cin = widths[level]
+        if level > 0:
+            up.append(Stage(block(cin, cin, "up"), False))
+            size *= 2
+    return down, mid, up
+
+
+class DownBlock(nn.Module):
+    """Discriminator residual block: LeakyReLU(0.2), additive time embedding, avg-pool."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, downsample: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, cout)
+        self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1, bias=False)
+        self.resample = _RESAMPLE["down" if downsample else "none"]
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.leaky_relu(x, 0.2)) + self.temb(temb)[:, :, None, None]
+        h = self.conv2(self.resample(F.leaky_relu(h, 0.2)))
+        return (h + self.skip(self.resample(x))) / math.sqrt(2.0)
+
+
+def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+    """``h`` with one more channel: the mean feature std over each group of ``group``
+    consecutive samples (the last group may be smaller) (Karras et al. 2018, section 3)."""
+    n = h.shape[0]
+    full = n - n % group
+    parts = [h[:full].unflatten(0, (-1, group))] if full else []
+    if full < n:
+        parts.append(h[full:].unsqueeze(0))
+    stds = []
+    for grouped in parts:  # (groups, size, C, H, W)
+        std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+        stds.append(std.repeat_interleave(grouped.shape[1]))
+    feature = torch.cat(stds)[:, None, None, None].expand(n, 1, *h.shape[2:])
+    return torch.cat([h, feature], dim=1)
+
+
+class DDGANDiscriminatorNet(nn.Module):
+    """D(x_{t-1}, x_t, t) -> one logit per pair (N,)."""
+
+    def __init__(
+        self, in_channels: int, channels: int, channel_mult: Sequence[int], stddev_group: int
+    ) -> None:
+        super().__init__()
+        self.stddev_group = stddev_group
+        temb_dim = 2 * channels
+        self.time_proj = Timesteps(temb_dim, flip_sin_to_cos=False, downscale_freq_shift=1)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(temb_dim, temb_dim), nn.LeakyReLU(0.2), nn.Linear(temb_dim, temb_dim)
+        )
+        widths = [channels * m for m in channel_mult]
+        self.conv_in = nn.Conv2d(2 * in_channels, widths[0], 1)
+        self.blocks = nn.ModuleList(
+            DownBlock(cin, cout, temb_dim, downsample=i > 0)
+            for i, (cin, cout) in enumerate(zip(widths[:1] + widths[:-1], widths, strict=True))
+        )
+        extra = 1 if stddev_group > 1 else 0
+        self.conv_out = _zero(nn.Conv2d(widths[-1] + extra, widths[-1], 3, padding=1))
+        self.head = nn.Linear(widths[-1], 1)
+        init_weights(self)
+
+    def forward(self, x_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = F.leaky_relu(self.time_mlp(self.time_proj(t)), 0.2)
+        h = self.conv_in(torch.cat([x_prev, x_t], dim=1))
+        for block in self.blocks:
+            h = block(h, temb)
+        if self.stddev_group > 1:
+            h = minibatch_stddev(h, self.stddev_group)
+        h = F.leaky_relu(self.conv_out(h), 0.2).sum(dim=(2, 3))
+        return self.head(h).flatten()
