@@ -466,14 +466,31 @@ def compare_revisions(
         if head_setup["skipped"]:
             raise GenbenchError(f"bench compare: head cannot run {head_setup['skipped']}")
         pairs = _pair_cases(base_setup["cases"], head_setup["cases"])
-        _interleave(wb, wh, pairs, repeats, log)
-        base_records = wb.ask(op="finish")["records"]
-        head_records = wh.ask(op="finish")["records"]
+        if not pairs:
+            return RevisionOutcome(base, head, skipped="base and head share no case")
+        try:
+            _interleave(wb, wh, pairs, repeats, log)
+            base_records = wb.ask(op="finish")["records"]
+            head_records = wh.ask(op="finish")["records"]
+        except WorkerGone as exc:
+            raise GenbenchError(f"bench compare: {exc}\n{exc.log}") from None
     for records, rev in ((base_records, base), (head_records, head)):
         for r in records:  # an export is no git checkout: name its commit here
             r["commit"] = r["commit"] if rev == WORKTREE else rev
     rows, notes = compare_records(base_records, head_records, threshold, alpha)
     notes += [f"base cannot build {m}: {why}" for m, why in base_setup["skipped"].items()]
+    paired_head = {j for _, j in pairs}
+    notes += [
+        f"not compared, new in head: {_case_label(case)}"
+        for j, case in enumerate(head_setup["cases"])
+        if j not in paired_head and case.get("model") not in base_setup["skipped"]
+    ]
+    paired_base = {i for i, _ in pairs}
+    notes += [
+        f"not compared, gone from head: {_case_label(case)}"
+        for i, case in enumerate(base_setup["cases"])
+        if i not in paired_base
+    ]
     return RevisionOutcome(
         base,
         head,
@@ -489,6 +506,13 @@ def _protocol() -> int:
     from benchmarks.speed import PROTOCOL
 
     return PROTOCOL
+
+
+def _case_label(key: Any) -> str:
+    """A case key (a dict of model, batch size, steps ...) as one short line."""
+    if isinstance(key, dict):
+        return ", ".join(f"{k}={v}" for k, v in key.items())
+    return str(key)
 
 
 def _pair_cases(base: list[dict], head: list[dict]) -> list[tuple[int, int]]:

@@ -438,6 +438,8 @@ class _Worker:
         if op == "finish":
             records = []
             for case, timer, gen in zip(self.cases, self.timers, self.gens, strict=True):
+                if not timer.raw_s:
+                    continue  # a case the other revision lacks: never timed, nothing to say
                 records.append(
                     make_record(
                         case,

@@ -256,3 +256,28 @@ def test_compare_revisions_end_to_end(cli, tmp_path, tiny_spec, monkeypatch):
     for side, commit_id in (("base", with_speed), ("head", slower)):
         (result,) = json.loads((where / f"{side}.json").read_text())["results"]
         assert len(result["raw_s"]) == 10 and result["commit"] == commit_id
+
+
+def test_worker_reports_only_the_cases_both_revisions_timed(tiny_spec):
+    """A model one revision lacks (say, a generator new in head) is never timed by the
+    driver; the other worker must still finish and report only its timed cases."""
+    from benchmarks.speed import _Worker
+
+    extra = '\n[models.other]\ngenerator = "dcgan"\nconfig = { ngf = 4, ndf = 4, nz = 8 }\n'
+    worker = _Worker()
+    setup = worker.handle(
+        {
+            "op": "setup",
+            "spec": str(tiny_spec(extra=extra)),
+            "models": ["dcgan", "other"],
+            "device": "cpu",
+            "batch_sizes": [2],
+            "steps": None,
+            "fast": {},
+            "warmup": 0,
+        }
+    )
+    assert [c["model"] for c in setup["cases"]] == ["dcgan", "other"]
+    assert len(worker.handle({"op": "time", "case": 1, "n": 3})["raw_s"]) == 3
+    (record,) = worker.handle({"op": "finish"})["records"]
+    assert record["model"] == "other" and len(record["raw_s"]) == 3
