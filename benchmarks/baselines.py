@@ -45,11 +45,11 @@ def diffusers_pipeline(unet: Any, nfe: int) -> Any:
     return pipe
 
 
-def measure_baseline(
-    name: str, plan: Any, case: Any, settings: Any, device: torch.device
-) -> tuple[dict[str, Any], str, int] | None:
-    """Time the ``name`` baseline for ``case``: (timing dict, generator label, parameters),
-    or None when the case has no such baseline."""
+def baseline_timer(
+    name: str, plan: Any, case: Any, device: torch.device
+) -> tuple[SamplingTimer, str, int] | None:
+    """A timer of the ``name`` baseline for ``case`` (not started): (timer, generator label,
+    parameters), or None when the case has no such baseline."""
     from benchmarks.speed import build_untrained
 
     if name not in BASELINES:
@@ -76,9 +76,5 @@ def measure_baseline(
     timer = SamplingTimer(
         call, device=device, batch_size=case.batch_size, nfe=nfe, fast=FastPaths()
     )
-    timer.start(settings.warmup)
-    timer.repeat(settings.repeats)
-    timing = timer.result(noise=False).to_dict()
-    timing["steps"] = case.steps
     params = sum(p.numel() for p in unet.parameters())
-    return timing, "diffusers.DDPMPipeline", params
+    return timer, "diffusers.DDPMPipeline", params

@@ -37,7 +37,7 @@ from benchmarks.ema import EMA, ema_beta
 from benchmarks.errors import CheckpointError, GenbenchError
 from benchmarks.fastpath import FastPaths
 from benchmarks.spec import IS_SPLITS, EvaluateSection, ResolvedModel, RunPlan
-from benchmarks.timing import sampling_timer
+from benchmarks.timing import SamplingTimer, sampling_timer
 from generators import GENERATORS, Batch, DataShape, Generator
 
 if TYPE_CHECKING:  # eval is imported lazily (see RunInputs)
@@ -275,19 +275,24 @@ def bits_per_dim(
     return {"value": float(v.mean()), "std_err": std_err, "num_images": len(v), "split": "test"}
 
 
-def measure_speed(gen: Generator, model: ResolvedModel, plan: RunPlan) -> dict[str, Any]:
-    """Time ``plan.timing.repeats`` sampling calls of ``plan.timing.batch_size`` images with
-    the timing section's fast paths applied to ``gen`` (in place); the dict of timing.json.
+def speed_timer(gen: Generator, model: ResolvedModel, plan: RunPlan) -> SamplingTimer:
+    """A timer of one sampling call of ``plan.timing.batch_size`` images with the timing
+    section's fast paths applied to ``gen`` (in place).
 
-    ``bench speed`` calls this too, so both commands share one timing and fast-path path.
+    ``bench speed`` uses it too, so both commands share one timing and fast-path path.
     """
-    timing = plan.timing
-    seeds = list(range(timing.batch_size))
-    fast = FastPaths.from_section(timing)
-    steps = model.sample.steps
-    timer = sampling_timer(gen, seeds, _labels(gen, seeds), steps, model.sample.guidance, fast)
-    out = timer.run(repeats=timing.repeats, warmup=timing.warmup).to_dict()
-    out["steps"] = steps
+    seeds = list(range(plan.timing.batch_size))
+    fast = FastPaths.from_section(plan.timing)
+    guidance = model.sample.guidance
+    return sampling_timer(gen, seeds, _labels(gen, seeds), model.sample.steps, guidance, fast)
+
+
+def measure_speed(gen: Generator, model: ResolvedModel, plan: RunPlan) -> dict[str, Any]:
+    """Time ``plan.timing.repeats`` sampling calls after ``plan.timing.warmup`` untimed
+    ones (see ``speed_timer``); the dict of timing.json."""
+    timer = speed_timer(gen, model, plan)
+    out = timer.run(repeats=plan.timing.repeats, warmup=plan.timing.warmup).to_dict()
+    out["steps"] = model.sample.steps
     return out
 
 

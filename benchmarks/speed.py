@@ -198,15 +198,15 @@ def make_record(
     }
 
 
-def measure_case(
+def case_timer(
     plan: RunPlan, case: SpeedCase, settings: SpeedSettings, device: torch.device
-) -> tuple[dict[str, Any], Any]:
-    """Time ``case`` through ``runner.measure_speed``; returns (timing dict, generator)."""
-    from benchmarks.runner import measure_speed
+) -> tuple[SamplingTimer, Any]:
+    """(timer, generator) for ``case``, through ``runner.speed_timer`` (not started)."""
+    from benchmarks.runner import speed_timer
 
     gen = build_untrained(plan, case, device)
     _check_steps(gen, case)
-    return measure_speed(gen, case.model, case_plan(plan, case, settings)), gen
+    return speed_timer(gen, case.model, case_plan(plan, case, settings)), gen
 
 
 def run_speed(
@@ -247,13 +247,25 @@ def run_speed(
             on_record(record)
 
     for case in cases:
+        measured = None
         if baseline is not None:
-            from benchmarks.baselines import measure_baseline
+            from benchmarks.baselines import baseline_timer
 
-            measured = measure_baseline(baseline, plan, case, settings, device)
-            if measured is not None:
-                timing, name, params = measured
-                record = make_record(
+            measured = baseline_timer(baseline, plan, case, device)
+        timer, gen = case_timer(plan, case, settings, device)
+        timers = [timer] if measured is None else [measured[0], timer]
+        for t in timers:
+            t.start(settings.warmup or 0)
+        # With a baseline, the two alternate call by call (A B, then B A) so that machine
+        # drift lands on both sides of the ratio instead of on whichever went second.
+        for r in range(settings.repeats or MIN_REPEATS):
+            for t in timers if r % 2 == 0 else timers[::-1]:
+                t.repeat(1)
+        if measured is not None:
+            base_timer, name, params = measured
+            timing = {**base_timer.result(noise=False).to_dict(), "steps": case.steps}
+            keep(
+                make_record(
                     case,
                     timing,
                     env,
@@ -262,19 +274,18 @@ def run_speed(
                     speed_id=speed_dir.name,
                     baseline=baseline,
                 )
-                keep(record)
-        timing, gen = measure_case(plan, case, settings, device)
+            )
         keep(
             make_record(
                 case,
-                timing,
+                {**timer.result().to_dict(), "steps": case.steps},
                 env,
                 generator=case.model.generator,
                 parameters=gen.num_parameters(),
                 speed_id=speed_dir.name,
             )
         )
-        del gen
+        del gen, timers, measured
     doc["complete"] = True
     store.write_json_atomic(speed_dir / "speed.json", doc)
     return speed_dir, doc["results"]

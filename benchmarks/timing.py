@@ -111,18 +111,29 @@ class SamplingTimer:
         self.warmup_s: list[float] = []
         self.raw_s: list[float] = []
         self.first_s: float | None = None
+        self.peak_bytes: int | None = None  # CUDA: this timer's own high-water mark
+
+    def _call(self) -> float:
+        # Peak memory is tracked per call so that two timers interleaved on one GPU (ours
+        # and a baseline) each report their own high-water mark, not the pair's.
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        seconds = _time_once(self.fn, self.device)
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = max(self.peak_bytes or 0, peak)
+        return seconds
 
     def start(self, warmup: int) -> None:
         """Run ``warmup`` untimed calls; the first is the cold start (time to first image)."""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.warmup_s = [_time_once(self.fn, self.device) for _ in range(warmup)]
+        self.warmup_s = [self._call() for _ in range(warmup)]
         if self.warmup_s:
             self.first_s = self.warmup_s[0]
 
     def repeat(self, n: int) -> list[float]:
         """``n`` timed calls; returns their seconds (also kept for ``result``)."""
-        new = [_time_once(self.fn, self.device) for _ in range(n)]
+        new = [self._call() for _ in range(n)]
         if self.first_s is None and new:  # no warm-up: the first timed call was the cold one
             self.first_s = new[0]
         self.raw_s.extend(new)
@@ -169,6 +180,8 @@ class SamplingTimer:
         q1, q3 = _quartiles(raw)
         ips = self.batch_size / median
         peak, kind = _peak_memory(self.device)
+        if self.peak_bytes is not None:
+            peak = self.peak_bytes
         return TimingResult(
             device=str(self.device),
             batch_size=self.batch_size,

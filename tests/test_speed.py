@@ -258,7 +258,18 @@ needs_unet = pytest.mark.skipif("ddpm" not in GENERATORS, reason="needs the ddpm
 
 
 @needs_unet
-def test_diffusers_baseline_is_measured_side_by_side(cli, tmp_path):
+def test_diffusers_baseline_is_measured_side_by_side(cli, tmp_path, monkeypatch):
+    """Baseline and ours are timed call by call in alternation (A B, B A, ...)."""
+    from benchmarks.timing import SamplingTimer
+
+    calls: list[int] = []
+    real_repeat = SamplingTimer.repeat
+
+    def logged(self, n):
+        calls.append(id(self))
+        return real_repeat(self, n)
+
+    monkeypatch.setattr(SamplingTimer, "repeat", logged)
     spec = tmp_path / "ddpm.toml"
     spec.write_text(
         '[benchmark]\nname = "b"\ndataset = "digits"\ndevice = "cpu"\n'
@@ -276,7 +287,9 @@ def test_diffusers_baseline_is_measured_side_by_side(cli, tmp_path):
     assert base["generator"] == "diffusers.DDPMPipeline" and base["baseline"] == "diffusers"
     assert ours["generator"] == "ddpm" and ours["baseline"] is None
     assert base["nfe"] == ours["nfe"] == 3 and base["parameters"] == ours["parameters"]
-    assert base["noise_share"] is None and len(base["raw_s"]) == 10
+    assert base["noise_share"] is None and len(base["raw_s"]) == len(ours["raw_s"]) == 10
+    a, b = calls[0], calls[1]
+    assert a != b and calls == [a, b, b, a] * 5  # interleaved, first mover alternating
     assert "the throughput of diffusers.DDPMPipeline" in result.out
 
 
