@@ -141,6 +141,23 @@ class Generator(ABC):
 
 
 @contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Run the block with ``modules`` in eval mode and give each its own mode back after.
+
+    Sampling needs it: dropout or batch statistics would make an image depend on more than
+    its seed, and sampling in the middle of training must not leave the nets in eval mode.
+    """
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+
+
+@contextlib.contextmanager
 def gradient_sync(modules: Sequence[nn.Module], sync: bool) -> Iterator[None]:
     """Run a backward pass with (``sync``) or without DDP's gradient all-reduce.
 

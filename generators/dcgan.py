@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from generators.base import GENERATORS, Batch, DataShape, Generator, GeneratorConfig, seeded_randn
+from generators.base import (
+    GENERATORS,
+    Batch,
+    DataShape,
+    Generator,
+    GeneratorConfig,
+    eval_mode,
+    seeded_randn,
+)
 
 SUPPORTED_SIZES = (16, 32, 64)
 
@@ -167,12 +175,9 @@ class DCGAN(Generator):
         guidance: float | None = None,
     ) -> torch.Tensor:
         z = seeded_randn(seeds, (self.config.nz, 1, 1), self.device)
-        was_training = self.G.training
-        self.G.eval()  # batch-norm running statistics: an image never depends on its batch
-        try:
+        # batch-norm running statistics: an image never depends on its batch
+        with eval_mode(self.G):
             return self.G(z).clamp_(-1.0, 1.0)
-        finally:
-            self.G.train(was_training)
 
     def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
         return 1

@@ -33,6 +33,7 @@ from generators.base import (
     DataShape,
     Generator,
     GeneratorConfig,
+    eval_mode,
     gradient_sync,
     seeded_randn,
 )
@@ -298,17 +299,13 @@ class DDGAN(Generator):
         shape = (self.data.channels, self.image_size, self.image_size)
         # Streams: 0 = x_T; reverse step i draws its latent on 1 + 2i, its noise on 2 + 2i.
         x = seeded_randn(seeds, shape, self.device, stream=0)
-        was_training = self.G.training
-        self.G.eval()
-        try:
+        with eval_mode(self.G):
             for i, t in enumerate(range(T, 0, -1)):
                 tt = torch.full((len(seeds),), t, device=self.device, dtype=torch.long)
                 z = seeded_randn(seeds, (self.config.nz,), self.device, stream=1 + 2 * i)
                 # q(x_0 | x_1, x_0) has zero variance: the last step needs no noise.
                 noise = seeded_randn(seeds, shape, self.device, stream=2 + 2 * i) if t > 1 else None
                 x = self.schedule.posterior_sample(self.G(x, z, tt), x, tt, noise)
-        finally:
-            self.G.train(was_training)
         return x.clamp_(-1.0, 1.0)
 
     def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:

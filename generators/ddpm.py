@@ -33,6 +33,7 @@ from generators.base import (
     DataShape,
     Generator,
     GeneratorConfig,
+    eval_mode,
     gradient_sync,
     seeded_randn,
 )
@@ -379,9 +380,7 @@ class DDPM(Generator):
         d = self._process(plan)
         shape = (self.data.channels, self.image_size, self.image_size)
         x = seeded_randn(seeds, shape, self.device, stream=0)  # x_T
-        was_training = self.unet.training
-        self.unet.eval()
-        try:
+        with eval_mode(self.unet):
             for i, index in enumerate(reversed(range(d.num_timesteps))):
                 t = torch.full((len(seeds),), index, device=self.device, dtype=torch.long)
                 out = self._predict(x, t, d, labels, guidance)
@@ -389,8 +388,6 @@ class DDPM(Generator):
                 if self._needs_noise(plan, index):  # stream 1 + i: step i's noise, by seed
                     noise = seeded_randn(seeds, shape, self.device, stream=1 + i)
                 x = self._update(plan, d, x, t, out, noise)
-        finally:
-            self.unet.train(was_training)
         return x.clamp_(-1.0, 1.0)
 
     def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
@@ -407,9 +404,7 @@ class DDPM(Generator):
         d, c = self.diffusion, self.config
         x0 = batch.images.to(self.device)
         labels = self._net_labels(batch.labels, x0.shape[0])
-        was_training = self.unet.training
-        self.unet.eval()
-        try:
+        with eval_mode(self.unet):
             total = d.prior_bpd(x0)
             for index in range(d.num_timesteps):
                 t = torch.full((x0.shape[0],), index, device=self.device, dtype=torch.long)
@@ -417,6 +412,4 @@ class DDPM(Generator):
                 eps, v = self._apply(xt, t, d, labels)
                 pred = d.p_mean_variance(eps, xt, t, c.variance, v, c.clip_denoised)
                 total = total + d.vlb_terms(x0, xt, t, pred)
-        finally:
-            self.unet.train(was_training)
         return total

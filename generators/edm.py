@@ -40,6 +40,7 @@ from generators.base import (
     DataShape,
     Generator,
     GeneratorConfig,
+    eval_mode,
     gradient_sync,
     seeded_randn,
 )
@@ -486,9 +487,7 @@ class EDM(Generator):
         D = self._sampling_denoiser(len(seeds), labels, guidance)
         sigmas = self.sigmas(self._steps(steps)).tolist()
         order = ORDERS[self.config.sampler]
-        was_training = self.net.training
-        self.net.eval()  # no dropout: an image depends only on its seed
-        try:
+        with eval_mode(self.net):  # no dropout: an image depends only on its seed
             if self.config.s_churn > 0:
 
                 def step_noise(i: int) -> torch.Tensor:
@@ -497,8 +496,6 @@ class EDM(Generator):
                 x = sample_sde(D, noise, sigmas, self._churn(), step_noise, order)
             else:
                 x = sample_ode(D, noise, sigmas, order)
-        finally:
-            self.net.train(was_training)
         return x.clamp_(-1.0, 1.0)
 
     def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:

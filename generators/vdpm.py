@@ -71,6 +71,7 @@ from generators.base import (
     DataShape,
     Generator,
     GeneratorConfig,
+    eval_mode,
     gradient_sync,
     seeded_randn,
 )
@@ -659,14 +660,10 @@ class VDPM(Generator):
         def noise(i: int) -> Tensor:  # stream 1 + i: step i's noise, by seed
             return seeded_randn(seeds, shape, self.device, stream=1 + i)
 
-        was_training = self.net.training
-        self.net.eval()  # no dropout: an image depends only on its seed
-        try:
+        with eval_mode(self.net):  # no dropout: an image depends only on its seed
             x = sample_loop(
                 self._denoiser(labels, w), z, self.logsnr_grid(n_steps), self._step_fn(), noise
             )
-        finally:
-            self.net.train(was_training)
         return x.clamp_(-1.0, 1.0)
 
     def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:

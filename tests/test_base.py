@@ -103,3 +103,15 @@ def test_unet_builder_rejects_impossible_layouts(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         build_unet(**args)
+
+
+def test_eval_mode_restores_each_modules_own_mode_even_after_an_error():
+    from generators.base import eval_mode
+
+    training, frozen = torch.nn.Dropout(0.5), torch.nn.Dropout(0.5).eval()
+    with eval_mode(training, frozen):
+        assert not training.training and not frozen.training
+    assert training.training and not frozen.training
+    with pytest.raises(RuntimeError), eval_mode(training):
+        raise RuntimeError("sampling failed")
+    assert training.training
