@@ -118,6 +118,47 @@ def run(
     typer.echo(f"results: {run_dir}")
 
 
+@app.command()
+def resume(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="an interrupted run, e.g. runs/<run-id>")
+    ],
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(metavar="DIR", help="directory holding the data set (e.g. CIFAR-10)"),
+    ] = None,
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="local Inception weights (as for bench run)"),
+    ] = None,
+) -> None:
+    """Finish an interrupted run in place from its own resolved spec: finished models are
+    kept, a model whose training had finished is evaluated from its checkpoint, the rest
+    run again from the start."""
+    from benchmarks.runner import read_run_status, resolve_device
+    from benchmarks.runner import resume as resume_run
+    from benchmarks.spec import Overrides, load_spec, resolve
+
+    status = read_run_status(run_dir)
+    if status.get("status") == "complete":
+        typer.echo(f"resume: {run_dir} is already complete; nothing to do")
+        return
+    parsed, source = load_spec(str(run_dir / "spec.toml"))
+    overrides = Overrides(device=device, data_root=data_root, inception_weights=inception_weights)
+    plan = resolve(parsed, source, overrides)
+    resolve_device(plan.benchmark.device)  # fail before anything is changed
+    actions = resume_run(plan, run_dir)
+    for name, action in actions.items():
+        what = {"kept": "kept", "evaluate": "evaluated from its checkpoint", "run": "run again"}
+        typer.echo(f"resume: {name}: {what[action]}")
+    typer.echo((run_dir / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"report:  {run_dir / 'report.html'} (plots and sample grids)")
+    typer.echo(f"results: {run_dir}")
+
+
 @app.command("list")
 def list_cmd() -> None:
     """List shipped specs, generators, data sets, feature extractors and metrics."""

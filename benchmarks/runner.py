@@ -172,13 +172,23 @@ def train(
     }
 
 
-def save_checkpoint(gen: Generator, path: Path, model: ResolvedModel, steps: int) -> None:
+def save_checkpoint(
+    gen: Generator,
+    path: Path,
+    model: ResolvedModel,
+    steps: int,
+    train_info: dict[str, Any] | None = None,
+) -> None:
+    """Write ``gen``'s state atomically; ``train_info`` (steps, time, EMA) goes into the
+    metadata so that ``bench resume`` can evaluate the checkpoint without training again."""
     state = {k: v.detach().contiguous().cpu() for k, v in gen.state_dict().items()}
     meta = {
         "generator": model.generator,
         "config": json.dumps(model.config.model_dump(mode="json")),
         "train_steps": str(steps),
     }
+    if train_info is not None:
+        meta["train_info"] = json.dumps(train_info)
     store.write_with_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
@@ -432,9 +442,18 @@ def reference_from_file(evaluate: EvaluateSection, extractor: FeatureExtractor) 
 
 
 def run_model(
-    plan: RunPlan, model: ResolvedModel, out: Path, device: torch.device, inputs: RunInputs
+    plan: RunPlan,
+    model: ResolvedModel,
+    out: Path,
+    device: torch.device,
+    inputs: RunInputs,
+    trained: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train (or load), checkpoint, sample + evaluate, time; write the model's files."""
+    """Train (or load), checkpoint, sample + evaluate, time; write the model's files.
+
+    ``trained``: the train info of a finished checkpoint already in ``out`` (``bench
+    resume``); the model is then loaded from it instead of trained again.
+    """
     out.mkdir(parents=True, exist_ok=True)
     info = inputs.dataset.info
     gen = build_generator(
@@ -443,11 +462,16 @@ def run_model(
         plan.benchmark.seed,
         device,
     )
-    train_info = {"train_steps": 0, "train_time_s": 0.0, "ema": None}
-    if model.train.steps:
-        data = batches(inputs.train, model, plan.benchmark.seed, gen.image_size, device)
-        train_info = train(gen, data, model, out / "train_log.jsonl")
-    save_checkpoint(gen, out / "checkpoint.safetensors", model, train_info["train_steps"])
+    ckpt = out / "checkpoint.safetensors"
+    if trained is not None:
+        load_checkpoint(gen, ckpt, model.generator)
+        train_info = trained
+    else:
+        train_info = {"train_steps": 0, "train_time_s": 0.0, "ema": None}
+        if model.train.steps:
+            data = batches(inputs.train, model, plan.benchmark.seed, gen.image_size, device)
+            train_info = train(gen, data, model, out / "train_log.jsonl")
+        save_checkpoint(gen, ckpt, model, train_info["train_steps"], train_info)
 
     evaluator = inputs.evaluator()
     sampled = sample_and_evaluate(gen, model, evaluator, out / "samples.png")
@@ -508,3 +532,100 @@ def run(plan: RunPlan, out_dir: Path) -> Path:
 
     write_run_reports(run_dir, Path(out_dir) / "speed_history.jsonl")
     return run_dir
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def read_run_status(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a run directory, or a one-line error saying it is not one."""
+    path = Path(run_dir) / "run.json"
+    if not (Path(run_dir) / "spec.toml").is_file():
+        raise GenbenchError(
+            f"{run_dir}: not a run directory (no spec.toml); pass a directory that "
+            "`bench run` created, e.g. runs/<run-id>"
+        )
+    if not path.is_file():  # killed between writing the spec and the status
+        return {"run_id": Path(run_dir).name, "status": "running"}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GenbenchError(f"{path}: unreadable ({exc})") from None
+
+
+def finished_training(model: ResolvedModel, model_dir: Path) -> dict[str, Any] | None:
+    """The train info of ``model_dir``'s checkpoint when it holds the finished training of
+    ``model`` (written after the last update), else None."""
+    path = model_dir / "checkpoint.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        meta = checkpoint_metadata(path)
+        info = json.loads(meta["train_info"])
+    except (CheckpointError, KeyError, ValueError):
+        return None  # unreadable, or from a version that did not record its training
+    if meta.get("generator") != model.generator or info.get("train_steps") != (
+        model.train.steps or 0
+    ):
+        return None
+    return info
+
+
+def _clear_incomplete(model_dir: Path, keep_checkpoint: bool) -> None:
+    """Remove what an interrupted attempt left of a model that has no metrics.json."""
+    keep = {"checkpoint.safetensors", "train_log.jsonl"} if keep_checkpoint else set()
+    if not model_dir.is_dir():
+        return
+    for path in model_dir.iterdir():
+        if path.is_file() and path.name not in keep:
+            path.unlink()
+
+
+def resume_plan(plan: RunPlan, run_dir: Path) -> dict[str, str]:
+    """What ``resume`` will do with each model: "kept", "evaluate" or "run"."""
+    actions = {}
+    for name, model in plan.models.items():
+        model_dir = run_dir / name
+        if (model_dir / "metrics.json").is_file():
+            actions[name] = "kept"
+        elif finished_training(model, model_dir) is not None:
+            actions[name] = "evaluate"
+        else:
+            actions[name] = "run"
+    return actions
+
+
+def resume(plan: RunPlan, run_dir: Path) -> dict[str, str]:
+    """Finish the interrupted run ``run_dir`` in place; returns ``resume_plan``'s actions.
+
+    Models with a metrics.json are kept untouched; a model whose training had finished is
+    evaluated from its checkpoint; every other model is run again from the start (the
+    same seeds, so the same result as an uninterrupted run on the same machine). The
+    reports are rewritten at the end.
+    """
+    run_dir = Path(run_dir)
+    status = read_run_status(run_dir)
+    device = resolve_device(plan.benchmark.device)
+    inputs = RunInputs(plan, device)  # a missing data set fails before anything changes
+    actions = resume_plan(plan, run_dir)
+    for partial in run_dir.glob("*.partial"):
+        partial.unlink()
+    status.update(status="running")
+    status.setdefault("benchmark", plan.benchmark.name)
+    status.setdefault("models", list(plan.models))
+    status.setdefault("resumed", []).append(
+        {"at": store.utc_now(), "environment": store.fingerprint(device), "actions": actions}
+    )
+    store.write_json_atomic(run_dir / "run.json", status)
+    for name, model in plan.models.items():
+        if actions[name] == "kept":
+            continue
+        trained = finished_training(model, run_dir / name) if actions[name] == "evaluate" else None
+        _clear_incomplete(run_dir / name, keep_checkpoint=trained is not None)
+        run_model(plan, model, run_dir / name, device, inputs, trained=trained)
+    status.update(status="complete", finished=store.utc_now())
+    store.write_json_atomic(run_dir / "run.json", status)
+    from reports.report import write_run_reports
+
+    write_run_reports(run_dir, run_dir.parent / "speed_history.jsonl")
+    return actions

@@ -34,6 +34,10 @@ def _check_every_file(root: Path) -> int:
                 img.verify()
         elif path.suffix == ".safetensors":
             load_file(str(path))
+        elif path.suffix == ".html":
+            assert path.read_text().rstrip().endswith("</html>"), f"{path} is cut short"
+        elif path.suffix == ".md":
+            assert path.read_text().startswith("#"), f"{path} is not a report"
         elif path.suffix == ".toml":
             import tomllib
 
@@ -75,10 +79,18 @@ MOMENTS = [
 ]
 
 
-def test_sigkill_at_many_moments_leaves_no_truncated_file(tiny_spec, tmp_path):
+def _fid(out: Path) -> float:
+    (metrics,) = out.rglob("metrics.json")
+    return json.loads(metrics.read_text())["metrics"]["fid"]["value"]
+
+
+def test_sigkill_at_many_moments_leaves_no_truncated_file_and_resume_finishes(
+    cli, tiny_spec, tmp_path
+):
     spec = tiny_spec(steps=300, num_samples=600)
     seen: set[str] = set()
     interrupted = 0
+    resumed_fids = []
     for i, (trigger, delay) in enumerate(MOMENTS):
         out = tmp_path / f"runs{i}"
         _kill_when(spec, out, trigger, delay)
@@ -88,6 +100,20 @@ def test_sigkill_at_many_moments_leaves_no_truncated_file(tiny_spec, tmp_path):
         status_files = list(out.rglob("run.json"))  # absent if killed before it was written
         done = status_files and json.loads(status_files[0].read_text())["status"] == "complete"
         interrupted += not done
+        (run_dir,) = out.iterdir()
+        if not done and (run_dir / "spec.toml").is_file():
+            result = cli("resume", str(run_dir))
+            assert result.code == 0, (trigger, result.err)
+            _check_every_file(out)
+            status = json.loads((run_dir / "run.json").read_text())
+            assert status["status"] == "complete" and (run_dir / "report.html").is_file()
+            resumed_fids.append(_fid(out))
     # the last moments race the final writes; most kills must land mid-run
     assert interrupted >= len(MOMENTS) - 1
     assert {"spec.toml", "train_log.jsonl", "checkpoint.safetensors", "samples.png"} <= seen
+    # Retrained from scratch or evaluated from the finished checkpoint, every resumed run
+    # ends where an uninterrupted one does.
+    reference = cli("run", str(spec), "--out", str(tmp_path / "whole"))
+    assert reference.code == 0, reference.err
+    assert len(resumed_fids) >= len(MOMENTS) - 2
+    assert resumed_fids == [_fid(tmp_path / "whole")] * len(resumed_fids)
