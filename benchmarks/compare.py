@@ -12,7 +12,9 @@ this safe to gate CI on. The table shows each ratio with a 95% bootstrap confide
 interval. BASE and HEAD are either two result files (``speed.json`` or a directory holding
 one) or two git revisions measured now: each revision is exported with ``git archive`` and
 runs its own ``benchmarks.speed.serve`` worker, and the two are timed interleaved
-(A B B A A B ...), one repeat per turn, so drift of the machine hits both alike.
+(A B B A A B ...), one repeat per turn, so drift of the machine hits both alike; the
+rounds are spread over several pairs of fresh worker processes (``SESSIONS``), so that a
+process that happens to run slower for its whole life weighs on neither side.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ ALPHA = 0.002
 # twenty is a 1.2-2x outlier (tests/test_compare.py); with 10 such outliers hide it half the
 # time, because p < 0.002 then needs the samples almost fully separated.
 REPEATS = 20
+# Worker pairs the repeats are spread over (see compare_revisions): on the 2-core CI VM one
+# pair of processes with identical code differed by up to 14% for a whole run (p < 1e-4).
+SESSIONS = 4
 WORKTREE = "."  # the working tree as it is, uncommitted changes included
 KEY_FIELDS = (
     "model",
@@ -414,66 +419,38 @@ def compare_revisions(
     alpha: float = ALPHA,
     log: Callable[[str], None] = print,
     repo: Path | None = None,
+    sessions: int = SESSIONS,
 ) -> RevisionOutcome:
     """Measure ``setup``'s cases at two revisions now, interleaved, and compare them.
 
     ``setup`` is the worker's setup request (spec path, models, device, batch sizes,
-    steps, fast paths, warm-up). Skipped outcomes (a pass, with the reason) when base and
-    head are the same code, when the base has no compatible worker (for example the commit
-    before ``bench speed`` existed) or can run none of the cases. Models the base cannot
-    build (a generator new in head) are left out with a note.
+    steps, fast paths, warm-up). The ``repeats`` rounds are split over ``sessions`` pairs
+    of fresh worker processes whose samples are pooled: one process can run a few percent
+    faster or slower than another with identical code for its whole life (memory layout,
+    core placement), an offset interleaving cannot cancel but several pairs average out.
+    Skipped outcomes (a pass, with the reason) when base and head are the same code, when
+    the base has no compatible worker (for example the commit before ``bench speed``
+    existed) or can run none of the cases. Models the base cannot build (a generator new
+    in head) are left out with a note.
     """
     repo = repo or repo_root()
     base, head = resolve_revision(repo, base_rev), resolve_revision(repo, head_rev)
     if _same_code(repo, base, head):
         return RevisionOutcome(base, head, skipped="base and head are the same code")
-    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp_name, ExitStack() as stack:
+    sessions = max(1, min(sessions, repeats))
+    rounds = [repeats // sessions + (i < repeats % sessions) for i in range(sessions)]
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp_name:
         tmp = Path(tmp_name)
-        wb = stack.enter_context(
-            Worker("base", _source(repo, base, tmp, "base", log), tmp / "base.log")
-        )
-        try:
-            hello = wb.ask(op="hello")
-        except WorkerGone as exc:
-            if _missing_worker(exc.log):
-                return RevisionOutcome(
-                    base, head, skipped=f"base {base[:12]} has no bench speed worker"
-                )
-            raise GenbenchError(f"bench compare: base worker failed: {exc.log}") from None
-        if hello.get("protocol") != _protocol():
-            return RevisionOutcome(
-                base,
-                head,
-                skipped=f"base speaks worker protocol {hello.get('protocol')}, head {_protocol()}",
-            )
-        log("compare: building and warming up the base")
-        try:
-            base_setup = wb.ask(op="setup", **setup)
-        except WorkerGone as exc:
-            return RevisionOutcome(base, head, skipped=f"base cannot run the spec ({exc})")
-        if not base_setup["cases"]:
-            return RevisionOutcome(
-                base, head, skipped=f"base can run none of the cases: {base_setup['skipped']}"
-            )
-        wh = stack.enter_context(
-            Worker("head", _source(repo, head, tmp, "head", log), tmp / "head.log")
-        )
-        log("compare: building and warming up the head")
-        try:
-            head_setup = wh.ask(op="setup", **setup)
-        except WorkerGone as exc:
-            raise GenbenchError(f"bench compare: head failed: {exc}\n{exc.log}") from None
-        if head_setup["skipped"]:
-            raise GenbenchError(f"bench compare: head cannot run {head_setup['skipped']}")
-        pairs = _pair_cases(base_setup["cases"], head_setup["cases"])
-        if not pairs:
-            return RevisionOutcome(base, head, skipped="base and head share no case")
-        try:
-            _interleave(wb, wh, pairs, repeats, log)
-            base_records = wb.ask(op="finish")["records"]
-            head_records = wh.ask(op="finish")["records"]
-        except WorkerGone as exc:
-            raise GenbenchError(f"bench compare: {exc}\n{exc.log}") from None
+        sources = (_source(repo, base, tmp, "base", log), _source(repo, head, tmp, "head", log))
+        pooled: tuple[list[dict], list[dict]] = ([], [])
+        for i, n in enumerate(rounds):
+            got = _session(sources, setup, n, tmp, log, f"{i + 1}/{sessions}", base[:12])
+            if isinstance(got, str):
+                return RevisionOutcome(base, head, skipped=got)
+            base_setup, head_setup, pairs, base_records, head_records = got
+            pooled[0].append(base_records)
+            pooled[1].append(head_records)
+    base_records, head_records = _pool(pooled[0]), _pool(pooled[1])
     for records, rev in ((base_records, base), (head_records, head)):
         for r in records:  # an export is no git checkout: name its commit here
             r["commit"] = r["commit"] if rev == WORKTREE else rev
@@ -500,6 +477,86 @@ def compare_revisions(
         head_results=head_records,
         environment=head_setup["environment"],
     )
+
+
+def _session(
+    sources: tuple[Path, Path],
+    setup: dict[str, Any],
+    rounds: int,
+    tmp: Path,
+    log: Callable[[str], None],
+    label: str,
+    base_label: str,
+) -> str | tuple[dict, dict, list[tuple[int, int]], list[dict], list[dict]]:
+    """One pair of fresh workers: set both up, time ``rounds`` interleaved rounds, finish.
+
+    Returns why there is nothing to compare, or (base setup, head setup, case pairs,
+    base records, head records).
+    """
+    with ExitStack() as stack:
+        wb = stack.enter_context(Worker("base", sources[0], tmp / "base.log"))
+        try:
+            hello = wb.ask(op="hello")
+        except WorkerGone as exc:
+            if _missing_worker(exc.log):
+                return f"base {base_label} has no bench speed worker"
+            raise GenbenchError(f"bench compare: base worker failed: {exc.log}") from None
+        if hello.get("protocol") != _protocol():
+            return f"base speaks worker protocol {hello.get('protocol')}, head {_protocol()}"
+        log(f"compare: session {label}: building and warming up the base")
+        try:
+            base_setup = wb.ask(op="setup", **setup)
+        except WorkerGone as exc:
+            return f"base cannot run the spec ({exc})"
+        if not base_setup["cases"]:
+            return f"base can run none of the cases: {base_setup['skipped']}"
+        wh = stack.enter_context(Worker("head", sources[1], tmp / "head.log"))
+        log(f"compare: session {label}: building and warming up the head")
+        try:
+            head_setup = wh.ask(op="setup", **setup)
+        except WorkerGone as exc:
+            raise GenbenchError(f"bench compare: head failed: {exc}\n{exc.log}") from None
+        if head_setup["skipped"]:
+            raise GenbenchError(f"bench compare: head cannot run {head_setup['skipped']}")
+        pairs = _pair_cases(base_setup["cases"], head_setup["cases"])
+        if not pairs:
+            return "base and head share no case"
+        try:
+            _interleave(wb, wh, pairs, rounds, log, label)
+            base_records = wb.ask(op="finish")["records"]
+            head_records = wh.ask(op="finish")["records"]
+        except WorkerGone as exc:
+            raise GenbenchError(f"bench compare: {exc}\n{exc.log}") from None
+    return base_setup, head_setup, pairs, base_records, head_records
+
+
+def _pool(sessions: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One record per case with the raw samples of every session and summaries redone."""
+    from benchmarks.timing import _quartiles
+
+    by_key: dict[tuple, dict[str, Any]] = {}
+    for records in sessions:
+        for r in records:
+            key = _key(r)
+            if key not in by_key:
+                by_key[key] = {**r, "raw_s": list(r["raw_s"]), "sessions": 1}
+            else:
+                by_key[key]["raw_s"] += r["raw_s"]
+                by_key[key]["sessions"] += 1
+    for r in by_key.values():
+        raw = r["raw_s"]
+        median = float(np.median(raw))
+        q1, q3 = _quartiles(raw)
+        nfe, batch = max(int(r.get("nfe") or 1), 1), r["batch_size"]
+        r.update(
+            median_s=median,
+            iqr_s=q3 - q1,
+            images_per_s=batch / median,
+            s_per_50k=50_000 * median / batch,
+            ms_per_nfe=1000.0 * median / nfe,
+            image_nfe_per_s=batch * nfe / median,
+        )
+    return list(by_key.values())
 
 
 def _protocol() -> int:
@@ -531,6 +588,7 @@ def _interleave(
     pairs: list[tuple[int, int]],
     repeats: int,
     log: Callable[[str], None],
+    label: str = "1/1",
 ) -> None:
     """``repeats`` rounds; each round times every case once per revision, alternating
     which goes first (A B, then B A) so neither always runs on a warmer machine."""
@@ -539,7 +597,7 @@ def _interleave(
             order = [(wb, i), (wh, j)]
             for worker, case in order if r % 2 == 0 else reversed(order):
                 worker.ask(op="time", case=case, n=1)
-        log(f"compare: round {r + 1}/{repeats} done")
+    log(f"compare: session {label}: {repeats} rounds done")
 
 
 def write_outcome(out_dir: Path, outcome: RevisionOutcome) -> Path:

@@ -183,6 +183,10 @@ def compare_cmd(
     repeats: Annotated[
         int | None, typer.Option(metavar="N", help="interleaved timed calls per revision (20)")
     ] = None,
+    sessions: Annotated[
+        int,
+        typer.Option(min=1, metavar="N", help="fresh worker pairs the repeats are spread over (4)"),
+    ] = 4,
     warmup: WarmupOpt = None,
     precision: PrecisionOpt = None,
     channels_last: ChannelsLastOpt = None,
@@ -241,6 +245,7 @@ def compare_cmd(
         alpha,
         log=lambda line: typer.echo(line, err=True),
         repo=repo,
+        sessions=sessions,
     )
     if outcome.skipped:
         typer.echo(f"compare: PASS, nothing to compare: {outcome.skipped}")

@@ -236,6 +236,7 @@ def test_compare_revisions_end_to_end(cli, tmp_path, tiny_spec, monkeypatch):
     # and would swamp the tiny model's compute with noise.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     common = ("--spec", spec, "--device", "cpu", "--batch-sizes", "2", "--repeats", "10")
+    common += ("--sessions", "2")  # 5 rounds on each of two fresh worker pairs
     common += ("--out", str(tmp_path / "o"))
 
     result = cli("compare", before, with_speed, *common)
@@ -256,6 +257,7 @@ def test_compare_revisions_end_to_end(cli, tmp_path, tiny_spec, monkeypatch):
     for side, commit_id in (("base", with_speed), ("head", slower)):
         (result,) = json.loads((where / f"{side}.json").read_text())["results"]
         assert len(result["raw_s"]) == 10 and result["commit"] == commit_id
+        assert result["sessions"] == 2 and result["median_s"] == np.median(result["raw_s"])
 
 
 def test_worker_reports_only_the_cases_both_revisions_timed(tiny_spec):
