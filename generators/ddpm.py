@@ -44,6 +44,7 @@ from generators.diffusion import (
     mean_flat,
     parse_steps,
 )
+from generators.guidance import drop_labels, guide, net_labels
 from generators.unet import build_unet, unet_apply
 
 #: Backbone fields that a ``pretrained`` directory supplies instead.
@@ -144,13 +145,6 @@ def load_pretrained_unet(path: Path) -> UNet2DModel:
     return net
 
 
-def classifier_free_guidance(
-    eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float
-) -> torch.Tensor:
-    """Ho & Salimans 2021, eq. 6: (1 + w) eps(x, c) - w eps(x); w = 0 is the conditional model."""
-    return (1.0 + w) * eps_cond - w * eps_uncond
-
-
 @GENERATORS.register("ddpm")
 class DDPM(Generator):
     """Gaussian diffusion with an epsilon-predicting UNet (see the module docstring)."""
@@ -222,9 +216,7 @@ class DDPM(Generator):
     def _net_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
         if not self.conditional:
             return None
-        if labels is None:
-            return torch.full((n,), self.null_label, device=self.device, dtype=torch.long)
-        return labels.to(self.device, torch.long)
+        return net_labels(labels, n, self.null_label, self.device)
 
     def _apply(
         self, x: torch.Tensor, t: torch.Tensor, diffusion: GaussianDiffusion, labels: Any
@@ -249,10 +241,8 @@ class DDPM(Generator):
             flip = torch.rand(n, device=self.device) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
         labels = self._net_labels(micro.labels, n)
-        if labels is not None and self.config.p_uncond > 0:
-            # Ho & Salimans 2021, algorithm 1: drop the label with probability p_uncond.
-            drop = torch.rand(n, device=self.device) < self.config.p_uncond
-            labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+        if labels is not None:
+            labels = drop_labels(labels, self.config.p_uncond, self.null_label)
         return x0, labels
 
     def losses(self, micro: Batch) -> dict[str, torch.Tensor]:
@@ -342,7 +332,7 @@ class DDPM(Generator):
         null = torch.full_like(labels, self.null_label)
         both = torch.cat([labels.to(self.device, torch.long), null.to(self.device)])
         eps, v = self._apply(torch.cat([x, x]), torch.cat([t, t]), diffusion, both)
-        eps = classifier_free_guidance(*eps.chunk(2), guidance)
+        eps = guide(*eps.chunk(2), guidance)
         # the variance (if learned) comes from the conditional output
         return eps, None if v is None else v.chunk(2)[0]
 

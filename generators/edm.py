@@ -44,6 +44,7 @@ from generators.base import (
     gradient_sync,
     seeded_randn,
 )
+from generators.guidance import drop_labels, guide, net_labels
 from generators.unet import build_unet, unet_apply
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
@@ -406,7 +407,7 @@ class EDM(Generator):
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
             # One batched network call for the conditional and the null halves.
             cond, uncond = both(torch.cat([x, x]), sigma).chunk(2)
-            return torch.lerp(uncond, cond, float(guidance))
+            return guide(cond, uncond, float(guidance) - 1.0)  # scale s is w = s - 1
 
         return D
 
@@ -419,10 +420,9 @@ class EDM(Generator):
         if not self.conditional:
             return None
         if labels is None:
-            return torch.full((n,), self.null_label, device=self.device, dtype=torch.long)
-        labels = labels.to(self.device)
-        drop = torch.rand(n, device=self.device) < self.config.label_dropout
-        return labels.masked_fill(drop, self.null_label)
+            return net_labels(None, n, self.null_label, self.device)
+        labels = net_labels(labels, n, self.null_label, self.device)
+        return drop_labels(labels, self.config.label_dropout, self.null_label)
 
     def _learning_rate(self, images: int) -> float:
         """EDM's linear warm-up: lr * min(images / ramp-up images, 1).

@@ -75,6 +75,7 @@ from generators.base import (
     gradient_sync,
     seeded_randn,
 )
+from generators.guidance import drop_labels, guide, net_labels
 from generators.unet import build_unet, unet_apply
 
 Tensor = torch.Tensor
@@ -365,15 +366,6 @@ def sample_loop(
     return denoise(z, logsnrs[-2])[0]
 
 
-def guided(cond: Tensor, uncond: Tensor, w: float) -> Tensor:
-    """(1 + w) cond - w uncond (Ho & Salimans 2021, eq. 6): w = 0 is the conditional model.
-
-    Applied to the raw network output: every output type is affine in it at fixed z_t, so
-    this equals guiding eps (or x_pred, or v).
-    """
-    return (1.0 + w) * cond - w * uncond
-
-
 # --------------------------------------------------------------------------- config
 
 
@@ -500,9 +492,7 @@ class VDPM(Generator):
     def _net_labels(self, labels: Tensor | None, n: int) -> Tensor | None:
         if not self.conditional:
             return None
-        if labels is None:
-            return torch.full((n,), self.null_label, device=self.device, dtype=torch.long)
-        return labels.to(self.device, torch.long)
+        return net_labels(labels, n, self.null_label, self.device)
 
     def _net_output(self, z: Tensor, logsnr: Tensor, labels: Tensor | None) -> Tensor:
         """The raw network output at log-SNR ``logsnr`` (one value or one per sample)."""
@@ -532,10 +522,8 @@ class VDPM(Generator):
         t = self._draw_time(n)
         eps = torch.randn(x0.shape, device=self.device, dtype=x0.dtype)
         labels = self._net_labels(batch.labels, n)
-        if labels is not None and self.config.p_uncond > 0:
-            # Ho & Salimans 2021, algorithm 1: drop the label with probability p_uncond.
-            drop = torch.rand(n, device=self.device) < self.config.p_uncond
-            labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+        if labels is not None:
+            labels = drop_labels(labels, self.config.p_uncond, self.null_label)
         return TrainingDraws(x0, t, eps, labels)
 
     def _mse_weight(self, t: Tensor, logsnr: Tensor) -> Tensor:
@@ -625,7 +613,9 @@ class VDPM(Generator):
                 out_c, out_u = self._net_output(
                     torch.cat([z, z]), logsnr, torch.cat([cond, null])
                 ).chunk(2)
-                out = guided(out_c, out_u, w)
+                # Guiding the raw output equals guiding eps, x_pred or v: each is affine
+                # in it at fixed z_t.
+                out = guide(out_c, out_u, w)
             else:
                 out = self._net_output(z, logsnr, cond)
             x0, eps = convert(z, out, logsnr)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from benchmarks.errors import CheckpointError, SpecError
 from generators import GENERATORS, Batch, DataShape
-from generators.ddpm import DDPM, DDPMConfig, classifier_free_guidance
+from generators.ddpm import DDPM, DDPMConfig
 from generators.diffusion import (
     GaussianDiffusion,
     LossAwareTimesteps,
@@ -22,6 +22,7 @@ from generators.diffusion import (
     normal_kl,
     parse_steps,
 )
+from generators.guidance import guide
 from generators.unet import build_unet
 
 CPU = torch.device("cpu")
@@ -391,7 +392,7 @@ def test_guidance_zero_is_the_conditional_model_and_guidance_combines_both():
     cond, _ = gen._apply(x, t, d, labels)
     uncond, _ = gen._apply(x, t, d, torch.full_like(labels, 10))
     assert (cond - uncond).abs().max() > 1e-4  # the label matters, so the checks below bite
-    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 0.0), cond)
+    torch.testing.assert_close(guide(cond, uncond, 0.0), cond)
     zero, _ = gen._predict(x, t, d, labels, 0.0)
     torch.testing.assert_close(zero, cond, rtol=1e-5, atol=1e-6)
     guided, _ = gen._predict(x, t, d, labels, 2.0)
