@@ -26,6 +26,20 @@ app = typer.Typer(
 )
 
 
+DataRootOpt = Annotated[
+    Path | None,
+    typer.Option(metavar="DIR", help="directory holding the data set (e.g. CIFAR-10)"),
+]
+InceptionWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="PATH",
+        help="local pt_inception-2015-12-05-6726825d.pth (else $BENCH_INCEPTION_WEIGHTS, "
+        "then the torch hub cache)",
+    ),
+]
+
+
 def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -57,9 +71,7 @@ def run(
     out: Annotated[
         Path, typer.Option(metavar="DIR", help="directory that receives run directories")
     ] = Path("runs"),
-    device: Annotated[
-        str | None, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
-    ] = None,
+    device: speedcmd.DeviceOpt = None,
     seed: Annotated[
         int | None, typer.Option(metavar="N", help="training seed (init and data order)")
     ] = None,
@@ -74,18 +86,8 @@ def run(
         list[str] | None,
         typer.Option(metavar="MODEL=PATH", help="start MODEL from a saved checkpoint (repeatable)"),
     ] = None,
-    data_root: Annotated[
-        Path | None,
-        typer.Option(metavar="DIR", help="directory holding the data set (e.g. CIFAR-10)"),
-    ] = None,
-    inception_weights: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="PATH",
-            help="local pt_inception-2015-12-05-6726825d.pth (else $BENCH_INCEPTION_WEIGHTS, "
-            "then the torch hub cache)",
-        ),
-    ] = None,
+    data_root: DataRootOpt = None,
+    inception_weights: InceptionWeightsOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the resolved spec, write nothing")
     ] = False,
@@ -123,17 +125,9 @@ def resume(
     run_dir: Annotated[
         Path, typer.Argument(metavar="RUN_DIR", help="an interrupted run, e.g. runs/<run-id>")
     ],
-    device: Annotated[
-        str | None, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
-    ] = None,
-    data_root: Annotated[
-        Path | None,
-        typer.Option(metavar="DIR", help="directory holding the data set (e.g. CIFAR-10)"),
-    ] = None,
-    inception_weights: Annotated[
-        Path | None,
-        typer.Option(metavar="PATH", help="local Inception weights (as for bench run)"),
-    ] = None,
+    device: speedcmd.DeviceOpt = None,
+    data_root: DataRootOpt = None,
+    inception_weights: InceptionWeightsOpt = None,
 ) -> None:
     """Finish an interrupted run in place from its own resolved spec: finished models are
     kept, a model whose training had finished is evaluated from its checkpoint, the rest
@@ -151,8 +145,8 @@ def resume(
     plan = resolve(parsed, source, overrides)
     resolve_device(plan.benchmark.device)  # fail before anything is changed
     actions = resume_run(plan, run_dir)
+    what = {"kept": "kept", "evaluate": "evaluated from its checkpoint", "run": "run again"}
     for name, action in actions.items():
-        what = {"kept": "kept", "evaluate": "evaluated from its checkpoint", "run": "run again"}
         typer.echo(f"resume: {name}: {what[action]}")
     typer.echo((run_dir / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"report:  {run_dir / 'report.html'} (plots and sample grids)")
