@@ -526,12 +526,17 @@ def run(plan: RunPlan, out_dir: Path) -> Path:
     store.write_json_atomic(run_dir / "run.json", status)
     for model in plan.models.values():
         run_model(plan, model, run_dir / model.name, device, inputs)
+    _finish_run(run_dir, status)
+    return run_dir
+
+
+def _finish_run(run_dir: Path, status: dict[str, Any]) -> None:
+    """Mark the run complete, then write its reports (the speed history lives beside it)."""
     status.update(status="complete", finished=store.utc_now())
     store.write_json_atomic(run_dir / "run.json", status)
     from reports.report import write_run_reports  # reads back only the files written above
 
-    write_run_reports(run_dir, Path(out_dir) / "speed_history.jsonl")
-    return run_dir
+    write_run_reports(run_dir, run_dir.parent / "speed_history.jsonl")
 
 
 # --------------------------------------------------------------------------- resuming
@@ -581,22 +586,9 @@ def _clear_incomplete(model_dir: Path, keep_checkpoint: bool) -> None:
             path.unlink()
 
 
-def resume_plan(plan: RunPlan, run_dir: Path) -> dict[str, str]:
-    """What ``resume`` will do with each model: "kept", "evaluate" or "run"."""
-    actions = {}
-    for name, model in plan.models.items():
-        model_dir = run_dir / name
-        if (model_dir / "metrics.json").is_file():
-            actions[name] = "kept"
-        elif finished_training(model, model_dir) is not None:
-            actions[name] = "evaluate"
-        else:
-            actions[name] = "run"
-    return actions
-
-
 def resume(plan: RunPlan, run_dir: Path) -> dict[str, str]:
-    """Finish the interrupted run ``run_dir`` in place; returns ``resume_plan``'s actions.
+    """Finish the interrupted run ``run_dir`` in place; returns what it did with each model
+    ("kept", "evaluate" or "run").
 
     Models with a metrics.json are kept untouched; a model whose training had finished is
     evaluated from its checkpoint; every other model is run again from the start (the
@@ -607,7 +599,16 @@ def resume(plan: RunPlan, run_dir: Path) -> dict[str, str]:
     status = read_run_status(run_dir)
     device = resolve_device(plan.benchmark.device)
     inputs = RunInputs(plan, device)  # a missing data set fails before anything changes
-    actions = resume_plan(plan, run_dir)
+    # What to do with each model: keep it, evaluate its finished training, or run it again.
+    actions: dict[str, str] = {}
+    trained: dict[str, dict[str, Any] | None] = {}
+    for name, model in plan.models.items():
+        trained[name] = None
+        if (run_dir / name / "metrics.json").is_file():
+            actions[name] = "kept"
+            continue
+        trained[name] = finished_training(model, run_dir / name)
+        actions[name] = "run" if trained[name] is None else "evaluate"
     for partial in run_dir.glob("*.partial"):
         partial.unlink()
     status.update(status="running")
@@ -620,12 +621,7 @@ def resume(plan: RunPlan, run_dir: Path) -> dict[str, str]:
     for name, model in plan.models.items():
         if actions[name] == "kept":
             continue
-        trained = finished_training(model, run_dir / name) if actions[name] == "evaluate" else None
-        _clear_incomplete(run_dir / name, keep_checkpoint=trained is not None)
-        run_model(plan, model, run_dir / name, device, inputs, trained=trained)
-    status.update(status="complete", finished=store.utc_now())
-    store.write_json_atomic(run_dir / "run.json", status)
-    from reports.report import write_run_reports
-
-    write_run_reports(run_dir, run_dir.parent / "speed_history.jsonl")
+        _clear_incomplete(run_dir / name, keep_checkpoint=trained[name] is not None)
+        run_model(plan, model, run_dir / name, device, inputs, trained=trained[name])
+    _finish_run(run_dir, status)
     return actions
