@@ -532,7 +532,7 @@ def _session(
 
 def _pool(sessions: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One record per case with the raw samples of every session and summaries redone."""
-    from benchmarks.timing import _quartiles
+    from benchmarks.timing import summarize
 
     by_key: dict[tuple, dict[str, Any]] = {}
     for records in sessions:
@@ -544,18 +544,7 @@ def _pool(sessions: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 by_key[key]["raw_s"] += r["raw_s"]
                 by_key[key]["sessions"] += 1
     for r in by_key.values():
-        raw = r["raw_s"]
-        median = float(np.median(raw))
-        q1, q3 = _quartiles(raw)
-        nfe, batch = max(int(r.get("nfe") or 1), 1), r["batch_size"]
-        r.update(
-            median_s=median,
-            iqr_s=q3 - q1,
-            images_per_s=batch / median,
-            s_per_50k=50_000 * median / batch,
-            ms_per_nfe=1000.0 * median / nfe,
-            image_nfe_per_s=batch * nfe / median,
-        )
+        r.update(summarize(r["raw_s"], r["batch_size"], int(r.get("nfe") or 1)))
     return list(by_key.values())
 
 

@@ -370,11 +370,6 @@ class RunInputs:
                 on_batch=lambda n: bar.advance(task, n),
             )
 
-    @property
-    def stats_sha256(self) -> str:
-        """sha256 of the reference mean and covariance (float64 bytes), for the protocol."""
-        return self.stats.sha256
-
     def evaluator(self) -> Evaluator:
         """A fresh ``eval.evaluator.Evaluator`` for one model, set up from the spec."""
         from eval.evaluator import Evaluator

@@ -33,7 +33,7 @@ from benchmarks import store
 from benchmarks.errors import GenbenchError
 from benchmarks.fastpath import FastPaths
 from benchmarks.spec import ResolvedModel, RunPlan
-from benchmarks.timing import SamplingTimer, sampling_timer
+from benchmarks.timing import SamplingTimer
 
 WEIGHTS = "untrained"
 WEIGHTS_NOTE = "untrained weights: sampling speed does not depend on the weights' values"
@@ -418,21 +418,9 @@ class _Worker:
         }
 
     def _add(self, plan: RunPlan, settings: SpeedSettings, device: torch.device) -> None:
-        from benchmarks.runner import _labels
-
         self.env = self.env or store.fingerprint(device)
         for case in speed_cases(plan, settings):
-            gen = build_untrained(plan, case, device)
-            _check_steps(gen, case)
-            seeds = list(range(case.batch_size))
-            timer = sampling_timer(
-                gen,
-                seeds,
-                _labels(gen, seeds),
-                case.steps,
-                case.model.sample.guidance,
-                settings.fast,
-            )
+            timer, gen = case_timer(plan, case, settings, device)
             timer.start(settings.warmup)
             self.cases.append(case)
             self.timers.append(timer)

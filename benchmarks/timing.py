@@ -62,6 +62,21 @@ def _quartiles(xs: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def summarize(raw_s: list[float], batch_size: int, nfe: int) -> dict[str, float]:
+    """The summary fields of a set of per-call seconds: median, IQR and the rates derived
+    from the median (``SamplingTimer.result`` and ``bench compare``'s pooling share it)."""
+    median = statistics.median(raw_s)
+    q1, q3 = _quartiles(raw_s)
+    return {
+        "median_s": median,
+        "iqr_s": q3 - q1,
+        "images_per_s": batch_size / median,
+        "s_per_50k": 50_000 * median / batch_size,
+        "ms_per_nfe": 1000.0 * median / max(nfe, 1),
+        "image_nfe_per_s": batch_size * nfe / median,
+    }
+
+
 def _peak_memory(device: torch.device) -> tuple[int | None, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
@@ -176,9 +191,6 @@ class SamplingTimer:
             raise ValueError("no timed repeats yet")
         share, noise_s = self.noise_share() if noise else (None, None)
         raw = self.raw_s
-        median = statistics.median(raw)
-        q1, q3 = _quartiles(raw)
-        ips = self.batch_size / median
         peak, kind = _peak_memory(self.device)
         if self.peak_bytes is not None:
             peak = self.peak_bytes
@@ -188,12 +200,7 @@ class SamplingTimer:
             nfe=self.nfe,
             warmup_s=list(self.warmup_s),
             raw_s=list(raw),
-            median_s=median,
-            iqr_s=q3 - q1,
-            images_per_s=ips,
-            s_per_50k=50_000 / ips,
-            ms_per_nfe=1000.0 * median / max(self.nfe, 1),
-            image_nfe_per_s=self.batch_size * self.nfe / median,
+            **summarize(raw, self.batch_size, self.nfe),
             peak_memory_bytes=peak,
             peak_memory_kind=kind,
             time_to_first_image_s=self.first_s if self.first_s is not None else raw[0],
@@ -227,17 +234,3 @@ def sampling_timer(
     return SamplingTimer(
         run, device=gen.device, batch_size=len(seeds), nfe=gen.nfe(steps, guidance), fast=fast
     )
-
-
-def time_sampling(
-    fn: Callable[[], object],
-    *,
-    device: torch.device,
-    batch_size: int,
-    nfe: int,
-    repeats: int,
-    warmup: int,
-) -> TimingResult:
-    """Time ``fn`` (one sampling call of ``batch_size`` images) ``repeats`` times."""
-    timer = SamplingTimer(fn, device=device, batch_size=batch_size, nfe=nfe)
-    return timer.run(repeats=repeats, warmup=warmup)

@@ -6,8 +6,6 @@ requests and papers, so it is text only.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from reports.tables import Cell, Report, Table, run_summary
 
 READING_GUIDE = (
@@ -91,10 +89,3 @@ def markdown_report(report: Report, html_name: str | None = "report.html") -> st
         f"throughput, training losses, speed history) and sample grids: {where}.",
     ]
     return "\n".join(parts).replace("\n\n\n", "\n\n") + "\n"
-
-
-def render_markdown(paths: list[Path], history: Path | None = None) -> str:
-    """The markdown report of the given run and speed directories."""
-    from reports.report import load_report
-
-    return markdown_report(load_report(paths, history))
