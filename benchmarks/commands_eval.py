@@ -461,12 +461,14 @@ def stats_cmd(
     data = get_dataset(dataset).load(split, data_root)
     cache = StatsCache()
     key = cache_key(ext, dataset, split, len(data))
-    cached = not force and cache.load(key, num_features) is not None
+    ref = None if force else cache.load(key, num_features)
+    cached = ref is not None
     if force:
         cache.path(key).with_suffix(".json").unlink(missing_ok=True)
-    ref = dataset_reference(
-        ext, data, dataset, split, batch_size=batch_size, num_features=num_features, cache=cache
-    )
+    if ref is None:
+        ref = dataset_reference(
+            ext, data, dataset, split, batch_size=batch_size, num_features=num_features, cache=cache
+        )
     if out is not None:
         ref.save(out)
     state = "cached" if cached else "computed"

@@ -16,9 +16,10 @@ import secrets
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -102,6 +103,8 @@ def git_commit(repo: Path | None = None) -> str | None:
 
 def fingerprint(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on: code, libraries, hardware, world size."""
+    import torch  # here, not at the top: `bench report` reads results without torch
+
     info: dict[str, Any] = {
         "git_commit": git_commit(),
         "python": platform.python_version(),
