@@ -225,7 +225,7 @@ class DDPM(Generator):
         # Original timesteps scaled to [0, 1000) whatever T is (improved-diffusion's
         # rescale_timesteps), so the time embedding sees the DDPM range.
         scale = 1000.0 / self.config.num_timesteps
-        t_net = diffusion.timestep_map.to(x.device)[t].float() * scale
+        t_net = diffusion.table(diffusion.timestep_map, x.device)[t].float() * scale
         out = unet_apply(self.unet, x, t_net, labels)
         if self.config.variance != "learned_range":
             return out, None

@@ -156,10 +156,8 @@ class Prediction:
     """The reverse-process Gaussian p(x_{t-1} | x_t) and the x_0 it implies."""
 
     mean: torch.Tensor
-    variance: torch.Tensor
     log_variance: torch.Tensor
     x0: torch.Tensor
-    eps: torch.Tensor
 
 
 class GaussianDiffusion:
@@ -196,6 +194,13 @@ class GaussianDiffusion:
         self.posterior_coef_xt = (
             (1.0 - self.alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - self.alphas_cumprod)
         )  # fmt: skip
+        self.log_betas = torch.log(betas)
+        # fixed_large: sigma² = beta_t (Ho et al. section 3.2); at t = 0 beta-tilde_1
+        # instead, as iDDPM does, for a better decoder likelihood (no noise is added there).
+        self.log_large = torch.log(torch.cat([self.first_variance, betas[1:]]))
+        # Device/dtype copies of the tables, made on first use: sampling looks them up at
+        # every step, and a host-to-device copy per lookup would stall a GPU each time.
+        self._copies: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
     def from_schedule(cls, name: str, num_timesteps: int) -> GaussianDiffusion:
@@ -213,10 +218,18 @@ class GaussianDiffusion:
 
     # ----------------------------------------------------------------- helpers
 
-    @staticmethod
-    def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def table(
+        self, values: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """One of this process's tables on ``device`` (in ``dtype``), copied once."""
+        key = (id(values), torch.device(device), dtype or values.dtype)
+        if key not in self._copies:
+            self._copies[key] = values.to(device=device, dtype=key[2])
+        return self._copies[key]
+
+    def _at(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """values[t] shaped (N, 1, 1, ...) to broadcast against ``like``."""
-        out = values.to(like.device)[t.to(like.device)].to(like.dtype)
+        out = self.table(values, like.device, like.dtype)[t.to(like.device)]
         return out.view(-1, *([1] * (like.dim() - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -251,16 +264,13 @@ class GaussianDiffusion:
         return self._at(self.posterior_log_variance_clipped, t, like)
 
     def _fixed_large(self, t: torch.Tensor, like: torch.Tensor, v: torch.Tensor | None):
-        # sigma² = beta_t (Ho et al. section 3.2); at t = 0 beta-tilde_1 instead, as iDDPM
-        # does, for a better decoder likelihood (no noise is added at t = 0 either way).
-        large = torch.cat([self.first_variance, self.betas[1:]])
-        return self._at(torch.log(large), t, like)
+        return self._at(self.log_large, t, like)
 
     def _learned_range(self, t: torch.Tensor, like: torch.Tensor, v: torch.Tensor | None):
         if v is None:
             raise ValueError("learned_range variance needs the network's v output")
         # iDDPM eq. 15: Sigma = exp(v log beta_t + (1 - v) log beta-tilde_t).
-        log_beta = self._at(torch.log(self.betas), t, like)
+        log_beta = self._at(self.log_betas, t, like)
         log_tilde = self._at(self.posterior_log_variance_clipped, t, like)
         return v * log_beta + (1.0 - v) * log_tilde
 
@@ -296,7 +306,7 @@ class GaussianDiffusion:
             x0 = x0.clamp(-1.0, 1.0)
         mean, _, _ = self.q_posterior(x0, xt, t)
         log_var = self.log_variance(variance, t, xt, v)
-        return Prediction(mean, torch.exp(log_var), log_var, x0, eps)
+        return Prediction(mean, log_var, x0)
 
     def ancestral_step(
         self, pred: Prediction, t: torch.Tensor, noise: torch.Tensor | None
