@@ -90,7 +90,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one ``fn()`` with its work on ``device`` finished (CUDA events there)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -134,7 +135,7 @@ class SamplingTimer:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        seconds = _time_once(self.fn, self.device)
+        seconds = time_call(self.fn, self.device)
         if cuda:
             peak = torch.cuda.max_memory_allocated(self.device)
             self.peak_bytes = max(self.peak_bytes or 0, peak)

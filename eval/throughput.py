@@ -13,30 +13,15 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 
+from benchmarks.timing import time_call
 from eval.evaluator import Evaluator
 from eval.extractors import FeatureExtractor, float32_precision
-
-
-def _elapsed(fn: Callable[[int], object], i: int, device: torch.device) -> float:
-    """Seconds for ``fn(i)``, its work on ``device`` finished."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(i)
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1000.0
-    t0 = time.perf_counter()
-    fn(i)
-    return time.perf_counter() - t0
 
 
 def _batch_sizes(num_images: int, batch_size: int) -> list[int]:
@@ -81,8 +66,8 @@ def measure_throughput(
     # clocks) falls on both rates alike and their ratio stays meaningful.
     forward_s = stream_s = 0.0
     for i in range(len(sizes)):
-        forward_s += _elapsed(forward, i, device)
-        stream_s += _elapsed(stream, i, device)
+        forward_s += time_call(lambda: forward(i), device)  # noqa: B023 (called at once)
+        stream_s += time_call(lambda: stream(i), device)  # noqa: B023
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         # The reference is a stand-in (0, I) and the images noise: only the time matters,
