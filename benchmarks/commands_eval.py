@@ -262,6 +262,7 @@ def _format_table(results: dict[str, dict[str, float]]) -> str:
 
 def _reference(
     real: str,
+    source: ImageSet | StatsFile | None,
     extractor: FeatureExtractor,
     num_features: int,
     batch_size: int,
@@ -284,16 +285,20 @@ def _reference(
             num_features=num_features,
             cache=StatsCache(),
         )
-    source = open_input(real, "REAL")
+    source = source if source is not None else open_input(real, "REAL")
     if isinstance(source, StatsFile):
         return ReferenceStats.from_npz(source.path)
     stats, kept = accumulate(extractor, source.batches(batch_size, num_workers), num_features)
     return ReferenceStats.from_accumulated(stats, kept, source.source)
 
 
-def check_inputs(real: str, fake: str, metrics: list[str]) -> ImageSet | StatsFile:
+Opened = tuple[ImageSet | StatsFile | None, ImageSet | StatsFile]
+
+
+def check_inputs(real: str, fake: str, metrics: list[str]) -> Opened:
     """Usage errors before anything is loaded: unknown metrics, unreadable REAL or FAKE,
-    metrics a statistics file cannot give. Returns FAKE opened."""
+    metrics a statistics file cannot give. Returns REAL (None for a data set split) and
+    FAKE opened, for ``evaluate_inputs``."""
     from eval.metrics import METRICS
 
     unknown = [m for m in metrics if m not in METRICS]
@@ -302,8 +307,7 @@ def check_inputs(real: str, fake: str, metrics: list[str]) -> ImageSet | StatsFi
             f"--metrics: unknown metric {unknown[0]!r}; valid choices: "
             f"{', '.join(METRICS.choices())}"
         )
-    if _dataset_split(real) is None:
-        open_input(real, "REAL")
+    real_source = None if _dataset_split(real) is not None else open_input(real, "REAL")
     fake_source = open_input(fake, "FAKE")
     if isinstance(fake_source, StatsFile):
         others = [m for m in metrics if METRICS.canonical(m) != "fid"]
@@ -312,7 +316,7 @@ def check_inputs(real: str, fake: str, metrics: list[str]) -> ImageSet | StatsFi
                 f"FAKE is a statistics file: only fid can be computed from it, not "
                 f"{', '.join(others)}; pass images (a folder or a samples .npz)"
             )
-    return fake_source
+    return real_source, fake_source
 
 
 def evaluate_inputs(
@@ -324,17 +328,19 @@ def evaluate_inputs(
     batch_size: int,
     num_workers: int = 0,
     data_root: Path | None = None,
+    opened: Opened | None = None,
 ) -> dict[str, Any]:
     """Metrics of FAKE against REAL (see the module docstring): ``{"real", "fake",
-    "metrics", "protocol"}``, the shape of a run's metrics.json."""
+    "metrics", "protocol"}``, the shape of a run's metrics.json. ``opened``: what
+    ``check_inputs`` returned for them, so nothing is read twice."""
     from eval.evaluator import Evaluator
     from eval.metrics import METRICS, frechet_distance
     from eval.reference import ReferenceStats
 
-    fake_source = check_inputs(real, fake, metrics)
+    real_source, fake_source = opened or check_inputs(real, fake, metrics)
     needs_features = any(METRICS.get(m).needs_features for m in metrics)
     num_features = options.max_features if needs_features else 0
-    ref = _reference(real, extractor, num_features, batch_size, num_workers, data_root)
+    ref = _reference(real, real_source, extractor, num_features, batch_size, num_workers, data_root)
     if ref.dim != extractor.feature_dim:
         raise GenbenchError(
             f"REAL holds {ref.dim}-d statistics, but the extractor gives "
@@ -416,13 +422,15 @@ def eval_cmd(
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
         raise GenbenchError("--metrics: give at least one metric, e.g. --metrics fid")
-    check_inputs(real, fake, names)  # fail on bad input before loading a network
+    opened = check_inputs(real, fake, names)  # fail on bad input before loading a network
     ext = _load_extractor(extractor, device, inception_weights, dims, resize, quantize, strict_fp32)
     options = MetricOptions(
         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, max_features=max_features
     )
     workers = _default_workers() if num_workers is None else num_workers
-    result = evaluate_inputs(real, fake, names, ext, options, batch_size, workers, data_root)
+    result = evaluate_inputs(
+        real, fake, names, ext, options, batch_size, workers, data_root, opened
+    )
     store.write_json_atomic(out, result)
     typer.echo(_format_table(result["metrics"]))
     typer.echo(f"results: {out}")
