@@ -140,6 +140,21 @@ class Generator(ABC):
         self.train(False)
 
 
+def random_hflip(images: torch.Tensor) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (one draw per image from the
+    global RNG): the usual CIFAR-10 training augmentation."""
+    flip = torch.rand(images.shape[0], device=images.device) < 0.5
+    return torch.where(flip.view(-1, *([1] * (images.dim() - 1))), images.flip(-1), images)
+
+
+def set_warmup_lr(opt: torch.optim.Optimizer, lr: float, step: int, warmup_steps: int) -> None:
+    """Linear learning-rate warm-up: ``lr`` x min(1, step / warmup_steps) on every group
+    (Ho et al. 2020, appendix B); ``warmup_steps`` = 0 means the full rate at once."""
+    factor = min(1.0, step / warmup_steps) if warmup_steps else 1.0
+    for group in opt.param_groups:
+        group["lr"] = lr * factor
+
+
 @contextlib.contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Run the block with ``modules`` in eval mode and give each its own mode back after.

@@ -35,7 +35,9 @@ from generators.base import (
     GeneratorConfig,
     eval_mode,
     gradient_sync,
+    random_hflip,
     seeded_randn,
+    set_warmup_lr,
 )
 from generators.diffusion import (
     TIMESTEP_SAMPLERS,
@@ -238,8 +240,7 @@ class DDPM(Generator):
         x0 = micro.images.to(self.device)
         n = x0.shape[0]
         if self.config.hflip:
-            flip = torch.rand(n, device=self.device) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            x0 = random_hflip(x0)
         labels = self._net_labels(micro.labels, n)
         if labels is not None:
             labels = drop_labels(labels, self.config.p_uncond, self.null_label)
@@ -269,10 +270,7 @@ class DDPM(Generator):
         return {"loss": total * weights, **terms}
 
     def _set_lr(self) -> None:
-        warm = self.config.warmup_steps
-        factor = min(1.0, self.step / warm) if warm else 1.0  # Ho et al. appendix B
-        for group in self.opt.param_groups:
-            group["lr"] = self.config.lr * factor
+        set_warmup_lr(self.opt, self.config.lr, self.step, self.config.warmup_steps)
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         parts = batch.split(min(self.config.grad_accum, len(batch)))

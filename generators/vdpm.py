@@ -73,7 +73,9 @@ from generators.base import (
     GeneratorConfig,
     eval_mode,
     gradient_sync,
+    random_hflip,
     seeded_randn,
+    set_warmup_lr,
 )
 from generators.guidance import drop_labels, guide, net_labels
 from generators.unet import build_unet, unet_apply
@@ -517,8 +519,7 @@ class VDPM(Generator):
         x0 = batch.images.to(self.device)
         n = x0.shape[0]
         if self.config.hflip:
-            flip = torch.rand(n, device=self.device) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            x0 = random_hflip(x0)
         t = self._draw_time(n)
         eps = torch.randn(x0.shape, device=self.device, dtype=x0.dtype)
         labels = self._net_labels(batch.labels, n)
@@ -552,10 +553,7 @@ class VDPM(Generator):
         return weighted_v_loss(v_pred, v, self._x_weight(draws.t, logsnr), logsnr)
 
     def _set_lr(self) -> None:
-        warm = self.config.warmup_steps
-        factor = min(1.0, self.step / warm) if warm else 1.0
-        for group in self.opt.param_groups:
-            group["lr"] = self.config.lr * factor
+        set_warmup_lr(self.opt, self.config.lr, self.step, self.config.warmup_steps)
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         draws = self.draw(batch)  # before splitting: micro-batching never changes the draws

@@ -115,3 +115,17 @@ def test_eval_mode_restores_each_modules_own_mode_even_after_an_error():
     with pytest.raises(RuntimeError), eval_mode(training):
         raise RuntimeError("sampling failed")
     assert training.training
+
+
+def test_random_hflip_mirrors_each_image_by_its_own_draw():
+    from generators.base import random_hflip
+
+    images = torch.arange(6 * 1 * 2 * 3, dtype=torch.float32).view(6, 1, 2, 3)
+    torch.manual_seed(3)
+    flips = torch.rand(6) < 0.5
+    torch.manual_seed(3)
+    out = random_hflip(images)
+    assert 0 < flips.sum() < 6  # this seed flips some and keeps some
+    for i in range(6):
+        expected = images[i].flip(-1) if flips[i] else images[i]
+        assert torch.equal(out[i], expected)
