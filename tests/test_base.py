@@ -121,9 +121,9 @@ def test_random_hflip_mirrors_each_image_by_its_own_draw():
     from generators.base import random_hflip
 
     images = torch.arange(6 * 1 * 2 * 3, dtype=torch.float32).view(6, 1, 2, 3)
-    torch.manual_seed(3)
+    torch.manual_seed(1)
     flips = torch.rand(6) < 0.5
-    torch.manual_seed(3)
+    torch.manual_seed(1)
     out = random_hflip(images)
     assert 0 < flips.sum() < 6  # this seed flips some and keeps some
     for i in range(6):
