@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -36,6 +35,7 @@ from benchmarks.datasets import get_dataset
 from benchmarks.ema import EMA, ema_beta
 from benchmarks.errors import CheckpointError, GenbenchError
 from benchmarks.fastpath import FastPaths
+from benchmarks.progress import counting, progress_bar
 from benchmarks.spec import IS_SPLITS, EvaluateSection, ResolvedModel, RunPlan
 from benchmarks.timing import SamplingTimer, sampling_timer
 from generators import GENERATORS, Batch, DataShape, Generator
@@ -62,17 +62,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise GenbenchError(f"--device: unsupported device {name!r}; valid: auto, cpu, cuda")
     return device
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        transient=False,
-    )
 
 
 def seed_list(model: ResolvedModel) -> list[int]:
@@ -136,7 +125,7 @@ def train(
     ema = EMA({n: mods[n] for n in gen.sampling_modules()}) if cfg.ema else None
     gen.train()
     t0 = last = time.perf_counter()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"train {model.name}", total=steps, status="")
         for step in range(1, steps + 1):
             losses = gen.train_step(next(data))
@@ -236,7 +225,7 @@ def sample_and_evaluate(
     grid: list[torch.Tensor] = []
     gen.eval()
     t0 = time.perf_counter()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"sample {model.name}", total=len(seeds), status="")
         for i in range(0, len(seeds), bs):
             chunk = seeds[i : i + bs]
@@ -273,7 +262,7 @@ def bits_per_dim(
     loader = DataLoader(torch.utils.data.Subset(images, range(count)), batch_size=batch_size)
     values: list[torch.Tensor] = []
     gen.eval()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("bits/dim (test)", total=count, status="")
         for x, y in loader:
             x = _to_size(x.to(gen.device), gen.image_size)
@@ -357,8 +346,7 @@ class RunInputs:
         from eval.reference import StatsCache, dataset_reference
 
         evaluate = self.plan.evaluate
-        with _progress() as bar:
-            task = bar.add_task("reference statistics", total=len(self.reference), status="")
+        with counting("reference statistics", len(self.reference)) as advance:
             return dataset_reference(
                 self.extractor,
                 self.reference,
@@ -367,7 +355,7 @@ class RunInputs:
                 batch_size=self.batch_size,
                 num_features=evaluate.max_features if needs_features(evaluate) else 0,
                 cache=StatsCache() if evaluate.cache else None,
-                on_batch=lambda n: bar.advance(task, n),
+                on_batch=advance,
             )
 
     def evaluator(self) -> Evaluator:

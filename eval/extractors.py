@@ -307,19 +307,26 @@ class InceptionExtractor(FeatureExtractor):
         if self.resize == "clean":
             x = resize_clean(x, self.input_size)
         else:
+            x = to_unit(x)
+            if x.device.type == "cpu":
+                # Resized straight into the layout ``extract`` runs in on CPU (same values).
+                x = x.contiguous(memory_format=torch.channels_last)
             # pytorch-fid's exact steps (ToTensor, then InceptionV3.forward): no
             # antialiasing, even when shrinking, and always applied (the identity at 299).
             x = F.interpolate(
-                to_unit(x),
-                size=(self.input_size, self.input_size),
-                mode="bilinear",
-                align_corners=False,
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
             )
-        return 2 * x - 1
+        # In place: x is a fresh tensor either way, and a 299x299 batch is worth not copying.
+        return x.mul_(2).sub_(1)
 
     def extract(
         self, x: torch.Tensor, logits: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if x.device.type == "cpu":
+            # oneDNN's channels-last convolutions run this network about 1.6x faster on CPU
+            # (bench eval-speed); still float32, the results differ only in rounding
+            # (tests/test_inception.py::test_matches_pytorch_fid). CUDA keeps pytorch-fid's layout.
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x, logits)
 
 

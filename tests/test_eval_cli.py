@@ -189,3 +189,21 @@ def test_eval_speed_reports_both_rates(cli, tmp_path: Path) -> None:
     assert data["stream_over_forward"] == pytest.approx(ratio)
     assert data["protocol"]["num_samples"] == 6 and data["protocol"]["weights_sha256"] == "random"
     assert "bare Inception forward" in result.out and "streaming fid:" in result.out
+    assert data["forward_images"] == 6 and data["forward_every"] == 1
+
+
+def test_eval_speed_can_time_the_forward_on_every_kth_batch(cli, tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    # Batches of 3, 3 and 1 images; the forward is timed on the first and the third.
+    args = ["eval-speed", "--random-weights", "--num-images", "7", "--batch-size", "3"]
+    args += ["--dims", "64", "--metrics", "fid", "--warmup", "0", "--device", "cpu"]
+    result = cli(*args, "--forward-every", "2", "--out", str(out))
+    assert result.code == 0, result.err
+    data = json.loads(out.read_text())
+    assert (data["num_images"], data["forward_images"], data["forward_every"]) == (7, 4, 2)
+    assert data["forward_images_per_s"] == pytest.approx(4 / data["forward_s"])
+    assert data["stream_images_per_s"] == pytest.approx(7 / data["stream_s"])
+    assert data["protocol"]["num_samples"] == 7
+    assert "on 4 images: 1 batch in 2" in result.out
+    bad = cli(*args, "--forward-every", "0")
+    assert bad.code == 2 and "--forward-every" in bad.err

@@ -1,0 +1,30 @@
+"""Progress bars for long work (training, sampling, feature extraction), all alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def progress_bar() -> Progress:
+    """A rich progress display: description, bar, done/total, time left and a status text
+    (each task must be added with a ``status`` field)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        transient=False,
+    )
+
+
+@contextmanager
+def counting(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A one-task progress bar; yields ``advance(n)``, to be called as n more items are done
+    (the ``on_batch`` callbacks of ``eval``)."""
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total, status="")
+        yield lambda n: bar.advance(task, n)
