@@ -269,7 +269,9 @@ def _reference(
     num_workers: int,
     data_root: Path | None,
 ) -> ReferenceStats:
-    """REAL as ``ReferenceStats``, keeping ``num_features`` feature vectors (KID, PR)."""
+    """REAL as ``ReferenceStats``, keeping ``num_features`` feature vectors (KID, PR), with a
+    progress bar while features are computed."""
+    from benchmarks.progress import counting
     from eval.reference import ReferenceStats, StatsCache, accumulate, dataset_reference
 
     split = _dataset_split(real)
@@ -277,18 +279,22 @@ def _reference(
         from benchmarks.datasets import get_dataset
 
         dataset = get_dataset(split[0]).load(split[1], data_root)
-        return dataset_reference(
-            extractor,
-            dataset,
-            *split,
-            batch_size=batch_size,
-            num_features=num_features,
-            cache=StatsCache(),
-        )
+        with counting(f"REAL {real}", len(dataset)) as advance:
+            return dataset_reference(
+                extractor,
+                dataset,
+                *split,
+                batch_size=batch_size,
+                num_features=num_features,
+                cache=StatsCache(),
+                on_batch=advance,
+            )
     source = source if source is not None else open_input(real, "REAL")
     if isinstance(source, StatsFile):
         return ReferenceStats.from_npz(source.path)
-    stats, kept = accumulate(extractor, source.batches(batch_size, num_workers), num_features)
+    with counting("REAL", source.count) as advance:
+        batches = source.batches(batch_size, num_workers)
+        stats, kept = accumulate(extractor, batches, num_features, advance)
     return ReferenceStats.from_accumulated(stats, kept, source.source)
 
 
@@ -333,6 +339,7 @@ def evaluate_inputs(
     """Metrics of FAKE against REAL (see the module docstring): ``{"real", "fake",
     "metrics", "protocol"}``, the shape of a run's metrics.json. ``opened``: what
     ``check_inputs`` returned for them, so nothing is read twice."""
+    from benchmarks.progress import counting
     from eval.evaluator import Evaluator
     from eval.metrics import METRICS, frechet_distance
     from eval.reference import ReferenceStats
@@ -361,8 +368,10 @@ def evaluate_inputs(
             "protocol": protocol,
         }
     evaluator = Evaluator(extractor, ref, metrics, options)
-    for batch in fake_source.batches(batch_size, num_workers):
-        evaluator.update(batch)
+    with counting("FAKE", fake_source.count) as advance:
+        for batch in fake_source.batches(batch_size, num_workers):
+            evaluator.update(batch)
+            advance(len(batch))
     protocol = {**evaluator.protocol(), "fake": fake_source.source}
     return {"real": real, "fake": fake, "metrics": evaluator.compute(), "protocol": protocol}
 
@@ -463,6 +472,7 @@ def stats_cmd(
     """Compute (or find) the reference statistics of DATASET's SPLIT and cache them as a
     pytorch-fid .npz (mu, sigma, features) with a JSON sidecar holding their key."""
     from benchmarks.datasets import get_dataset
+    from benchmarks.progress import counting
     from eval.reference import StatsCache, cache_key, dataset_reference
 
     ext = _load_extractor(extractor, device, inception_weights, dims, resize, quantize, strict_fp32)
@@ -474,9 +484,17 @@ def stats_cmd(
     if force:
         cache.path(key).with_suffix(".json").unlink(missing_ok=True)
     if ref is None:
-        ref = dataset_reference(
-            ext, data, dataset, split, batch_size=batch_size, num_features=num_features, cache=cache
-        )
+        with counting(f"{dataset} {split} features", len(data)) as advance:
+            ref = dataset_reference(
+                ext,
+                data,
+                dataset,
+                split,
+                batch_size=batch_size,
+                num_features=num_features,
+                cache=cache,
+                on_batch=advance,
+            )
     if out is not None:
         ref.save(out)
     state = "cached" if cached else "computed"

@@ -1,10 +1,12 @@
-"""Progress bars for long work (training, sampling, feature extraction), all alike."""
+"""Progress bars for long work (training, sampling, feature extraction), all alike, on
+stderr: stdout keeps only results, for pipes and scripts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
@@ -18,6 +20,7 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
         transient=False,
+        console=Console(stderr=True),
     )
 
 

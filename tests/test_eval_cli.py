@@ -135,6 +135,7 @@ def test_samples_npz_and_statistics_npz(cli, tmp_path: Path) -> None:
         run = cli("eval", str(real), str(fake_input), *common, "--metrics", "fid,is,kid,pr",
                   "--kid-subset-size", "40", "--out", str(out))  # fmt: skip
         assert run.code == 0, run.err
+        assert "REAL" in run.err and "60/60" in run.err and "50/50" in run.err  # progress
         results[name] = json.loads(out.read_text())["metrics"]
     assert results["npz"] == results["folder"]
     assert set(results["npz"]) == {"fid", "is", "kid", "pr"}
@@ -205,5 +206,6 @@ def test_eval_speed_can_time_the_forward_on_every_kth_batch(cli, tmp_path: Path)
     assert data["stream_images_per_s"] == pytest.approx(7 / data["stream_s"])
     assert data["protocol"]["num_samples"] == 7
     assert "on 4 images: 1 batch in 2" in result.out
+    assert "streaming path" in result.err and "7/7" in result.err  # the progress bar
     bad = cli(*args, "--forward-every", "0")
     assert bad.code == 2 and "--forward-every" in bad.err

@@ -138,6 +138,8 @@ def test_bench_stats_builds_then_finds_the_entry(cli, tmp_path: Path) -> None:
     assert first.code == 0, first.err
     assert first.out.startswith("computed: " + str(stats_cache_dir()))
     assert "digits test: 360 images, 64-d" in first.out and "50 feature vectors" in first.out
+    # The progress bar goes to stderr, leaving stdout to the results.
+    assert "digits test features" in first.err and "360/360" in first.err
     with np.load(tmp_path / "copy.npz") as data:
         assert set(data.files) == {"mu", "sigma", "features"}
         assert data["features"].shape == (50, 64)
