@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.errors import GenbenchError
-from benchmarks.fastpath import FastPaths
-from benchmarks.timing import SamplingTimer
+from genbench.benchmarks.fastpath import FastPaths
+from genbench.benchmarks.timing import SamplingTimer
+from genbench.core.errors import GenbenchError
 
 BASELINES: tuple[str, ...] = ("diffusers",)
 
@@ -50,7 +50,7 @@ def baseline_timer(
 ) -> tuple[SamplingTimer, str, int] | None:
     """A timer of the ``name`` baseline for ``case`` (not started): (timer, generator label,
     parameters), or None when the case has no such baseline."""
-    from benchmarks.speed import build_untrained
+    from genbench.benchmarks.speed import build_untrained
 
     if name not in BASELINES:
         raise GenbenchError(f"--baseline: unknown {name!r}; valid: {', '.join(BASELINES)}")

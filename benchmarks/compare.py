@@ -32,8 +32,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from benchmarks import store
-from benchmarks.errors import GenbenchError
+from genbench.core import io as store
+from genbench.core.errors import GenbenchError
 
 THRESHOLD = 0.10
 ALPHA = 0.002
@@ -284,13 +284,22 @@ def export_revision(repo: Path, sha: str, dest: Path) -> Path:
 
 # The worker must import only its revision's code. An editable install of genbench adds a
 # meta-path finder that would fill any module the revision lacks from the installed
-# checkout, so the bootstrap drops such finders before importing anything of ours.
+# checkout, so the bootstrap drops such finders before importing anything of ours. In a
+# checkout the design card's folders (benchmarks/, generators/, ...) sit beside genbench/;
+# appending the checkout to genbench.__path__ makes them its subpackages, as the installed
+# package-dir mapping does. Revisions from before the genbench package import the old names.
 _BOOTSTRAP = """\
+import os
 import sys
 sys.meta_path[:] = [
     f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")
 ]
-from benchmarks.speed import serve
+if os.path.isfile(os.path.join("genbench", "__init__.py")):
+    import genbench
+    genbench.__path__.append(os.getcwd())
+    from genbench.benchmarks.speed import serve
+else:
+    from benchmarks.speed import serve
 serve()
 """
 
@@ -371,6 +380,7 @@ def _missing_worker(log: str) -> bool:
         s in log
         for s in (
             "No module named 'benchmarks.speed'",
+            "No module named 'genbench.benchmarks.speed'",
             "cannot import name 'serve'",
             "No module named 'benchmarks'",
         )
@@ -532,7 +542,7 @@ def _session(
 
 def _pool(sessions: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One record per case with the raw samples of every session and summaries redone."""
-    from benchmarks.timing import summarize
+    from genbench.benchmarks.timing import summarize
 
     by_key: dict[tuple, dict[str, Any]] = {}
     for records in sessions:
@@ -549,7 +559,7 @@ def _pool(sessions: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def _protocol() -> int:
-    from benchmarks.speed import PROTOCOL
+    from genbench.benchmarks.speed import PROTOCOL
 
     return PROTOCOL
 

@@ -30,21 +30,21 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from benchmarks import store
-from benchmarks.datasets import get_dataset
-from benchmarks.ema import EMA, ema_beta
-from benchmarks.errors import CheckpointError, GenbenchError
-from benchmarks.fastpath import FastPaths
-from benchmarks.progress import counting, progress_bar
-from benchmarks.spec import IS_SPLITS, EvaluateSection, ResolvedModel, RunPlan
-from benchmarks.timing import SamplingTimer, sampling_timer
-from generators import GENERATORS, Batch, DataShape, Generator
+from genbench.benchmarks.ema import EMA, ema_beta
+from genbench.benchmarks.fastpath import FastPaths
+from genbench.benchmarks.spec import IS_SPLITS, EvaluateSection, ResolvedModel, RunPlan
+from genbench.benchmarks.timing import SamplingTimer, sampling_timer
+from genbench.core import io as store
+from genbench.core.errors import CheckpointError, GenbenchError
+from genbench.core.progress import counting, progress_bar
+from genbench.data.datasets import get_dataset
+from genbench.generators import GENERATORS, Batch, DataShape, Generator
 
 if TYPE_CHECKING:  # eval is imported lazily (see RunInputs)
-    from eval.evaluator import Evaluator
-    from eval.extractors import ExtractorOptions, FeatureExtractor
-    from eval.metrics import MetricOptions
-    from eval.reference import ReferenceStats
+    from genbench.eval.evaluator import Evaluator
+    from genbench.eval.extractors import ExtractorOptions, FeatureExtractor
+    from genbench.eval.metrics import MetricOptions
+    from genbench.eval.reference import ReferenceStats
 
 
 def resolve_device(name: str) -> torch.device:
@@ -306,7 +306,7 @@ class RunInputs:
     """
 
     def __init__(self, plan: RunPlan, device: torch.device) -> None:
-        from eval.extractors import load_extractor
+        from genbench.eval.extractors import load_extractor
 
         bench, evaluate = plan.benchmark, plan.evaluate
         self.dataset = get_dataset(bench.dataset)
@@ -343,7 +343,7 @@ class RunInputs:
         """Reference statistics (``eval.reference.ReferenceStats``), computed once and shared
         by every model: from the statistics cache when it holds them, else computed (and
         cached, unless ``evaluate.cache`` is off)."""
-        from eval.reference import StatsCache, dataset_reference
+        from genbench.eval.reference import StatsCache, dataset_reference
 
         evaluate = self.plan.evaluate
         with counting("reference statistics", len(self.reference)) as advance:
@@ -360,7 +360,7 @@ class RunInputs:
 
     def evaluator(self) -> Evaluator:
         """A fresh ``eval.evaluator.Evaluator`` for one model, set up from the spec."""
-        from eval.evaluator import Evaluator
+        from genbench.eval.evaluator import Evaluator
 
         evaluate = self.plan.evaluate
         return Evaluator(self.extractor, self.stats, evaluate.metrics, metric_options(evaluate))
@@ -368,14 +368,14 @@ class RunInputs:
 
 def extractor_options(evaluate: EvaluateSection) -> ExtractorOptions:
     """The spec's extractor settings as ``eval.extractors.ExtractorOptions``."""
-    from eval.extractors import ExtractorOptions
+    from genbench.eval.extractors import ExtractorOptions
 
     return ExtractorOptions(evaluate.dims, evaluate.resize, evaluate.quantize, evaluate.tf32)
 
 
 def metric_options(evaluate: EvaluateSection) -> MetricOptions:
     """The spec's metric settings as ``eval.metrics.MetricOptions``."""
-    from eval.metrics import MetricOptions
+    from genbench.eval.metrics import MetricOptions
 
     return MetricOptions(
         is_splits=IS_SPLITS,
@@ -388,7 +388,7 @@ def metric_options(evaluate: EvaluateSection) -> MetricOptions:
 
 def needs_features(evaluate: EvaluateSection) -> bool:
     """Whether a requested metric (KID, precision/recall) compares feature vectors."""
-    from eval.metrics import METRICS
+    from genbench.eval.metrics import METRICS
 
     return any(METRICS.get(name).needs_features for name in evaluate.metrics)
 
@@ -408,7 +408,7 @@ def check_evaluation(plan: RunPlan) -> None:
 
 def reference_from_file(evaluate: EvaluateSection, extractor: FeatureExtractor) -> ReferenceStats:
     """``evaluate.reference_stats`` read and checked against the extractor's feature size."""
-    from eval.reference import ReferenceStats
+    from genbench.eval.reference import ReferenceStats
 
     ref = ReferenceStats.from_npz(evaluate.reference_stats)
     if ref.dim != extractor.feature_dim:
@@ -517,7 +517,7 @@ def _finish_run(run_dir: Path, status: dict[str, Any]) -> None:
     """Mark the run complete, then write its reports (the speed history lives beside it)."""
     status.update(status="complete", finished=store.utc_now())
     store.write_json_atomic(run_dir / "run.json", status)
-    from reports.report import write_run_reports  # reads back only the files written above
+    from genbench.reports.report import write_run_reports  # reads back only the files written above
 
     write_run_reports(run_dir, run_dir.parent / "speed_history.jsonl")
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from benchmarks.errors import SpecError
+from genbench.core.errors import SpecError
 
 SPECS_DIR = Path(__file__).parent / "specs"
 IS_SPLITS = 10  # the Inception Score's splits (Salimans et al. 2016), fixed by the protocol
@@ -103,8 +103,8 @@ class EvaluateSection(StrictModel):
     @model_validator(mode="after")
     def _extractor_options(self) -> EvaluateSection:
         """Fill in the extractor's default dims and resize; reject ones it does not offer."""
-        from benchmarks.errors import GenbenchError
-        from eval.extractors import EXTRACTORS, ExtractorOptions
+        from genbench.core.errors import GenbenchError
+        from genbench.eval.extractors import EXTRACTORS, ExtractorOptions
 
         if self.extractor not in EXTRACTORS:
             return self  # resolve() reports it with the valid choices
@@ -334,10 +334,10 @@ def _train_steps(train: TrainSection, dataset_size: int) -> TrainSection:
 
 def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunPlan:
     """Validate every name and config, merge overrides; raise ``SpecError`` on any problem."""
-    from benchmarks.datasets import DATASETS
-    from eval.extractors import EXTRACTORS
-    from eval.metrics import METRICS
-    from generators import GENERATORS
+    from genbench.data.datasets import DATASETS
+    from genbench.eval.extractors import EXTRACTORS
+    from genbench.eval.metrics import METRICS
+    from genbench.generators import GENERATORS
 
     ov = overrides or Overrides()
     bench = spec.benchmark.model_copy(

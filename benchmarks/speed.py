@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from benchmarks import store
-from benchmarks.errors import GenbenchError
-from benchmarks.fastpath import FastPaths
-from benchmarks.spec import ResolvedModel, RunPlan
-from benchmarks.timing import SamplingTimer
+from genbench.benchmarks.fastpath import FastPaths
+from genbench.benchmarks.spec import ResolvedModel, RunPlan
+from genbench.benchmarks.timing import SamplingTimer
+from genbench.core import io as store
+from genbench.core.errors import GenbenchError
 
 WEIGHTS = "untrained"
 WEIGHTS_NOTE = "untrained weights: sampling speed does not depend on the weights' values"
@@ -142,9 +142,9 @@ def case_plan(plan: RunPlan, case: SpeedCase, settings: SpeedSettings) -> RunPla
 
 def build_untrained(plan: RunPlan, case: SpeedCase, device: torch.device) -> Any:
     """A freshly initialised generator for ``case`` (seeded like ``bench run``)."""
-    from benchmarks.datasets import get_dataset
-    from benchmarks.runner import build_generator
-    from generators import DataShape
+    from genbench.benchmarks.runner import build_generator
+    from genbench.data.datasets import get_dataset
+    from genbench.generators import DataShape
 
     info = get_dataset(plan.benchmark.dataset).info
     shape = DataShape(info.channels, info.image_size, info.num_classes)
@@ -202,7 +202,7 @@ def case_timer(
     plan: RunPlan, case: SpeedCase, settings: SpeedSettings, device: torch.device
 ) -> tuple[SamplingTimer, Any]:
     """(timer, generator) for ``case``, through ``runner.speed_timer`` (not started)."""
-    from benchmarks.runner import speed_timer
+    from genbench.benchmarks.runner import speed_timer
 
     gen = build_untrained(plan, case, device)
     _check_steps(gen, case)
@@ -219,7 +219,7 @@ def run_speed(
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Measure every case; write ``speed.json`` (after each case) and append the history."""
-    from benchmarks.runner import resolve_device
+    from genbench.benchmarks.runner import resolve_device
 
     device = resolve_device(plan.benchmark.device)
     settings = resolved_settings(plan, settings)
@@ -249,7 +249,7 @@ def run_speed(
     for case in cases:
         measured = None
         if baseline is not None:
-            from benchmarks.baselines import baseline_timer
+            from genbench.benchmarks.baselines import baseline_timer
 
             measured = baseline_timer(baseline, plan, case, device)
         timer, gen = case_timer(plan, case, settings, device)
@@ -389,8 +389,8 @@ class _Worker:
     def setup(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Build and warm up every case; a model this revision cannot resolve or build
         (say, a generator it does not have yet) is reported under "skipped"."""
-        from benchmarks.runner import resolve_device
-        from benchmarks.spec import Overrides, load_spec, resolve
+        from genbench.benchmarks.runner import resolve_device
+        from genbench.benchmarks.spec import Overrides, load_spec, resolve
 
         spec, source = load_spec(msg["spec"])
         fast = FastPaths(**msg["fast"])

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.fastpath import FastPaths, prepare_sampler
+from genbench.benchmarks.fastpath import FastPaths, prepare_sampler
 
 
 @dataclass
@@ -161,7 +161,7 @@ class SamplingTimer:
         (None, None) when the sampler draws no seeded noise. Synchronising around each draw
         removes the CPU/GPU overlap of that call, so the share is an upper estimate.
         """
-        from generators.base import _NOISE_CLOCK
+        from genbench.generators.base import _NOISE_CLOCK
 
         spent: list[float] = []
 

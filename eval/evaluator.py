@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.errors import GenbenchError
-from eval.extractors import FeatureExtractor
-from eval.metrics import (
+from genbench.core.errors import GenbenchError
+from genbench.eval.extractors import FeatureExtractor
+from genbench.eval.metrics import (
     METRICS,
     Metric,
     MetricInputs,
@@ -24,8 +24,8 @@ from eval.metrics import (
     ReferenceInputs,
     kid_subset_size,
 )
-from eval.reference import ReferenceStats, accumulate
-from eval.stats import FeatureStats, FeatureStore, LogitStore
+from genbench.eval.reference import ReferenceStats, accumulate
+from genbench.eval.stats import FeatureStats, FeatureStore, LogitStore
 
 Reference = ReferenceStats | FeatureStats | tuple[np.ndarray, np.ndarray]
 """Real images' statistics: ``ReferenceStats`` (moments, count, maybe feature vectors and

@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from benchmarks.errors import GenbenchError
-from benchmarks.registry import Registry
-from eval.digits_net import DIGITS_WEIGHTS, DigitsNet
-from eval.inception import BLOCK_INDEX_BY_DIM, InceptionWeights, load_fid_inception
+from genbench.core.errors import GenbenchError
+from genbench.core.registry import Registry
+from genbench.eval.digits_net import DIGITS_WEIGHTS, DigitsNet
+from genbench.eval.inception import BLOCK_INDEX_BY_DIM, InceptionWeights, load_fid_inception
 
 DIGITS_WEIGHTS_SHA256 = "42eba43a13dfa23c1fcc064eb3de007c2c1ce4ce2878b5e670cd41348313e477"
 """sha256 of the shipped ``eval/weights/digits_cnn.safetensors``."""

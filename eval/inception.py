@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.download import check_host_resolves, one_line, socket_timeout
-from benchmarks.errors import GenbenchError
+from genbench.core.download import check_host_resolves, one_line, socket_timeout
+from genbench.core.errors import GenbenchError
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 """pytorch-fid's weights file name; torch hub names carry the first hex digits of the sha256."""

@@ -18,9 +18,9 @@ import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from scipy.special import logsumexp
 
-from benchmarks.errors import GenbenchError
-from benchmarks.registry import Registry
-from eval.stats import FeatureStats, FeatureStore, LogitStore
+from genbench.core.errors import GenbenchError
+from genbench.core.registry import Registry
+from genbench.eval.stats import FeatureStats, FeatureStore, LogitStore
 
 KID_SEED = 2020
 """Seed of the KID subset draws: torch-fidelity's default, so both give the same value on the

@@ -30,11 +30,11 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from benchmarks import store
-from benchmarks.errors import GenbenchError
-from eval.extractors import FeatureExtractor
-from eval.metrics import ReferenceInputs
-from eval.stats import FeatureStats, FeatureStore, save_npz, stats_sha256
+from genbench.core import io as store
+from genbench.core.errors import GenbenchError
+from genbench.eval.extractors import FeatureExtractor
+from genbench.eval.metrics import ReferenceInputs
+from genbench.eval.stats import FeatureStats, FeatureStore, save_npz, stats_sha256
 
 CACHE_ENV = "BENCH_CACHE_DIR"
 """Environment variable naming genbench's cache directory (statistics go in its ``stats/``)."""

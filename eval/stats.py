@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.errors import GenbenchError
-from benchmarks.store import write_with_atomic
+from genbench.core.errors import GenbenchError
+from genbench.core.io import write_with_atomic
 
 
 class FeatureStats:

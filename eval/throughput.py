@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 
-from benchmarks.timing import time_call
-from eval.evaluator import Evaluator
-from eval.extractors import FeatureExtractor, float32_precision
+from genbench.benchmarks.timing import time_call
+from genbench.eval.evaluator import Evaluator
+from genbench.eval.extractors import FeatureExtractor, float32_precision
 
 
 def _batch_sizes(num_images: int, batch_size: int) -> list[int]:

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from benchmarks.datasets import Digits
-from benchmarks.store import write_with_atomic
-from eval.digits_net import DIGITS_WEIGHTS, DigitsNet
+from genbench.core.io import write_with_atomic
+from genbench.data.datasets import Digits
+from genbench.eval.digits_net import DIGITS_WEIGHTS, DigitsNet
 
 SEED = 0
 EPOCHS = 40

@@ -1,12 +1,12 @@
 """Plugin generators. Importing this package registers every built-in generator."""
 
-from generators import (
+from genbench.generators import (
     dcgan,  # noqa: F401  (registers "dcgan" / "gan")
     ddgan,  # noqa: F401  (registers "ddgan")
     ddpm,  # noqa: F401  (registers "ddpm")
     edm,  # noqa: F401  (registers "edm")
     vdpm,  # noqa: F401  (registers "vdpm")
 )
-from generators.base import GENERATORS, Batch, DataShape, Generator, GeneratorConfig
+from genbench.generators.base import GENERATORS, Batch, DataShape, Generator, GeneratorConfig
 
 __all__ = ["GENERATORS", "Batch", "DataShape", "Generator", "GeneratorConfig"]

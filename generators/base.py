@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from benchmarks.registry import Registry
+from genbench.core.registry import Registry
 
 
 class GeneratorConfig(BaseModel):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from generators.base import (
+from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from generators.base import (
+from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
@@ -37,7 +37,7 @@ from generators.base import (
     gradient_sync,
     seeded_randn,
 )
-from generators.ddgan_nets import DDGANDiscriminatorNet, DDGANGeneratorNet, norm_groups
+from genbench.generators.ddgan_nets import DDGANDiscriminatorNet, DDGANGeneratorNet, norm_groups
 
 
 class DDGANConfig(GeneratorConfig):

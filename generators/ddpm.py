@@ -26,8 +26,8 @@ from diffusers import UNet2DModel
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from benchmarks.errors import CheckpointError, SpecError
-from generators.base import (
+from genbench.core.errors import CheckpointError, SpecError
+from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
@@ -39,15 +39,15 @@ from generators.base import (
     seeded_randn,
     set_warmup_lr,
 )
-from generators.diffusion import (
+from genbench.generators.diffusion import (
     TIMESTEP_SAMPLERS,
     GaussianDiffusion,
     SamplingPlan,
     mean_flat,
     parse_steps,
 )
-from generators.guidance import drop_labels, guide, net_labels
-from generators.unet import build_unet, unet_apply
+from genbench.generators.guidance import drop_labels, guide, net_labels
+from genbench.generators.unet import build_unet, unet_apply
 
 #: Backbone fields that a ``pretrained`` directory supplies instead.
 BACKBONE_FIELDS = (

@@ -34,7 +34,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from generators.base import (
+from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
@@ -44,8 +44,8 @@ from generators.base import (
     gradient_sync,
     seeded_randn,
 )
-from generators.guidance import drop_labels, guide, net_labels
-from generators.unet import build_unet, unet_apply
+from genbench.generators.guidance import drop_labels, guide, net_labels
+from genbench.generators.unet import build_unet, unet_apply
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 """D(x, sigma): the denoised estimate of x (N, ...) at noise level sigma."""

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from generators.base import (
+from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
@@ -77,8 +77,8 @@ from generators.base import (
     seeded_randn,
     set_warmup_lr,
 )
-from generators.guidance import drop_labels, guide, net_labels
-from generators.unet import build_unet, unet_apply
+from genbench.generators.guidance import drop_labels, guide, net_labels
+from genbench.generators.unet import build_unet, unet_apply
 
 Tensor = torch.Tensor
 Schedule = Callable[[Tensor], Tensor]

@@ -14,8 +14,8 @@ import hashlib
 from importlib import resources
 from typing import Any
 
-from reports.markdown import DIGITS_NOTE, READING_GUIDE
-from reports.tables import Cell, Report, Table, flatten, run_summary
+from genbench.reports.markdown import DIGITS_NOTE, READING_GUIDE
+from genbench.reports.tables import Cell, Report, Table, flatten, run_summary
 
 SORT_SCRIPT = """
 document.querySelectorAll("table.sortable").forEach(function (table) {
@@ -118,7 +118,7 @@ def render_html(report: Report) -> str:
     import jinja2
     import markupsafe
 
-    from reports.plots import Plot, all_plots
+    from genbench.reports.plots import Plot, all_plots
 
     figures = all_plots(report)
     template_text = (resources.files("reports") / "templates" / "report.html.j2").read_text(

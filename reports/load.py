@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.errors import GenbenchError
+from genbench.core.errors import GenbenchError
 
 
 @dataclass

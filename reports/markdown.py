@@ -6,7 +6,7 @@ requests and papers, so it is text only.
 
 from __future__ import annotations
 
-from reports.tables import Cell, Report, Table, run_summary
+from genbench.reports.tables import Cell, Report, Table, run_summary
 
 READING_GUIDE = (
     "Each row is one model of one run. FID and KID compare generated images with real "

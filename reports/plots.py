@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reports import fmt
-from reports.load import ModelResult
-from reports.published import matched
-from reports.tables import Report, protocol_setting, speed_setting, timing_setting
+from genbench.reports import fmt
+from genbench.reports.load import ModelResult
+from genbench.reports.published import matched
+from genbench.reports.tables import Report, protocol_setting, speed_setting, timing_setting
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any colour vision.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from benchmarks.errors import GenbenchError
-from reports import fmt
-from reports.load import ModelResult
-from reports.tables import Cell, Column, Table
+from genbench.core.errors import GenbenchError
+from genbench.reports import fmt
+from genbench.reports.load import ModelResult
+from genbench.reports.tables import Cell, Column, Table
 
 
 class PublishedProtocol(BaseModel):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from benchmarks import store
-from benchmarks.errors import GenbenchError
-from reports.load import ReportInputs, load_inputs
-from reports.published import PublishedFigure, load_published, published_table
-from reports.tables import (
+from genbench.core import io as store
+from genbench.core.errors import GenbenchError
+from genbench.reports.load import ReportInputs, load_inputs
+from genbench.reports.published import PublishedFigure, load_published, published_table
+from genbench.reports.tables import (
     Groups,
     Report,
     model_labels,
@@ -55,8 +55,8 @@ def write_run_reports(run_dir: Path, history: Path | None = None) -> tuple[Path,
     ``history`` is used when the file exists. An unreadable history file only removes the
     history plot (the report says why): it must not fail a run that has finished.
     """
-    from reports.html import render_html
-    from reports.markdown import markdown_report
+    from genbench.reports.html import render_html
+    from genbench.reports.markdown import markdown_report
 
     history = history if history is not None and Path(history).is_file() else None
     inputs = load_inputs([run_dir])
@@ -117,8 +117,8 @@ def emit_report(
     Every input is read and every output path checked before the first file is written,
     so a bad argument never leaves a half-written report behind.
     """
-    from reports.html import render_html
-    from reports.markdown import markdown_report
+    from genbench.reports.html import render_html
+    from genbench.reports.markdown import markdown_report
 
     targets = output_paths(fmt, out)
     report = load_report(paths, resolve_history(history))

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reports import fmt
-from reports.load import ModelResult, ReportInputs, RunInfo
+from genbench.reports import fmt
+from genbench.reports.load import ModelResult, ReportInputs, RunInfo
 
 # Protocol keys that identify *which* images were drawn, not *how* they were measured:
 # runs that differ only in these are comparable (and repeats of one another).

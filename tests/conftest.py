@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import main
+from genbench.cli import main
 
 
 @dataclass

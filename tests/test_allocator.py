@@ -1,4 +1,4 @@
-"""``benchmarks.allocator``: a CPU forward loop reuses freed activations instead of
+"""``genbench.core.allocator``: a CPU forward loop reuses freed activations instead of
 page-faulting them in again at every pass."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 SCRIPT = """
 import resource, sys
 import torch
-from benchmarks.allocator import keep_freed_memory
+from genbench.core.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "1" else False
 torch.manual_seed(0)
 net = torch.nn.Sequential(
@@ -51,7 +51,7 @@ def test_forward_passes_reuse_freed_activations() -> None:
 
 
 def test_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks.allocator import ENV, keep_freed_memory
+    from genbench.core.allocator import ENV, keep_freed_memory
 
     monkeypatch.setenv(ENV, "0")
     assert keep_freed_memory() is False

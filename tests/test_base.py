@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from generators import Batch
-from generators.base import gradient_sync
-from generators.unet import build_unet, unet_apply
+from genbench.generators import Batch
+from genbench.generators.base import gradient_sync
+from genbench.generators.unet import build_unet, unet_apply
 
 
 def test_batch_split_covers_the_batch_in_order():
@@ -106,7 +106,7 @@ def test_unet_builder_rejects_impossible_layouts(kwargs, match):
 
 
 def test_eval_mode_restores_each_modules_own_mode_even_after_an_error():
-    from generators.base import eval_mode
+    from genbench.generators.base import eval_mode
 
     training, frozen = torch.nn.Dropout(0.5), torch.nn.Dropout(0.5).eval()
     with eval_mode(training, frozen):
@@ -118,7 +118,7 @@ def test_eval_mode_restores_each_modules_own_mode_even_after_an_error():
 
 
 def test_random_hflip_mirrors_each_image_by_its_own_draw():
-    from generators.base import random_hflip
+    from genbench.generators.base import random_hflip
 
     images = torch.arange(6 * 1 * 2 * 3, dtype=torch.float32).view(6, 1, 2, 3)
     torch.manual_seed(1)

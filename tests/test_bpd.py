@@ -7,9 +7,9 @@ import math
 import torch
 from torch.utils.data import TensorDataset
 
-from benchmarks.runner import bits_per_dim, has_likelihood
-from generators import GENERATORS, DataShape
-from generators.dcgan import DCGAN
+from genbench.benchmarks.runner import bits_per_dim, has_likelihood
+from genbench.generators import GENERATORS, DataShape
+from genbench.generators.dcgan import DCGAN
 
 
 class _MeanPixelLikelihood(DCGAN):

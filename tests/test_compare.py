@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.compare import (
+from genbench.benchmarks.compare import (
     REPEATS,
     compare_records,
     compare_samples,
@@ -18,7 +18,7 @@ from benchmarks.compare import (
     default_base,
     load_results,
 )
-from benchmarks.errors import GenbenchError
+from genbench.core.errors import GenbenchError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -218,7 +218,7 @@ def test_compare_revisions_end_to_end(cli, tmp_path, tiny_spec, monkeypatch):
     fails with exit 1, and the same code compares as nothing."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for pkg in ("benchmarks", "generators", "eval"):
+    for pkg in ("genbench", "benchmarks", "generators", "eval", "reports", "vendor"):
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     git(repo, "init", "-q", "-b", "main")
     speed_py = (repo / "benchmarks" / "speed.py").read_text()
@@ -263,7 +263,7 @@ def test_compare_revisions_end_to_end(cli, tmp_path, tiny_spec, monkeypatch):
 def test_worker_reports_only_the_cases_both_revisions_timed(tiny_spec):
     """A model one revision lacks (say, a generator new in head) is never timed by the
     driver; the other worker must still finish and report only its timed cases."""
-    from benchmarks.speed import _Worker
+    from genbench.benchmarks.speed import _Worker
 
     extra = '\n[models.other]\ngenerator = "dcgan"\nconfig = { ngf = 4, ndf = 4, nz = 8 }\n'
     worker = _Worker()

@@ -12,9 +12,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from benchmarks.datasets import Digits
-from benchmarks.spec import Overrides, load_spec, resolve
-from generators import GENERATORS, Batch, DataShape
+from genbench.benchmarks.spec import Overrides, load_spec, resolve
+from genbench.data.datasets import Digits
+from genbench.generators import GENERATORS, Batch, DataShape
 
 SHAPE = DataShape(channels=1, image_size=16, num_classes=10)
 
@@ -101,7 +101,7 @@ def test_state_dict_round_trip_reproduces_samples(name):
 
 
 def test_checkpoint_file_round_trip(name, tmp_path):
-    from benchmarks.runner import load_checkpoint, save_checkpoint
+    from genbench.benchmarks.runner import load_checkpoint, save_checkpoint
 
     gen = _make(name, seed=0)
     gen.train_step(_batch())

@@ -24,8 +24,9 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10
 
-from benchmarks import datasets
-from benchmarks.datasets import (
+from genbench.core.errors import DatasetError
+from genbench.data import datasets
+from genbench.data.datasets import (
     DATASETS,
     Cifar10,
     Digits,
@@ -34,7 +35,6 @@ from benchmarks.datasets import (
     get_dataset,
     resolve_data_root,
 )
-from benchmarks.errors import DatasetError
 
 # ---------------------------------------------------------------------------- registry
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from generators import GENERATORS, DataShape
-from generators.dcgan import DCGAN, DCGANConfig
+from genbench.generators import GENERATORS, DataShape
+from genbench.generators.dcgan import DCGAN, DCGANConfig
 
 
 @pytest.mark.parametrize(("size", "ups"), [(16, 2), (32, 3), (64, 4)])

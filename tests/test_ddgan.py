@@ -9,9 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from benchmarks.datasets import Digits
-from generators import GENERATORS, Batch, DataShape
-from generators.ddgan import DDGAN, DDGANConfig, VPSchedule, group_slices
+from genbench.data.datasets import Digits
+from genbench.generators import GENERATORS, Batch, DataShape
+from genbench.generators.ddgan import DDGAN, DDGANConfig, VPSchedule, group_slices
 
 CPU = torch.device("cpu")
 SHAPE = DataShape(channels=1, image_size=8, num_classes=10)  # digits at 8x8: fast tests
@@ -167,7 +167,7 @@ def test_r1_step_adds_exactly_the_penalty_gradient():
 
 
 def test_lazy_r1_runs_every_lazy_reg_updates_and_only_the_last_micro_batch_syncs(monkeypatch):
-    import generators.ddgan as ddgan_module
+    import genbench.generators.ddgan as ddgan_module
 
     calls: list[tuple[str, bool]] = []
     real_sync = ddgan_module.gradient_sync

@@ -11,10 +11,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from pydantic import ValidationError
 
-from benchmarks.errors import CheckpointError, SpecError
-from generators import GENERATORS, Batch, DataShape
-from generators.ddpm import DDPM, DDPMConfig
-from generators.diffusion import (
+from genbench.core.errors import CheckpointError, SpecError
+from genbench.generators import GENERATORS, Batch, DataShape
+from genbench.generators.ddpm import DDPM, DDPMConfig
+from genbench.generators.diffusion import (
     GaussianDiffusion,
     LossAwareTimesteps,
     discretized_gaussian_log_likelihood,
@@ -22,8 +22,8 @@ from generators.diffusion import (
     normal_kl,
     parse_steps,
 )
-from generators.guidance import guide
-from generators.unet import build_unet
+from genbench.generators.guidance import guide
+from genbench.generators.unet import build_unet
 
 CPU = torch.device("cpu")
 DIGITS = DataShape(channels=1, image_size=16, num_classes=10)
@@ -334,7 +334,7 @@ def test_loss_aware_sampler_is_uniform_then_importance_weighted():
 
 
 def test_grad_accumulation_syncs_on_the_last_micro_batch_only(monkeypatch):
-    import generators.ddpm as module
+    import genbench.generators.ddpm as module
 
     calls = []
     real = module.gradient_sync
@@ -367,7 +367,7 @@ def test_nfe_counts_steps_and_guidance_doubles_it(steps, count):
 
 
 def test_sample_takes_int_and_string_steps_and_ddim_eta_zero_is_deterministic(monkeypatch):
-    import generators.ddpm as module
+    import genbench.generators.ddpm as module
 
     gen = _tiny()
     torch.testing.assert_close(gen.sample([1, 2], steps=10), gen.sample([1, 2], steps="10"))
@@ -598,8 +598,8 @@ def test_registered_as_ddpm():
 def test_smoke_ddpm_trained_fid_at_most_half_of_untrained(tmp_path):
     """The acceptance claim on the shipped smoke settings, shortened: half the training
     steps and samples, one timed sampling call and no bits/dim pass."""
-    from benchmarks.runner import run
-    from benchmarks.spec import Overrides, load_spec, resolve
+    from genbench.benchmarks.runner import run
+    from genbench.benchmarks.spec import Overrides, load_spec, resolve
 
     spec, source = load_spec("smoke")
     fid = {}

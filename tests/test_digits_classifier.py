@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.datasets import Digits
-from eval.digits_net import DIGITS_WEIGHTS, DigitsNet
-from eval.extractors import DIGITS_WEIGHTS_SHA256, file_sha256, load_extractor, quantize
-from eval.train_digits_classifier import accuracy, random_shift, train
+from genbench.data.datasets import Digits
+from genbench.eval.digits_net import DIGITS_WEIGHTS, DigitsNet
+from genbench.eval.extractors import DIGITS_WEIGHTS_SHA256, file_sha256, load_extractor, quantize
+from genbench.eval.train_digits_classifier import accuracy, random_shift, train
 
 
 def test_shipped_weights_are_pinned_and_small() -> None:

@@ -12,8 +12,8 @@ import torch
 from diffusers import EDMEulerScheduler
 from pydantic import ValidationError
 
-from generators import GENERATORS, Batch, DataShape
-from generators.edm import (
+from genbench.generators import GENERATORS, Batch, DataShape
+from genbench.generators.edm import (
     EDM,
     PRECONDITIONINGS,
     Churn,

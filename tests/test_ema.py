@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.ema import EMA, ema_beta
+from genbench.benchmarks.ema import EMA, ema_beta
 
 
 def test_beta_from_fixed_decay_and_halflife():
@@ -41,7 +41,7 @@ def test_ema_averages_parameters_and_copies_integer_buffers():
 
 
 def test_spec_rejects_two_ema_rules():
-    from benchmarks.spec import TrainSection
+    from genbench.benchmarks.spec import TrainSection
 
     with pytest.raises(ValueError, match="not both"):
         TrainSection(ema_decay=0.9, ema_halflife_kimg=1.0)
@@ -52,10 +52,10 @@ def test_spec_rejects_two_ema_rules():
 
 def test_training_loop_samples_with_the_average(tmp_path):
     """With EMA on, the networks hold the average of the trajectory after training."""
-    from benchmarks.datasets import Digits
-    from benchmarks.runner import train
-    from benchmarks.spec import Overrides, load_spec, resolve
-    from generators import GENERATORS, Batch, DataShape
+    from genbench.benchmarks.runner import train
+    from genbench.benchmarks.spec import Overrides, load_spec, resolve
+    from genbench.data.datasets import Digits
+    from genbench.generators import GENERATORS, Batch, DataShape
 
     spec, source = load_spec("smoke")
     plan = resolve(spec, source, Overrides(models=["dcgan"], train_steps=3))

@@ -15,10 +15,10 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 from torchvision.utils import save_image
 
-from benchmarks.datasets import Digits
-from benchmarks.errors import GenbenchError
-from eval.evaluator import Evaluator, reference_stats
-from eval.extractors import (
+from genbench.core.errors import GenbenchError
+from genbench.data.datasets import Digits
+from genbench.eval.evaluator import Evaluator, reference_stats
+from genbench.eval.extractors import (
     DIGITS_WEIGHTS_SHA256,
     EXTRACTORS,
     ExtractorOptions,
@@ -27,7 +27,7 @@ from eval.extractors import (
     load_extractor,
     quantize,
 )
-from eval.metrics import (
+from genbench.eval.metrics import (
     METRICS,
     MetricOptions,
     frechet_distance,
@@ -35,8 +35,8 @@ from eval.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from eval.reference import ReferenceStats, accumulate
-from eval.stats import FeatureStats, FeatureStore, LogitStore
+from genbench.eval.reference import ReferenceStats, accumulate
+from genbench.eval.stats import FeatureStats, FeatureStore, LogitStore
 
 
 @pytest.fixture(scope="module")

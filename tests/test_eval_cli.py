@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from pytorch_fid import fid_score
 from torchvision.utils import save_image
 
-from benchmarks.commands_eval import open_input
-from eval.extractors import load_extractor
-from eval.inception import FID_WEIGHTS_NAME, WEIGHTS_ENV, random_state_dict
-from eval.reference import accumulate
+from genbench.cli.evaluate import open_input
+from genbench.eval.extractors import load_extractor
+from genbench.eval.inception import FID_WEIGHTS_NAME, WEIGHTS_ENV, random_state_dict
+from genbench.eval.reference import accumulate
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_missing_weights_offline_fails_fast_naming_both_options(
 ) -> None:
     import socket
 
-    import eval.inception
+    import genbench.eval.inception
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
@@ -107,7 +107,7 @@ def test_missing_weights_offline_fails_fast_naming_both_options(
     with socket.socket() as s:  # a port nothing listens on: the network is unreachable
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/{FID_WEIGHTS_NAME}"
-    monkeypatch.setattr(eval.inception, "_fid_weights_url", lambda: url)
+    monkeypatch.setattr(genbench.eval.inception, "_fid_weights_url", lambda: url)
     start = time.perf_counter()
     result = cli("eval", *map(str, folders), "--device", "cpu", "--out", str(tmp_path / "x.json"))
     assert time.perf_counter() - start < 10

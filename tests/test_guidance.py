@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from generators.guidance import drop_labels, guide, net_labels
+from genbench.generators.guidance import drop_labels, guide, net_labels
 
 
 def test_guide_is_ho_salimans_and_edm_scale_is_w_plus_one():

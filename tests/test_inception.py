@@ -24,9 +24,9 @@ from cleanfid.resize import build_resizer
 from pytorch_fid import inception as pytorch_fid_inception
 from torch import nn
 
-from benchmarks.errors import GenbenchError
-from eval.evaluator import Evaluator
-from eval.extractors import (
+from genbench.core.errors import GenbenchError
+from genbench.eval.evaluator import Evaluator
+from genbench.eval.extractors import (
     EXTRACTORS,
     ExtractorLoader,
     ExtractorOptions,
@@ -34,14 +34,14 @@ from eval.extractors import (
     file_sha256,
     load_extractor,
 )
-from eval.inception import (
+from genbench.eval.inception import (
     FID_WEIGHTS_NAME,
     WEIGHTS_ENV,
     FIDInception,
     InceptionWeights,
     random_state_dict,
 )
-from eval.reference import ReferenceStats, accumulate
+from genbench.eval.reference import ReferenceStats, accumulate
 
 FIXES = ("--inception-weights", WEIGHTS_ENV)
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")

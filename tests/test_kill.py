@@ -52,7 +52,7 @@ def _check_every_file(root: Path) -> int:
 def _kill_when(spec: Path, out: Path, trigger: str | None, delay: float) -> None:
     """Start a run; SIGKILL it ``delay`` s after file ``trigger`` appears (or after start)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.cli", "run", str(spec), "--out", str(out)],
+        [sys.executable, "-m", "genbench", "run", str(spec), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from generators.base import _mix32, seeded_randn
+from genbench.generators.base import _mix32, seeded_randn
 
 CPU = torch.device("cpu")
 

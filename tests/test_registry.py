@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.registry import Registry, UnknownNameError
+from genbench.core.registry import Registry, UnknownNameError
 
 
 class Base:
@@ -58,7 +58,7 @@ def test_unknown_name_lists_choices():
 
 
 def test_builtin_registries_feed_bench_list(cli):
-    from generators import GENERATORS
+    from genbench.generators import GENERATORS
 
     result = cli("list")
     assert result.code == 0

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from benchmarks.errors import GenbenchError
-from reports import fmt
-from reports.plots import pareto_front, speed_options, tex_safe
-from reports.published import load_published
-from reports.report import emit_report, load_report, write_run_reports
+from genbench.core.errors import GenbenchError
+from genbench.reports import fmt
+from genbench.reports.plots import pareto_front, speed_options, tex_safe
+from genbench.reports.published import load_published
+from genbench.reports.report import emit_report, load_report, write_run_reports
 
 DIGITS_PROTOCOL = {
     "extractor": "digits_cnn",
@@ -170,7 +170,7 @@ def two_protocols(tmp_path: Path) -> list[Path]:
 
 def test_markdown_table_has_every_column_with_sensible_precision(two_protocols):
     md = load_report(two_protocols)
-    from reports.markdown import markdown_report
+    from genbench.reports.markdown import markdown_report
 
     text = markdown_report(md)
     assert header(text) == [
@@ -386,7 +386,7 @@ def test_html_escapes_every_user_string_and_fetches_nothing(tmp_path):
 
 
 def test_html_has_sortable_tables_plots_and_sample_grids(two_protocols):
-    from reports.html import render_html
+    from genbench.reports.html import render_html
 
     html = render_html(load_report(two_protocols))
     assert html.count('<table class="sortable">') == 1  # results (no repeats, no published)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from reports.report import emit_report
+from genbench.reports.report import emit_report
 from tests.test_report import DIGITS_PROTOCOL, model_files, write_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

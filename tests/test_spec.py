@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.errors import SpecError
-from benchmarks.spec import Overrides, available_specs, load_spec, resolve
-from generators import GENERATORS
+from genbench.benchmarks.spec import Overrides, available_specs, load_spec, resolve
+from genbench.core.errors import SpecError
+from genbench.generators import GENERATORS
 
 
 def _plan(name: str, **ov):
@@ -20,7 +20,7 @@ def _plan(name: str, **ov):
 def test_shipped_specs_resolve():
     assert {"smoke", "cifar10"} <= set(available_specs())
     smoke = _plan("smoke")
-    from generators import GENERATORS
+    from genbench.generators import GENERATORS
 
     # smoke runs every registered generator
     assert {m.generator for m in smoke.models.values()} == set(GENERATORS.names())

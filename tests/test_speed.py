@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.errors import GenbenchError
-from benchmarks.fastpath import FastPaths, prepare_sampler
-from benchmarks.runner import _labels
-from benchmarks.spec import Overrides, load_spec, resolve
-from benchmarks.speed import machine_id
-from benchmarks.timing import SamplingTimer
-from generators import GENERATORS, DataShape
+from genbench.benchmarks.fastpath import FastPaths, prepare_sampler
+from genbench.benchmarks.runner import _labels
+from genbench.benchmarks.spec import Overrides, load_spec, resolve
+from genbench.benchmarks.speed import machine_id
+from genbench.benchmarks.timing import SamplingTimer
+from genbench.core.errors import GenbenchError
+from genbench.generators import GENERATORS, DataShape
 
 SHAPE = DataShape(channels=1, image_size=16, num_classes=10)
 SMOKE = {m.generator: m for m in resolve(*load_spec("smoke"), Overrides()).models.values()}
@@ -260,7 +260,7 @@ needs_unet = pytest.mark.skipif("ddpm" not in GENERATORS, reason="needs the ddpm
 @needs_unet
 def test_diffusers_baseline_is_measured_side_by_side(cli, tmp_path, monkeypatch):
     """Baseline and ours are timed call by call in alternation (A B, B A, ...)."""
-    from benchmarks.timing import SamplingTimer
+    from genbench.benchmarks.timing import SamplingTimer
 
     calls: list[int] = []
     real_repeat = SamplingTimer.repeat

@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 from pytorch_fid.fid_score import compute_statistics_of_path
 
-import eval.reference
-from benchmarks.datasets import Digits
-from benchmarks.errors import SpecError
-from benchmarks.spec import Overrides, load_spec, resolve
-from eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
-from eval.reference import CACHE_ENV, StatsCache, cache_key, dataset_reference, stats_cache_dir
+import genbench.eval.reference
+from genbench.benchmarks.spec import Overrides, load_spec, resolve
+from genbench.core.errors import SpecError
+from genbench.data.datasets import Digits
+from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
+from genbench.eval.reference import (
+    CACHE_ENV,
+    StatsCache,
+    cache_key,
+    dataset_reference,
+    stats_cache_dir,
+)
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +164,13 @@ def test_bench_stats_builds_then_finds_the_entry(cli, tmp_path: Path) -> None:
 def count_streams(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts reference statistics computations (calls of ``eval.reference.accumulate``)."""
     calls: list[int] = []
-    original = eval.reference.accumulate
+    original = genbench.eval.reference.accumulate
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(eval.reference, "accumulate", counting)
+    monkeypatch.setattr(genbench.eval.reference, "accumulate", counting)
     return calls
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import store
+from genbench.core import io as store
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

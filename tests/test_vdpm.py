@@ -13,8 +13,8 @@ import tomli_w
 import torch
 from pydantic import ValidationError
 
-from generators import Batch, DataShape
-from generators.vdpm import (
+from genbench.generators import Batch, DataShape
+from genbench.generators.vdpm import (
     LOGSNR_SCHEDULES,
     MSE_WEIGHTS,
     OUTPUT_FROM_X0_EPS,
@@ -404,7 +404,7 @@ def test_cifar10_dry_run_shows_the_published_settings(cli):
 
 def _smoke_vdpm_spec(tmp_path) -> str:
     """The shipped smoke spec with only its vdpm entry and a single timed sampling call."""
-    from benchmarks.spec import find_spec
+    from genbench.benchmarks.spec import find_spec
 
     spec = tomllib.loads(find_spec("smoke").read_text())
     spec["models"] = {"vdpm": spec["models"]["vdpm"]}

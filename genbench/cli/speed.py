@@ -1,4 +1,4 @@
-"""The ``bench speed`` and ``bench compare`` commands (registered in ``benchmarks.cli``).
+"""The ``bench speed`` and ``bench compare`` commands (registered in ``genbench.cli``).
 
 Thin typed wrappers over ``benchmarks.speed`` and ``benchmarks.compare``; heavy imports
 stay inside the functions so ``bench --help`` stays fast.
@@ -56,7 +56,7 @@ def _fast(
     compile_mode: str | None,
     cuda_graphs: bool | None,
 ) -> Any:
-    from benchmarks.fastpath import FastPaths
+    from genbench.benchmarks.fastpath import FastPaths
 
     base = FastPaths.from_section(spec_timing)
     return FastPaths(
@@ -68,8 +68,8 @@ def _fast(
 
 
 def _plan(spec: str, models: str | None, device: str | None) -> Any:
-    from benchmarks.cli import _split
-    from benchmarks.spec import Overrides, load_spec, resolve
+    from genbench.benchmarks.spec import Overrides, load_spec, resolve
+    from genbench.cli import _split
 
     parsed, source = load_spec(spec)
     return resolve(parsed, source, Overrides(models=_split(models), device=device))
@@ -83,7 +83,12 @@ def _settings(
     warmup: int | None,
     fast: Any,
 ) -> Any:
-    from benchmarks.speed import SpeedSettings, parse_batch_sizes, parse_steps, resolved_settings
+    from genbench.benchmarks.speed import (
+        SpeedSettings,
+        parse_batch_sizes,
+        parse_steps,
+        resolved_settings,
+    )
 
     fast.check(_device(plan))
     return resolved_settings(
@@ -99,7 +104,7 @@ def _settings(
 
 
 def _device(plan: Any) -> Any:
-    from benchmarks.runner import resolve_device
+    from genbench.benchmarks.runner import resolve_device
 
     return resolve_device(plan.benchmark.device)
 
@@ -129,9 +134,15 @@ def speed_cmd(
     ] = None,
 ) -> None:
     """Time sampling of SPEC's models (untrained weights) per batch size and step setting."""
-    from benchmarks.baselines import BASELINES
-    from benchmarks.errors import GenbenchError
-    from benchmarks.speed import DEFAULT_HISTORY, WEIGHTS_NOTE, format_table, run_speed, speedups
+    from genbench.benchmarks.baselines import BASELINES
+    from genbench.benchmarks.speed import (
+        DEFAULT_HISTORY,
+        WEIGHTS_NOTE,
+        format_table,
+        run_speed,
+        speedups,
+    )
+    from genbench.core.errors import GenbenchError
 
     if baseline is not None and baseline not in BASELINES:
         raise GenbenchError(f"--baseline: unknown {baseline!r}; valid: {', '.join(BASELINES)}")
@@ -203,9 +214,9 @@ def compare_cmd(
     ] = Path("runs"),
 ) -> None:
     """Compare BASE with HEAD; exit 1 on a regression (slower by > threshold AND p < alpha)."""
-    from benchmarks import compare as cmp
-    from benchmarks.errors import GenbenchError
-    from benchmarks.spec import find_spec
+    from genbench.benchmarks import compare as cmp
+    from genbench.benchmarks.spec import find_spec
+    from genbench.core.errors import GenbenchError
 
     if not 0 < threshold < 10 or not 0 < alpha < 1:
         raise GenbenchError("--threshold must be in (0, 10) and --alpha in (0, 1)")
@@ -256,7 +267,7 @@ def compare_cmd(
 
 
 def _finish(rows: list[Any], notes: list[str], threshold: float, alpha: float) -> None:
-    from benchmarks.compare import Regression, describe, format_comparisons
+    from genbench.benchmarks.compare import Regression, describe, format_comparisons
 
     typer.echo(format_comparisons(rows, threshold, alpha))
     for note in notes:

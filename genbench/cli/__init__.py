@@ -13,9 +13,10 @@ from typing import Annotated
 import click
 import typer
 
-from benchmarks import commands_eval, speedcmd  # light: their heavy imports are lazy
-from benchmarks.allocator import keep_freed_memory
-from benchmarks.errors import GenbenchError, SpecError
+from genbench.cli import evaluate as commands_eval
+from genbench.cli import speed as speedcmd
+from genbench.core.allocator import keep_freed_memory
+from genbench.core.errors import GenbenchError, SpecError
 
 app = typer.Typer(
     name="bench",
@@ -94,7 +95,7 @@ def run(
     ] = False,
 ) -> None:
     """Train, sample, time and evaluate the models of SPEC; results go to OUT/<run-id>/."""
-    from benchmarks.spec import Overrides, load_spec, resolve
+    from genbench.benchmarks.spec import Overrides, load_spec, resolve
 
     parsed, source = load_spec(spec)
     overrides = Overrides(
@@ -108,8 +109,8 @@ def run(
         checkpoints=_checkpoints(checkpoint),
     )
     plan = resolve(parsed, source, overrides)
-    from benchmarks.runner import resolve_device
-    from benchmarks.runner import run as run_plan
+    from genbench.benchmarks.runner import resolve_device
+    from genbench.benchmarks.runner import run as run_plan
 
     resolve_device(plan.benchmark.device)  # fail before anything is written
     if dry_run:
@@ -133,9 +134,9 @@ def resume(
     """Finish an interrupted run in place from its own resolved spec: finished models are
     kept, a model whose training had finished is evaluated from its checkpoint, the rest
     run again from the start."""
-    from benchmarks.runner import read_run_status, resolve_device
-    from benchmarks.runner import resume as resume_run
-    from benchmarks.spec import Overrides, load_spec, resolve
+    from genbench.benchmarks.runner import read_run_status, resolve_device
+    from genbench.benchmarks.runner import resume as resume_run
+    from genbench.benchmarks.spec import Overrides, load_spec, resolve
 
     status = read_run_status(run_dir)
     if status.get("status") == "complete":
@@ -157,11 +158,11 @@ def resume(
 @app.command("list")
 def list_cmd() -> None:
     """List shipped specs, generators, data sets, feature extractors and metrics."""
-    from benchmarks.datasets import DATASETS
-    from benchmarks.spec import available_specs
-    from eval.extractors import EXTRACTORS
-    from eval.metrics import METRICS
-    from generators import GENERATORS
+    from genbench.benchmarks.spec import available_specs
+    from genbench.data.datasets import DATASETS
+    from genbench.eval.extractors import EXTRACTORS
+    from genbench.eval.metrics import METRICS
+    from genbench.generators import GENERATORS
 
     typer.echo("specs:       " + ", ".join(available_specs()))
     gens = [
@@ -209,7 +210,7 @@ def report(
     ] = None,
 ) -> None:
     """Compare every model of RUN_DIRS: markdown tables, or an HTML page with plots."""
-    from reports.report import emit_report
+    from genbench.reports.report import emit_report
 
     typer.echo(emit_report(run_dirs, report_format, out, history), nl=False)
 
@@ -229,7 +230,7 @@ _USAGE = (getattr(typer, "TyperException", click.ClickException), click.ClickExc
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bench`` console script."""
-    keep_freed_memory()  # CPU work runs up to 1.5x faster (see benchmarks.allocator)
+    keep_freed_memory()  # CPU work runs up to 1.5x faster (see genbench.core.allocator)
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="bench", standalone_mode=False)

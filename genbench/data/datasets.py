@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import TensorDataset
 
-from benchmarks.download import check_host_resolves, one_line, socket_timeout
-from benchmarks.errors import DatasetError
-from benchmarks.registry import Registry
+from genbench.core.download import check_host_resolves, one_line, socket_timeout
+from genbench.core.errors import DatasetError
+from genbench.core.registry import Registry
 
 SPLITS = ("train", "test")
 

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from benchmarks.errors import GenbenchError
+from genbench.core.errors import GenbenchError
 
 if TYPE_CHECKING:  # the real imports are lazy (torch): bench --help stays fast
     import numpy as np
     import torch
 
-    from eval.extractors import ExtractorOptions, FeatureExtractor
-    from eval.metrics import MetricOptions
-    from eval.reference import ReferenceStats
+    from genbench.eval.extractors import ExtractorOptions, FeatureExtractor
+    from genbench.eval.metrics import MetricOptions
+    from genbench.eval.reference import ReferenceStats
 
 IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
 """pytorch-fid's image file extensions (matched case-insensitively here)."""
@@ -87,8 +87,8 @@ def _load_extractor(
     quantize: bool,
     strict_fp32: bool,
 ) -> FeatureExtractor:
-    from benchmarks.runner import resolve_device
-    from eval.extractors import ExtractorOptions, load_extractor
+    from genbench.benchmarks.runner import resolve_device
+    from genbench.eval.extractors import ExtractorOptions, load_extractor
 
     options = ExtractorOptions(dims, resize, quantize, not strict_fp32)
     return load_extractor(name, resolve_device(device), weights, options)
@@ -235,7 +235,7 @@ def open_input(text: str, what: str) -> ImageSet | StatsFile:
 def _dataset_split(text: str) -> tuple[str, str] | None:
     """``("cifar10", "train")`` for ``cifar10:train`` when that names a registered data set
     and no file of that name exists."""
-    from benchmarks.datasets import DATASETS
+    from genbench.data.datasets import DATASETS
 
     name, sep, split = text.partition(":")
     if not sep or Path(text).exists() or name not in DATASETS:
@@ -271,12 +271,12 @@ def _reference(
 ) -> ReferenceStats:
     """REAL as ``ReferenceStats``, keeping ``num_features`` feature vectors (KID, PR), with a
     progress bar while features are computed."""
-    from benchmarks.progress import counting
-    from eval.reference import ReferenceStats, StatsCache, accumulate, dataset_reference
+    from genbench.core.progress import counting
+    from genbench.eval.reference import ReferenceStats, StatsCache, accumulate, dataset_reference
 
     split = _dataset_split(real)
     if split is not None:
-        from benchmarks.datasets import get_dataset
+        from genbench.data.datasets import get_dataset
 
         dataset = get_dataset(split[0]).load(split[1], data_root)
         with counting(f"REAL {real}", len(dataset)) as advance:
@@ -305,7 +305,7 @@ def check_inputs(real: str, fake: str, metrics: list[str]) -> Opened:
     """Usage errors before anything is loaded: unknown metrics, unreadable REAL or FAKE,
     metrics a statistics file cannot give. Returns REAL (None for a data set split) and
     FAKE opened, for ``evaluate_inputs``."""
-    from eval.metrics import METRICS
+    from genbench.eval.metrics import METRICS
 
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -339,10 +339,10 @@ def evaluate_inputs(
     """Metrics of FAKE against REAL (see the module docstring): ``{"real", "fake",
     "metrics", "protocol"}``, the shape of a run's metrics.json. ``opened``: what
     ``check_inputs`` returned for them, so nothing is read twice."""
-    from benchmarks.progress import counting
-    from eval.evaluator import Evaluator
-    from eval.metrics import METRICS, frechet_distance
-    from eval.reference import ReferenceStats
+    from genbench.core.progress import counting
+    from genbench.eval.evaluator import Evaluator
+    from genbench.eval.metrics import METRICS, frechet_distance
+    from genbench.eval.reference import ReferenceStats
 
     real_source, fake_source = opened or check_inputs(real, fake, metrics)
     needs_features = any(METRICS.get(m).needs_features for m in metrics)
@@ -425,8 +425,8 @@ def eval_cmd(
 ) -> None:
     """Metrics between REAL and FAKE images (FID by default, like pytorch-fid's command line);
     prints a table and writes JSON."""
-    from benchmarks import store
-    from eval.metrics import MetricOptions
+    from genbench.core import io as store
+    from genbench.eval.metrics import MetricOptions
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
@@ -471,9 +471,9 @@ def stats_cmd(
 ) -> None:
     """Compute (or find) the reference statistics of DATASET's SPLIT and cache them as a
     pytorch-fid .npz (mu, sigma, features) with a JSON sidecar holding their key."""
-    from benchmarks.datasets import get_dataset
-    from benchmarks.progress import counting
-    from eval.reference import StatsCache, cache_key, dataset_reference
+    from genbench.core.progress import counting
+    from genbench.data.datasets import get_dataset
+    from genbench.eval.reference import StatsCache, cache_key, dataset_reference
 
     ext = _load_extractor(extractor, device, inception_weights, dims, resize, quantize, strict_fp32)
     data = get_dataset(dataset).load(split, data_root)
@@ -547,11 +547,11 @@ def eval_speed_cmd(
     """Images/s of the streaming evaluation path (FID + IS by default) next to the bare
     Inception forward pass in the same process, on NUM_IMAGES synthetic images (target: at
     least 95% of the forward rate)."""
-    from benchmarks import store
-    from benchmarks.progress import counting
-    from benchmarks.runner import resolve_device
-    from eval.extractors import ExtractorOptions
-    from eval.throughput import measure_throughput
+    from genbench.benchmarks.runner import resolve_device
+    from genbench.core import io as store
+    from genbench.core.progress import counting
+    from genbench.eval.extractors import ExtractorOptions
+    from genbench.eval.throughput import measure_throughput
 
     dev = resolve_device(device)
     if random_weights:
@@ -595,8 +595,8 @@ def eval_speed_cmd(
 def _random_inception(device: torch.device, options: ExtractorOptions) -> FeatureExtractor:
     import torch
 
-    from eval.extractors import InceptionExtractor, get_loader
-    from eval.inception import build_fid_inception, random_state_dict
+    from genbench.eval.extractors import InceptionExtractor, get_loader
+    from genbench.eval.inception import build_fid_inception, random_state_dict
 
     resolved = get_loader("inception").resolve_options(options)
     net = build_fid_inception(random_state_dict(), resolved.dims or 2048, "random")

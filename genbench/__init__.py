@@ -1,0 +1,1 @@
+"""genbench: benchmark image generative models side by side."""

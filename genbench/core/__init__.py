@@ -1,0 +1,1 @@
+"""The bottom layer: errors, the registry, atomic files, downloads, device, progress, noise."""
