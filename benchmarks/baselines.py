@@ -8,20 +8,26 @@ whose sampling network is not an unconditional ``UNet2DModel`` have no baseline.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from genbench.benchmarks.build import build_untrained
 from genbench.benchmarks.fastpath import FastPaths
+from genbench.benchmarks.plan import ResolvedModel, RunPlan
 from genbench.benchmarks.timing import SamplingTimer
 from genbench.core.errors import GenbenchError
+from genbench.generators import Generator
 
 BASELINES: tuple[str, ...] = ("diffusers",)
 
 
-def _unet(gen: Any) -> Any | None:
-    from diffusers import UNet2DModel
+def check_baseline(name: str | None) -> None:
+    """A usage error for a baseline name that is not one of ``BASELINES`` (None: none)."""
+    if name is not None and name not in BASELINES:
+        raise GenbenchError(f"--baseline: unknown {name!r}; valid: {', '.join(BASELINES)}")
 
+
+def _unet(gen: Generator) -> UNet2DModel | None:
     mods = gen.modules()
     for name in gen.sampling_modules():
         net = mods[name]
@@ -30,10 +36,8 @@ def _unet(gen: Any) -> Any | None:
     return None
 
 
-def diffusers_pipeline(unet: Any, nfe: int) -> Any:
+def diffusers_pipeline(unet: UNet2DModel, nfe: int) -> DDPMPipeline:
     """A ``DDPMPipeline`` around ``unet`` whose scheduler can take ``nfe`` steps."""
-    from diffusers import DDPMPipeline, DDPMScheduler
-
     cfg = unet.config
     learned = cfg.out_channels == 2 * cfg.in_channels
     scheduler = DDPMScheduler(
@@ -46,35 +50,30 @@ def diffusers_pipeline(unet: Any, nfe: int) -> Any:
 
 
 def baseline_timer(
-    name: str, plan: Any, case: Any, device: torch.device
+    name: str, plan: RunPlan, model: ResolvedModel, batch_size: int, device: torch.device
 ) -> tuple[SamplingTimer, str, int] | None:
-    """A timer of the ``name`` baseline for ``case`` (not started): (timer, generator label,
-    parameters), or None when the case has no such baseline."""
-    from genbench.benchmarks.speed import build_untrained
-
-    if name not in BASELINES:
-        raise GenbenchError(f"--baseline: unknown {name!r}; valid: {', '.join(BASELINES)}")
-    gen = build_untrained(plan, case, device)  # its own copy: no fast path touches it
+    """A timer of the ``name`` baseline for ``model`` at ``batch_size`` (not started):
+    (timer, generator label, parameters), or None when the model has no such baseline."""
+    check_baseline(name)
+    gen = build_untrained(model, plan.benchmark.seed, device)  # untouched by any fast path
     unet = _unet(gen)
     if unet is None:
         return None
     unet.eval()
-    nfe = gen.nfe(case.steps)
+    nfe = gen.nfe(model.settings)
     pipe = diffusers_pipeline(unet, nfe)
     noise = torch.Generator(device=device).manual_seed(0)
 
     def call() -> torch.Tensor:
         with torch.no_grad():
             return pipe(
-                batch_size=case.batch_size,
+                batch_size=batch_size,
                 generator=noise,
                 num_inference_steps=nfe,
                 output_type="pt",
                 return_dict=False,
             )[0]
 
-    timer = SamplingTimer(
-        call, device=device, batch_size=case.batch_size, nfe=nfe, fast=FastPaths()
-    )
+    timer = SamplingTimer(call, device=device, batch_size=batch_size, nfe=nfe, fast=FastPaths())
     params = sum(p.numel() for p in unet.parameters())
     return timer, "diffusers.DDPMPipeline", params

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -67,6 +67,11 @@ class FastPaths:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def override(self, **values: Any) -> FastPaths:
+        """These fast paths with some fields replaced (command-line flags over a spec's
+        ``[timing]``); a None value keeps the field."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
 
     @property
     def tolerance(self) -> float:

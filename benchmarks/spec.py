@@ -1,25 +1,24 @@
-"""Benchmark specs: TOML files validated by pydantic models, plus CLI overrides.
+"""Benchmark specs: TOML files validated by pydantic models.
 
-A spec states only what differs from the defaults. ``load_spec`` parses and validates the
-structure; ``resolve`` checks every registry name (dataset, generators, extractor, metrics),
-validates each model's generator config, merges per-model ``train`` / ``sample`` overrides
-over the global sections, applies command-line overrides, and returns a ``RunPlan`` whose
-``to_toml()`` is the fully resolved spec (written next to the results, printed by
-``--dry-run``). Every problem becomes a ``SpecError`` with one line per field, naming the
-field path and the valid choices.
+A spec states only what differs from the defaults; unknown keys are errors naming the field
+path. ``read_spec`` parses and validates the structure (``genbench.benchmarks.plan``
+resolves names, configs, sampling settings and command-line overrides into a ``RunPlan``).
+Every problem becomes a ``SpecError`` with one line per field, naming the field path and
+the valid choices.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from genbench.core.errors import SpecError
+from genbench.core.errors import GenbenchError, SpecError
+from genbench.eval.extractors import EXTRACTORS, ExtractorOptions
+from genbench.store import versions
+from genbench.store.records import SCHEMA_VERSION
 
 SPECS_DIR = Path(__file__).parent / "specs"
 IS_SPLITS = 10  # the Inception Score's splits (Salimans et al. 2016), fixed by the protocol
@@ -71,8 +70,12 @@ class SampleSection(StrictModel):
     num_samples: int = Field(1000, ge=2, description="images generated for evaluation")
     seed_offset: int = Field(0, ge=0, description="sample seeds are offset .. offset+num-1")
     batch_size: int = Field(250, ge=1)
+    # The generator's sampling settings (its ``Settings``): checked per model when the spec
+    # is resolved; a model whose generator has no such setting makes it a spec error.
     steps: int | str | None = Field(None, description="sampler steps; None = model default")
-    guidance: float | None = Field(None, description="guidance strength, if supported")
+    guidance: float | None = Field(
+        None, description="classifier-free guidance scale s (1 = conditional model)"
+    )
     grid_size: int = Field(64, ge=1, le=1024, description="images in the sample grid PNG")
 
 
@@ -103,9 +106,6 @@ class EvaluateSection(StrictModel):
     @model_validator(mode="after")
     def _extractor_options(self) -> EvaluateSection:
         """Fill in the extractor's default dims and resize; reject ones it does not offer."""
-        from genbench.core.errors import GenbenchError
-        from genbench.eval.extractors import EXTRACTORS, ExtractorOptions
-
         if self.extractor not in EXTRACTORS:
             return self  # resolve() reports it with the valid choices
         try:
@@ -142,6 +142,9 @@ class ModelEntry(StrictModel):
 
 
 class Spec(StrictModel):
+    schema_version: int | None = Field(
+        None, description="results schema the spec's settings mean (resolved specs state it)"
+    )
     benchmark: BenchmarkSection
     train: TrainSection = Field(default_factory=TrainSection)
     sample: SampleSection = Field(default_factory=SampleSection)
@@ -190,16 +193,14 @@ def format_validation_error(
     return lines
 
 
-def _validate(cls: type[BaseModel], data: Any, prefix: tuple[Any, ...], source: str) -> Any:
+def validate_section(cls: type[BaseModel], data: Any, prefix: tuple[Any, ...], source: str) -> Any:
+    """``data`` as a ``cls``, or a ``SpecError`` with one line per problem, each naming
+    ``source`` and the field path under ``prefix``."""
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         lines = format_validation_error(exc, cls, prefix)
         raise SpecError("\n".join(f"{source}: {line}" for line in lines)) from None
-
-
-def _unknown(path: str, kind: str, name: str, choices: list[str]) -> SpecError:
-    return SpecError(f"{path}: unknown {kind} {name!r}; valid choices: {', '.join(choices)}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -224,210 +225,24 @@ def find_spec(name_or_path: str) -> Path:
     )
 
 
-def load_spec(name_or_path: str) -> tuple[Spec, str]:
-    """Parse and validate a spec; returns it and the source name used in error messages."""
+def read_spec(name_or_path: str, version: int | None = None) -> tuple[Spec, str]:
+    """Parse and validate a spec; returns it and the source name used in error messages.
+
+    ``version``: the results schema its sampling settings were written for (``bench
+    resume`` of an older run); by default the spec's own ``schema_version``, else the
+    current one. Older settings are upgraded to the current meaning first.
+    """
     path = find_spec(name_or_path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
-    return _validate(Spec, data, (), str(path)), str(path)
-
-
-# --------------------------------------------------------------------------- resolving
-
-
-@dataclass
-class Overrides:
-    """Command-line overrides; ``None`` means "keep the spec's value"."""
-
-    models: list[str] | None = None
-    device: str | None = None
-    seed: int | None = None
-    train_steps: int | None = None
-    num_samples: int | None = None
-    data_root: Path | None = None
-    inception_weights: Path | None = None
-    checkpoints: dict[str, Path] = field(default_factory=dict)
-
-
-@dataclass
-class ResolvedModel:
-    """One model of a run with everything filled in."""
-
-    name: str
-    generator: str
-    config: Any  # the generator's validated Config instance
-    train: TrainSection
-    sample: SampleSection
-    checkpoint: Path | None
-
-
-@dataclass
-class RunPlan:
-    """A fully resolved spec: what ``bench run`` executes and writes as ``spec.toml``."""
-
-    benchmark: BenchmarkSection
-    evaluate: EvaluateSection
-    timing: TimingSection
-    models: dict[str, ResolvedModel]
-    source: str
-
-    def to_dict(self) -> dict[str, Any]:
-        models = {}
-        for name, m in self.models.items():
-            entry: dict[str, Any] = {
-                "generator": m.generator,
-                "config": m.config.model_dump(mode="json", exclude_none=True),
-                "train": m.train.model_dump(mode="json", exclude_none=True),
-                "sample": m.sample.model_dump(mode="json", exclude_none=True),
-            }
-            if m.checkpoint is not None:
-                entry["checkpoint"] = str(m.checkpoint)
-            models[name] = entry
-        return {
-            "benchmark": self.benchmark.model_dump(mode="json", exclude_none=True),
-            "evaluate": self.evaluate.model_dump(mode="json", exclude_none=True),
-            "timing": self.timing.model_dump(mode="json", exclude_none=True),
-            "models": models,
-        }
-
-    def to_toml(self) -> str:
-        header = f"# genbench resolved spec (from {self.source}); every default filled in\n"
-        return header + tomli_w.dumps(self.to_dict())
-
-
-def select_models(spec: Spec, wanted: list[str], generators: Any) -> list[str]:
-    """Spec model keys for ``--models``: a key of [models], or a generator name/alias."""
-    chosen: list[str] = []
-    for want in wanted:
-        if want in spec.models:
-            key = want
-        elif want in generators:
-            canon = generators.canonical(want)
-            keys = [k for k, m in spec.models.items() if generators.canonical(m.generator) == canon]
-            if not keys:
-                raise SpecError(
-                    f"--models: generator {want!r} has no entry in this spec; "
-                    f"valid choices: {', '.join(spec.models)}"
-                )
-            key = keys[0]
-        else:
-            raise SpecError(
-                f"--models: unknown model {want!r}; valid choices: {', '.join(spec.models)}"
-            )
-        if key not in chosen:
-            chosen.append(key)
-    return chosen
-
-
-def _train_steps(train: TrainSection, dataset_size: int) -> TrainSection:
-    """Turn ``epochs`` into ``steps`` so the plan states exactly what runs."""
-    if train.steps is not None and train.epochs is not None:
-        raise SpecError("train: give steps or epochs, not both")
-    if train.steps is None:
-        epochs = train.epochs if train.epochs is not None else 1.0
-        steps = max(1, round(epochs * dataset_size / train.batch_size))
-        return train.model_copy(update={"steps": steps})
-    return train
-
-
-def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunPlan:
-    """Validate every name and config, merge overrides; raise ``SpecError`` on any problem."""
-    from genbench.data.datasets import DATASETS
-    from genbench.eval.extractors import EXTRACTORS
-    from genbench.eval.metrics import METRICS
-    from genbench.generators import GENERATORS
-
-    ov = overrides or Overrides()
-    bench = spec.benchmark.model_copy(
-        update={
-            k: v
-            for k, v in {"device": ov.device, "seed": ov.seed, "data_root": ov.data_root}.items()
-            if v is not None
-        }
-    )
-    if bench.dataset not in DATASETS:
-        raise _unknown(f"{source}: benchmark.dataset", "dataset", bench.dataset, DATASETS.choices())
-    dataset = DATASETS.get(bench.dataset)
-    if spec.evaluate.extractor not in EXTRACTORS:
-        raise _unknown(
-            f"{source}: evaluate.extractor",
-            "feature extractor",
-            spec.evaluate.extractor,
-            EXTRACTORS.choices(),
+    declared = versions.version_of(data) if "schema_version" in data else version
+    declared = SCHEMA_VERSION if declared is None and "schema_version" not in data else declared
+    if not versions.readable(declared):
+        raise SpecError(
+            f"{path}: schema_version: {data.get('schema_version')!r} is not one this genbench "
+            f"reads ({versions.OLDEST} to {SCHEMA_VERSION})"
         )
-    for metric in spec.evaluate.metrics:
-        if metric not in METRICS:
-            raise _unknown(f"{source}: evaluate.metrics", "metric", metric, METRICS.choices())
-
-    evaluate = spec.evaluate
-    if ov.inception_weights is not None:
-        if evaluate.extractor != "inception":
-            raise SpecError(
-                f"--inception-weights: this spec evaluates with the {evaluate.extractor!r} "
-                "extractor, not 'inception'"
-            )
-        evaluate = evaluate.model_copy(update={"weights": ov.inception_weights})
-    if evaluate.weights is not None and not Path(evaluate.weights).is_file():
-        raise SpecError(f"evaluate.weights: no such file: {evaluate.weights}")
-
-    names = list(spec.models)
-    if ov.models:
-        names = select_models(spec, ov.models, GENERATORS)
-    for key in ov.checkpoints:
-        if key not in names:
-            raise SpecError(
-                f"--checkpoint: model {key!r} is not in this run; valid choices: {', '.join(names)}"
-            )
-
-    models: dict[str, ResolvedModel] = {}
-    for name in names:
-        entry = spec.models[name]
-        where = ("models", name)
-        if entry.generator not in GENERATORS:
-            raise _unknown(
-                f"{source}: models.{name}.generator",
-                "generator",
-                entry.generator,
-                GENERATORS.choices(),
-            )
-        gen_cls = GENERATORS.get(entry.generator)
-        config = _validate(gen_cls.Config, entry.config, (*where, "config"), source)
-        checkpoint = ov.checkpoints.get(name, entry.checkpoint)
-        if checkpoint is not None and not Path(checkpoint).is_file():
-            raise SpecError(f"models.{name}.checkpoint: no such file: {checkpoint}")
-        train_data = {**spec.train.model_dump(exclude_unset=True), **entry.train}
-        sample_data = {**spec.sample.model_dump(exclude_unset=True), **entry.sample}
-        if ov.train_steps is not None:
-            train_data.update(steps=ov.train_steps)
-            train_data.pop("epochs", None)
-        elif checkpoint is not None and "steps" not in entry.train:
-            # A checkpoint is evaluated as it is unless its entry asks for more training.
-            train_data.update(steps=0)
-            train_data.pop("epochs", None)
-        if ov.num_samples is not None:
-            sample_data.update(num_samples=ov.num_samples)
-        train = _validate(TrainSection, train_data, (*where, "train"), source)
-        sample = _validate(SampleSection, sample_data, (*where, "sample"), source)
-        train = _train_steps(train, dataset.info.train_size)
-        if "is" in evaluate.metrics and sample.num_samples < IS_SPLITS:
-            raise SpecError(
-                f"models.{name}.sample.num_samples: {sample.num_samples} is too few for IS "
-                f"({IS_SPLITS} splits); use at least {IS_SPLITS}"
-            )
-        models[name] = ResolvedModel(
-            name=name,
-            generator=GENERATORS.canonical(entry.generator),
-            config=config,
-            train=train,
-            sample=sample,
-            checkpoint=Path(checkpoint) if checkpoint is not None else None,
-        )
-    return RunPlan(
-        benchmark=bench,
-        evaluate=evaluate,
-        timing=spec.timing,
-        models=models,
-        source=source,
-    )
+    data = versions.upgrade_spec(data, declared)  # type: ignore[arg-type]  # readable
+    return validate_section(Spec, data, (), str(path)), str(path)

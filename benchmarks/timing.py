@@ -5,10 +5,10 @@ On CUDA each call is bracketed by CUDA events after a synchronisation; on CPU by
 The first call of a freshly prepared sampler is the cold start (compilation, autotuning,
 graph capture, caches): its duration is reported as the time to first image and never
 enters the timed repeats. One extra untimed call measures the share of sampling time
-spent drawing per-sample noise (``generators.base.seeded_randn``).
+spent drawing per-sample noise (``genbench.core.noise.seeded_randn``).
 
-``bench run`` (``runner.measure_speed``) and ``bench speed`` both go through
-``sampling_timer``, so fast paths and timing have one code path.
+``bench run`` (``measure_speed``) and ``bench speed`` both go through ``sampling_timer``,
+so fast paths and timing have one code path.
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ from typing import Any
 import torch
 
 from genbench.benchmarks.fastpath import FastPaths, prepare_sampler
+from genbench.benchmarks.plan import ResolvedModel
+from genbench.benchmarks.sampling import labels_for
+from genbench.benchmarks.spec import TimingSection
+from genbench.core.device import synchronize, time_call
+from genbench.core.noise import noise_clock
+from genbench.generators import Generator, SampleSettings
+from genbench.store.records import Timing
 
 
 @dataclass
@@ -54,6 +61,10 @@ class TimingResult:
         out.update(out.pop("fast"))
         return out
 
+    def to_record(self, steps: int | str | None) -> Timing:
+        """The store's ``Timing`` record of this result, for sampler setting ``steps``."""
+        return Timing.model_validate({**self.to_dict(), "steps": steps})
+
 
 def _quartiles(xs: list[float]) -> tuple[float, float]:
     if len(xs) < 2:
@@ -83,26 +94,6 @@ def _peak_memory(device: torch.device) -> tuple[int | None, str]:
     # ru_maxrss is KiB on Linux, bytes on macOS; it is the whole process's high-water mark.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds for one ``fn()`` with its work on ``device`` finished (CUDA events there)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1000.0
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 class SamplingTimer:
@@ -161,27 +152,22 @@ class SamplingTimer:
         (None, None) when the sampler draws no seeded noise. Synchronising around each draw
         removes the CPU/GPU overlap of that call, so the share is an upper estimate.
         """
-        from genbench.generators.base import _NOISE_CLOCK
-
         spent: list[float] = []
 
         def clock(draw: Callable[[], torch.Tensor]) -> torch.Tensor:
-            _sync(self.device)
+            synchronize(self.device)
             t0 = time.perf_counter()
             out = draw()
-            _sync(self.device)
+            synchronize(self.device)
             spent.append(time.perf_counter() - t0)
             return out
 
-        token = _NOISE_CLOCK.set(clock)
-        try:
-            _sync(self.device)
+        with noise_clock(clock):
+            synchronize(self.device)
             t0 = time.perf_counter()
             self.fn()
-            _sync(self.device)
+            synchronize(self.device)
             total = time.perf_counter() - t0
-        finally:
-            _NOISE_CLOCK.reset(token)
         if not spent:
             return None, None
         return min(1.0, sum(spent) / total), sum(spent)
@@ -218,20 +204,36 @@ class SamplingTimer:
 
 
 def sampling_timer(
-    gen: Any,
+    gen: Generator,
     seeds: Sequence[int],
     labels: torch.Tensor | None,
-    steps: int | str | None,
-    guidance: float | None,
+    settings: SampleSettings,
     fast: FastPaths,
 ) -> SamplingTimer:
-    """A timer of ``gen.sample(seeds, labels, steps, guidance)`` with ``fast`` applied.
+    """A timer of ``gen.sample(seeds, labels, settings)`` with ``fast`` applied.
 
-    Applies the fast paths to ``gen`` in place (see ``benchmarks.fastpath``).
+    Applies the fast paths to ``gen`` in place (see ``genbench.benchmarks.fastpath``).
     """
     gen.eval()
     seeds = list(seeds)
-    run = prepare_sampler(gen, fast, lambda: gen.sample(seeds, labels, steps, guidance))
+    run = prepare_sampler(gen, fast, lambda: gen.sample(seeds, labels, settings))
     return SamplingTimer(
-        run, device=gen.device, batch_size=len(seeds), nfe=gen.nfe(steps, guidance), fast=fast
+        run, device=gen.device, batch_size=len(seeds), nfe=gen.nfe(settings), fast=fast
     )
+
+
+def speed_timer(gen: Generator, model: ResolvedModel, timing: TimingSection) -> SamplingTimer:
+    """A timer of one sampling call of ``timing.batch_size`` images with the timing
+    section's fast paths applied to ``gen`` (in place). ``bench run`` and ``bench speed``
+    share it, so both time the same way."""
+    seeds = list(range(timing.batch_size))
+    fast = FastPaths.from_section(timing)
+    return sampling_timer(gen, seeds, labels_for(gen, seeds), model.settings, fast)
+
+
+def measure_speed(gen: Generator, model: ResolvedModel, timing: TimingSection) -> Timing:
+    """Time ``timing.repeats`` sampling calls after ``timing.warmup`` untimed ones (see
+    ``speed_timer``): the record of ``timing.json``."""
+    timer = speed_timer(gen, model, timing)
+    result = timer.run(repeats=timing.repeats, warmup=timing.warmup)
+    return result.to_record(model.settings.given().get("steps"))

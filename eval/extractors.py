@@ -48,7 +48,13 @@ from torch import nn
 from genbench.core.errors import GenbenchError
 from genbench.core.registry import Registry
 from genbench.eval.digits_net import DIGITS_WEIGHTS, DigitsNet
-from genbench.eval.inception import BLOCK_INDEX_BY_DIM, InceptionWeights, load_fid_inception
+from genbench.eval.inception import (
+    BLOCK_INDEX_BY_DIM,
+    InceptionWeights,
+    build_fid_inception,
+    load_fid_inception,
+    random_state_dict,
+)
 
 DIGITS_WEIGHTS_SHA256 = "42eba43a13dfa23c1fcc064eb3de007c2c1ce4ce2878b5e670cd41348313e477"
 """sha256 of the shipped ``eval/weights/digits_cnn.safetensors``."""
@@ -486,12 +492,17 @@ EXTRACTORS.add(
 
 
 def get_loader(name: str) -> ExtractorLoader:
-    """The registered loader ``name``; ``GenbenchError`` listing the choices if unknown."""
-    if name not in EXTRACTORS:
-        raise GenbenchError(
-            f"unknown feature extractor {name!r}; valid choices: {', '.join(EXTRACTORS.choices())}"
-        )
+    """The registered loader ``name``; ``UnknownNameError`` listing the choices if unknown."""
     return EXTRACTORS.get(name)
+
+
+def random_inception(device: torch.device, options: ExtractorOptions) -> FeatureExtractor:
+    """pytorch-fid's FID Inception with random weights (``weights_sha256`` "random"): the
+    same network and work per image, for timing where the real weights are not at hand."""
+    resolved = EXTRACTORS.get("inception").resolve_options(options)
+    net = build_fid_inception(random_state_dict(), resolved.dims or 2048, "random")
+    ext = InceptionExtractor(net, "random", **_extractor_options(resolved))
+    return ext.to(torch.device(device)).eval().requires_grad_(False)
 
 
 def load_extractor(

@@ -15,6 +15,7 @@ and an entry whose sidecar, key or hash does not match is recomputed, never trus
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -30,8 +31,10 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from genbench.core import io as store
+from genbench.core import io
 from genbench.core.errors import GenbenchError
+from genbench.core.progress import counting
+from genbench.data.datasets import DATASETS
 from genbench.eval.extractors import FeatureExtractor
 from genbench.eval.metrics import ReferenceInputs
 from genbench.eval.stats import FeatureStats, FeatureStore, save_npz, stats_sha256
@@ -205,9 +208,9 @@ class StatsCache:
             "key": key,
             "stats_sha256": ref.sha256,
             "num_features": 0 if ref.features is None else len(ref.features),
-            "created": store.utc_now(),
+            "created": io.utc_now(),
         }
-        store.write_json_atomic(path.with_suffix(".json"), meta)
+        io.write_json_atomic(path.with_suffix(".json"), meta)
         return path
 
 
@@ -240,3 +243,42 @@ def dataset_reference(
     if cache is not None:
         cache.save(key, ref)
     return ref
+
+
+def split_statistics(
+    extractor: FeatureExtractor,
+    dataset: str,
+    split: str,
+    *,
+    data_root: Path | None = None,
+    batch_size: int = 250,
+    num_features: int = 10_000,
+    force: bool = False,
+    cache: StatsCache | None = None,
+    progress: bool = False,
+) -> tuple[ReferenceStats, Path, bool]:
+    """``bench stats``: the statistics of a registered data set's split under
+    ``extractor``'s protocol, from the cache or computed into it (recomputed with
+    ``force``; a progress bar on stderr while computing when ``progress``). Returns them,
+    the cache entry's ``.npz`` and whether it was already cached."""
+    cache = cache or StatsCache()
+    name = DATASETS.canonical(dataset, where="DATASET")
+    data = DATASETS.get(name).load(split, data_root)
+    key = cache_key(extractor, name, split, len(data))  # type: ignore[arg-type]
+    ref = None if force else cache.load(key, num_features)
+    if ref is not None:
+        return ref, cache.path(key), True
+    cache.path(key).with_suffix(".json").unlink(missing_ok=True)  # invalid until rewritten
+    bar = counting(f"{name} {split} features", len(data)) if progress else None  # type: ignore[arg-type]
+    with bar if bar is not None else contextlib.nullcontext(None) as advance:
+        ref = dataset_reference(
+            extractor,
+            data,
+            name,
+            split,
+            batch_size=batch_size,
+            num_features=num_features,
+            cache=cache,
+            on_batch=advance,
+        )
+    return ref, cache.path(key), False

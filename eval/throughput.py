@@ -17,15 +17,24 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 
-from genbench.benchmarks.timing import time_call
+from genbench.core.device import time_call
+from genbench.core.errors import GenbenchError
+from genbench.core.progress import counting
 from genbench.eval.evaluator import Evaluator
-from genbench.eval.extractors import FeatureExtractor, float32_precision
+from genbench.eval.extractors import (
+    ExtractorOptions,
+    FeatureExtractor,
+    float32_precision,
+    load_extractor,
+    random_inception,
+)
 
 
 def _batch_sizes(num_images: int, batch_size: int) -> list[int]:
@@ -110,3 +119,62 @@ def measure_throughput(
         "values": values,
         "protocol": evaluator.protocol(),
     }
+
+
+def eval_speed(
+    device: torch.device,
+    *,
+    num_images: int = 50_000,
+    batch_size: int = 500,
+    image_size: int = 32,
+    metrics: list[str] | tuple[str, ...] = ("fid", "is"),
+    dims: int | None = None,
+    resize: str | None = None,
+    strict_fp32: bool = False,
+    weights: Path | None = None,
+    random_weights: bool = False,
+    warmup: int = 2,
+    forward_every: int = 1,
+) -> tuple[dict[str, Any], FeatureExtractor]:
+    """``bench eval-speed``: ``measure_throughput`` of pytorch-fid's Inception (its weights,
+    or random ones of the same shape) with a progress bar; returns the result and the
+    extractor that was timed."""
+    names = tuple(metrics)
+    bad = [m for m in names if m not in ("fid", "is")]
+    if bad or not names:
+        raise GenbenchError(f"--metrics: eval-speed streams fid and/or is, not {','.join(names)}")
+    options = ExtractorOptions(dims, resize, True, not strict_fp32)
+    if random_weights:
+        ext = random_inception(device, options)
+    else:
+        ext = load_extractor("inception", device, weights, options)
+    with counting("streaming path", num_images) as advance:
+        result = measure_throughput(
+            ext,
+            num_images,
+            batch_size,
+            image_size,
+            names,
+            warmup,
+            forward_every=forward_every,
+            on_batch=advance,
+        )
+    return result, ext
+
+
+def describe_throughput(result: dict[str, Any], ext: FeatureExtractor) -> str:
+    """What ``bench eval-speed`` prints: the device, both rates and their ratio."""
+    tf32 = "TF32 allowed" if ext.allow_tf32 else "strict float32"
+    names = ",".join(result["metrics"])
+    return "\n".join(
+        [
+            f"device: {result['device_name']} ({result['device']}, {tf32}, tf32 in effect: "
+            f"{ext.tf32}); {result['num_images']} images, batch {result['batch_size']}, "
+            f"{ext.feature_dim}-d, resize {ext.resize}",
+            f"bare Inception forward: {result['forward_images_per_s']:,.1f} images/s "
+            f"(on {result['forward_images']:,} images: 1 batch in {result['forward_every']})",
+            f"streaming {names}: {result['stream_images_per_s']:,.1f} images/s",
+            f"ratio: {result['stream_over_forward']:.1%} (target >= 95%); final metrics "
+            f"{result['finalize_s']:.2f} s",
+        ]
+    )

@@ -7,6 +7,13 @@ from genbench.generators import (
     edm,  # noqa: F401  (registers "edm")
     vdpm,  # noqa: F401  (registers "vdpm")
 )
-from genbench.generators.base import GENERATORS, Batch, DataShape, Generator, GeneratorConfig
+from genbench.generators.base import (
+    GENERATORS,
+    Batch,
+    DataShape,
+    Generator,
+    GeneratorConfig,
+    SampleSettings,
+)
 
-__all__ = ["GENERATORS", "Batch", "DataShape", "Generator", "GeneratorConfig"]
+__all__ = ["GENERATORS", "Batch", "DataShape", "Generator", "GeneratorConfig", "SampleSettings"]

@@ -1,20 +1,19 @@
 """The generator plugin interface every genbench generator implements.
 
 A generator is one class: a pydantic ``Config`` of its hyper-parameters (defaults = the
-published CIFAR-10 setting), ``train_step`` (one optimiser update), ``sample`` (images in
-[-1, 1] where every random draw comes from the sample's own seed), ``nfe`` and state dicts.
-The harness owns everything around it: data, the loop, checkpoints, timing, evaluation.
+published CIFAR-10 setting), typed sampling ``Settings`` (checked when a spec loads),
+``train_step`` (one optimiser update), ``sample`` (images in [-1, 1] where every random draw
+comes from the sample's own seed, ``genbench.core.noise``), ``nfe`` and state dicts. The
+harness owns everything around it: data, the loop, checkpoints, timing, evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -27,6 +26,24 @@ class GeneratorConfig(BaseModel):
     """Base of every generator's hyper-parameters: unknown keys are errors, values frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SampleSettings(BaseModel):
+    """A generator's sampling settings: what a spec's ``[sample] steps`` and ``guidance``
+    (or ``bench speed --steps``) may set, typed per generator and validated when the spec
+    loads, before any training. This base declares none, so a setting a generator does not
+    have is a spec error, never silently ignored.
+
+    ``guidance``, where a generator has it, always means the classifier-free guidance scale
+    s of diffusers' ``guidance_scale``: 1 is the conditional model, 0 the unconditional one,
+    s = 1 + w in Ho & Salimans' terms (``genbench.generators.guidance``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def given(self) -> dict[str, Any]:
+        """The settings that were set (for specs and result records)."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,7 @@ class Generator(ABC):
     """One generative model: build from a config, train one step at a time, sample by seed."""
 
     Config: ClassVar[type[GeneratorConfig]]
-    conditional: ClassVar[bool] = False  # True: ``sample`` uses class labels
+    Settings: ClassVar[type[SampleSettings]] = SampleSettings
 
     def __init__(self, config: GeneratorConfig, data: DataShape, device: torch.device) -> None:
         if not isinstance(config, self.Config):
@@ -74,6 +91,38 @@ class Generator(ABC):
         self.data = data
         self.device = torch.device(device)
         self.image_size: int = data.image_size  # a generator may train at another size
+        self.conditional: bool = type(self).is_conditional(config, data)
+        """Whether ``sample`` uses class labels."""
+
+    @classmethod
+    def is_conditional(cls, config: GeneratorConfig, data: DataShape) -> bool:
+        """Whether a generator of ``config`` on ``data`` is class-conditional (known before
+        it is built, so sampling settings can be checked when the spec loads)."""
+        return False
+
+    @classmethod
+    def check_settings(
+        cls, config: GeneratorConfig, data: DataShape, settings: SampleSettings
+    ) -> None:
+        """Raise ``ValueError`` (naming the setting) when ``settings`` do not suit a
+        generator of ``config`` on ``data``: a step string its sampler cannot parse,
+        guidance on an unconditional model. The base accepts whatever its ``Settings``
+        validated."""
+        return None
+
+    @classmethod
+    def make_settings(
+        cls,
+        config: GeneratorConfig,
+        data: DataShape,
+        values: Mapping[str, Any] | None = None,
+    ) -> SampleSettings:
+        """``values`` as this generator's typed ``Settings``, checked against ``config`` and
+        ``data``: pydantic's ``ValidationError`` for an unknown or mistyped setting,
+        ``ValueError`` for one that does not suit the model."""
+        settings = cls.Settings.model_validate(dict(values or {}))
+        cls.check_settings(config, data, settings)
+        return settings
 
     @abstractmethod
     def train_step(self, batch: Batch) -> dict[str, float]:
@@ -84,15 +133,15 @@ class Generator(ABC):
         self,
         seeds: Sequence[int],
         labels: torch.Tensor | None = None,
-        steps: int | str | None = None,
-        guidance: float | None = None,
+        settings: SampleSettings | None = None,
     ) -> torch.Tensor:
-        """Images in [-1, 1], one per seed; image i depends only on ``seeds[i]`` (and label)."""
+        """Images in [-1, 1], one per seed; image i depends only on ``seeds[i]`` (and its
+        label). ``settings`` None means the generator's defaults (``Settings()``)."""
 
     @abstractmethod
-    def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
-        """Network evaluations per image for a sampling run with ``steps`` and ``guidance``
-        (classifier-free guidance evaluates the network twice per step)."""
+    def nfe(self, settings: SampleSettings | None = None) -> int:
+        """Network evaluations per image when sampling with ``settings`` (classifier-free
+        guidance evaluates the network twice per step)."""
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -189,99 +238,3 @@ def gradient_sync(modules: Sequence[nn.Module], sync: bool) -> Iterator[None]:
 
 
 GENERATORS: Registry[type[Generator]] = Registry("generator", base=Generator)
-
-
-# ----------------------------------------------------------------- per-sample noise
-#
-# A counter-based generator: every value is a hash of (seed, stream, element index), so a
-# whole batch is drawn with a fixed number of vectorised integer ops on the target device,
-# whatever the batch size, instead of one generator call per image.
-
-_MASK32 = 0xFFFFFFFF
-_SEED_LIMIT = 1 << 63  # seeds travel as int64
-_STREAM_LIMIT = 1 << 32
-# TheIronBorn's improved "lowbias32" multipliers (Wellons' hash-prospector). Both are below
-# 2^31, so a 32-bit value times either stays below 2^63: int64 arithmetic never overflows.
-_M1, _M2 = 0x21F0AAAD, 0x735A2D97
-_TWO_PI = 6.283185307179586
-
-# ``benchmarks.timing`` sets this to a wrapper that times every draw (the noise share).
-_NOISE_CLOCK: contextvars.ContextVar[
-    Callable[[Callable[[], torch.Tensor]], torch.Tensor] | None
-] = contextvars.ContextVar("genbench_noise_clock", default=None)
-
-
-def _mix32(x):
-    """A bijective 32-bit integer hash (xorshift-multiply), for ints and int64 tensors alike.
-
-    Works in place on a tensor argument (pass a temporary): it runs on every noise element.
-    """
-    x ^= x >> 16
-    x *= _M1
-    x &= _MASK32
-    x ^= x >> 15
-    x *= _M2
-    x &= _MASK32
-    x ^= x >> 15
-    return x
-
-
-_ROUNDS = tuple(_mix32((0x9E3779B9 * (r + 1)) & _MASK32) for r in range(4))
-
-
-def _row_keys(seeds: torch.Tensor, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two 32-bit keys per seed: a 4-round Feistel network over the seed's two halves with
-    stream-dependent round constants, hence one-to-one in the seed for a fixed stream."""
-    lo, hi = seeds & _MASK32, seeds >> 32
-    for r, const in enumerate(_ROUNDS):
-        c = _mix32(stream ^ const)
-        if r % 2 == 0:
-            lo = lo ^ _mix32(hi ^ c)
-        else:
-            hi = hi ^ _mix32(lo ^ c)
-    return lo, hi
-
-
-def _counter_randn(seeds: torch.Tensor, numel: int, stream: int) -> torch.Tensor:
-    """(len(seeds), numel) float32 normals; element j of a row depends on (seed, stream, j)."""
-    pairs = (numel + 1) // 2
-    k1, k2 = (k.unsqueeze(1) for k in _row_keys(seeds, stream))
-    ctr = torch.arange(2 * pairs, device=seeds.device, dtype=torch.int64).unsqueeze(0)
-    # Two keyed rounds: the first permutes the counters, the second decorrelates rows.
-    bits = _mix32(_mix32(ctr ^ k1) ^ k2).view(len(seeds), pairs, 2)
-    # 24-bit uniforms in (0, 1), exact in float32; Box-Muller turns each pair into two normals.
-    u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-    radius = torch.sqrt(-2.0 * torch.log(u[..., 0]))
-    theta = _TWO_PI * u[..., 1]
-    z = torch.stack((radius * torch.cos(theta), radius * torch.sin(theta)), dim=-1)
-    return z.view(len(seeds), 2 * pairs)[:, :numel]
-
-
-def seeded_randn(
-    seeds: Sequence[int], shape: Sequence[int], device: torch.device, stream: int = 0
-) -> torch.Tensor:
-    """Standard normal noise of shape (len(seeds), *shape); row i depends only on seeds[i].
-
-    ``stream`` picks an independent sequence per purpose (latents, per-step noise, ...),
-    so adding a new kind of draw never shifts the values of another. Values are a hash of
-    (seed, stream, element index) drawn in one vectorised pass on ``device`` (identical
-    bits on CPU and CUDA up to float32 rounding of log/cos/sin); seeds lie in [0, 2^63),
-    streams in [0, 2^32). Element j of a row does not depend on ``shape`` beyond j's flat
-    index, and |z| < 5.9 (24-bit uniforms).
-    """
-    if not 0 <= stream < _STREAM_LIMIT:
-        raise ValueError(f"stream must be in [0, {_STREAM_LIMIT}), got {stream}")
-    shape = tuple(int(s) for s in shape)
-    seed_list = [int(s) for s in seeds]
-    if seed_list and not (min(seed_list) >= 0 and max(seed_list) < _SEED_LIMIT):
-        raise ValueError(f"seeds must be in [0, 2^63), got {min(seed_list)}..{max(seed_list)}")
-    numel = math.prod(shape)
-
-    def draw() -> torch.Tensor:
-        if not seed_list or numel == 0:
-            return torch.zeros((len(seed_list), *shape), device=device)
-        keys = torch.tensor(seed_list, dtype=torch.int64).to(device, non_blocking=True)
-        return _counter_randn(keys, numel, stream).reshape(len(seed_list), *shape)
-
-    clock = _NOISE_CLOCK.get()
-    return draw() if clock is None else clock(draw)

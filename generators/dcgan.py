@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from genbench.core.noise import seeded_randn
 from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
     Generator,
     GeneratorConfig,
+    SampleSettings,
     eval_mode,
-    seeded_randn,
 )
 
 SUPPORTED_SIZES = (16, 32, 64)
@@ -114,7 +115,8 @@ def _init_weights(module: nn.Module) -> None:
 
 @GENERATORS.register("dcgan", aliases=("gan",))
 class DCGAN(Generator):
-    """Unconditional DCGAN; class labels, sampling steps and guidance are ignored."""
+    """Unconditional DCGAN: one generator pass per image, so it has no sampling settings
+    (``steps`` or ``guidance`` in a spec is an error); class labels are not used."""
 
     Config = DCGANConfig
 
@@ -171,13 +173,12 @@ class DCGAN(Generator):
         self,
         seeds: Sequence[int],
         labels: torch.Tensor | None = None,
-        steps: int | str | None = None,
-        guidance: float | None = None,
+        settings: SampleSettings | None = None,
     ) -> torch.Tensor:
         z = seeded_randn(seeds, (self.config.nz, 1, 1), self.device)
         # batch-norm running statistics: an image never depends on its batch
         with eval_mode(self.G):
             return self.G(z).clamp_(-1.0, 1.0)
 
-    def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
+    def nfe(self, settings: SampleSettings | None = None) -> int:
         return 1

@@ -27,15 +27,16 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
+from genbench.core.noise import seeded_randn
 from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
     Generator,
     GeneratorConfig,
+    SampleSettings,
     eval_mode,
     gradient_sync,
-    seeded_randn,
 )
 from genbench.generators.ddgan_nets import DDGANDiscriminatorNet, DDGANGeneratorNet, norm_groups
 
@@ -174,13 +175,14 @@ MicroLoss = Callable[[torch.Tensor, Draws], tuple[torch.Tensor, dict[str, float]
 
 @GENERATORS.register("ddgan")
 class DDGAN(Generator):
-    """Unconditional DDGAN (as in the paper); labels and guidance are ignored."""
+    """Unconditional DDGAN (as in the paper). Sampling always runs the T steps it was
+    trained for, so it has no sampling settings (``steps`` or ``guidance`` in a spec is an
+    error); class labels are not used."""
 
     Config = DDGANConfig
 
     def __init__(self, config: DDGANConfig, data: DataShape, device: torch.device) -> None:
         super().__init__(config, data, device)
-        self.conditional = False  # the paper's CIFAR-10 model has no class input
         self.schedule = VPSchedule(
             config.num_timesteps, config.beta_min, config.beta_max, self.device
         )
@@ -281,21 +283,14 @@ class DDGAN(Generator):
 
     # ------------------------------------------------------------------ sampling
 
-    def _timesteps(self, steps: int | str | None) -> int:
-        T = self.config.num_timesteps
-        if steps is not None and steps != T:
-            raise ValueError(f"DDGAN samples with its trained T = {T} steps, got steps={steps!r}")
-        return T
-
     @torch.no_grad()
     def sample(
         self,
         seeds: Sequence[int],
         labels: torch.Tensor | None = None,
-        steps: int | str | None = None,
-        guidance: float | None = None,
+        settings: SampleSettings | None = None,
     ) -> torch.Tensor:
-        T = self._timesteps(steps)
+        T = self.config.num_timesteps
         shape = (self.data.channels, self.image_size, self.image_size)
         # Streams: 0 = x_T; reverse step i draws its latent on 1 + 2i, its noise on 2 + 2i.
         x = seeded_randn(seeds, shape, self.device, stream=0)
@@ -308,8 +303,8 @@ class DDGAN(Generator):
                 x = self.schedule.posterior_sample(self.G(x, z, tt), x, tt, noise)
         return x.clamp_(-1.0, 1.0)
 
-    def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
-        return self._timesteps(steps)  # unconditional: guidance does not apply
+    def nfe(self, settings: SampleSettings | None = None) -> int:
+        return self.config.num_timesteps  # one generator call per reverse step
 
 
 def _check_layout(config: DDGANConfig, image_size: int) -> tuple[int, ...]:

@@ -26,7 +26,8 @@ from diffusers import UNet2DModel
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from genbench.core.errors import CheckpointError, SpecError
+from genbench.core.errors import CheckpointError
+from genbench.core.noise import seeded_randn
 from genbench.generators.base import (
     GENERATORS,
     Batch,
@@ -36,17 +37,24 @@ from genbench.generators.base import (
     eval_mode,
     gradient_sync,
     random_hflip,
-    seeded_randn,
     set_warmup_lr,
 )
 from genbench.generators.diffusion import (
+    STEPS_GRAMMAR,
     TIMESTEP_SAMPLERS,
     GaussianDiffusion,
     SamplingPlan,
     mean_flat,
     parse_steps,
 )
-from genbench.generators.guidance import drop_labels, guide, net_labels
+from genbench.generators.guidance import (
+    GuidedSettings,
+    check_guidance,
+    drop_labels,
+    guide,
+    is_guided,
+    net_labels,
+)
 from genbench.generators.unet import build_unet, unet_apply
 
 #: Backbone fields that a ``pretrained`` directory supplies instead.
@@ -104,7 +112,7 @@ class DDPMConfig(GeneratorConfig):
     hflip: bool = Field(True, description="random horizontal flips of training images")
     # default sampler
     sample_steps: int | str | None = Field(
-        None, description="default sampler: N, 'ddimN' or 'a,b,c'; None = all T steps"
+        None, description="default sampler: N, 'ddimN' or 'a+b+c'; None = all T steps"
     )
     ddim_eta: float = Field(0.0, ge=0)
     clip_denoised: bool = Field(True, description="clip predicted x_0 to [-1, 1]")
@@ -147,15 +155,32 @@ def load_pretrained_unet(path: Path) -> UNet2DModel:
     return net
 
 
+class DDPMSettings(GuidedSettings):
+    """The sampler (default: the config's ``sample_steps``, else the full chain) and the
+    classifier-free guidance scale (default: 1, the conditional model)."""
+
+    steps: int | str | None = Field(None, description=STEPS_GRAMMAR)
+
+
 @GENERATORS.register("ddpm")
 class DDPM(Generator):
     """Gaussian diffusion with an epsilon-predicting UNet (see the module docstring)."""
 
     Config = DDPMConfig
+    Settings = DDPMSettings
+
+    @classmethod
+    def is_conditional(cls, config: DDPMConfig, data: DataShape) -> bool:
+        return config.conditional and data.num_classes > 0
+
+    @classmethod
+    def check_settings(cls, config: DDPMConfig, data: DataShape, settings: DDPMSettings) -> None:
+        if settings.steps is not None:
+            parse_steps(settings.steps, config.num_timesteps)  # ValueError when invalid
+        check_guidance(settings.guidance, cls.is_conditional(config, data))
 
     def __init__(self, config: DDPMConfig, data: DataShape, device: torch.device) -> None:
         super().__init__(config, data, device)
-        self.conditional = config.conditional and data.num_classes > 0
         self.null_label = data.num_classes  # the extra "no label" class of guidance
         self.out_channels = data.channels * (2 if config.variance == "learned_range" else 1)
         self.image_size = config.image_size or data.image_size
@@ -293,13 +318,15 @@ class DDPM(Generator):
 
     # ----------------------------------------------------------------- sampling
 
+    def _settings(self, settings: DDPMSettings | None) -> DDPMSettings:
+        settings = settings if settings is not None else DDPMSettings()
+        type(self).check_settings(self.config, self.data, settings)
+        return settings
+
     def _plan(self, steps: int | str | None) -> SamplingPlan:
         steps = self.config.sample_steps if steps is None else steps
         T = self.config.num_timesteps
-        try:
-            return parse_steps(T if steps is None else steps, T)
-        except ValueError as exc:  # a bad [sample] steps: a one-line usage error
-            raise SpecError(f"sample.steps: {exc}") from None
+        return parse_steps(T if steps is None else steps, T)
 
     def _process(self, plan: SamplingPlan) -> GaussianDiffusion:
         if len(plan.timesteps) == self.config.num_timesteps:
@@ -307,15 +334,6 @@ class DDPM(Generator):
         if plan.timesteps not in self._respaced:
             self._respaced[plan.timesteps] = self.diffusion.respaced(plan.timesteps)
         return self._respaced[plan.timesteps]
-
-    def _check_guidance(self, guidance: float | None) -> bool:
-        """Whether ``guidance`` asks for classifier-free guidance (a conditional model's)."""
-        if guidance and not self.conditional:
-            raise SpecError(
-                "sample.guidance: guidance needs a class-conditional model; set config "
-                "conditional = true on a labelled data set, or drop guidance"
-            )
-        return bool(guidance)
 
     def _predict(
         self,
@@ -325,12 +343,14 @@ class DDPM(Generator):
         labels: torch.Tensor | None,
         guidance: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self._check_guidance(guidance) or labels is None:
+        """eps and v at step indices ``t``, eps guided at scale ``guidance`` (a conditional
+        model with labels; ``genbench.generators.guidance``)."""
+        if labels is None or not is_guided(guidance, self.conditional):
             return self._apply(x, t, diffusion, self._net_labels(labels, x.shape[0]))
         null = torch.full_like(labels, self.null_label)
         both = torch.cat([labels.to(self.device, torch.long), null.to(self.device)])
         eps, v = self._apply(torch.cat([x, x]), torch.cat([t, t]), diffusion, both)
-        eps = guide(*eps.chunk(2), guidance)
+        eps = guide(*eps.chunk(2), float(guidance))  # type: ignore[arg-type]  # is_guided
         # the variance (if learned) comes from the conditional output
         return eps, None if v is None else v.chunk(2)[0]
 
@@ -361,10 +381,11 @@ class DDPM(Generator):
         self,
         seeds: Sequence[int],
         labels: torch.Tensor | None = None,
-        steps: int | str | None = None,
-        guidance: float | None = None,
+        settings: DDPMSettings | None = None,
     ) -> torch.Tensor:
-        plan = self._plan(steps)
+        settings = self._settings(settings)
+        plan = self._plan(settings.steps)
+        guidance = settings.guidance
         d = self._process(plan)
         shape = (self.data.channels, self.image_size, self.image_size)
         x = seeded_randn(seeds, shape, self.device, stream=0)  # x_T
@@ -378,10 +399,11 @@ class DDPM(Generator):
                 x = self._update(plan, d, x, t, out, noise)
         return x.clamp_(-1.0, 1.0)
 
-    def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
+    def nfe(self, settings: DDPMSettings | None = None) -> int:
         """Network evaluations per image; classifier-free guidance doubles them."""
-        count = len(self._plan(steps).timesteps)
-        return count * (2 if self._check_guidance(guidance) else 1)
+        settings = self._settings(settings)
+        count = len(self._plan(settings.steps).timesteps)
+        return count * (2 if is_guided(settings.guidance, self.conditional) else 1)
 
     # ----------------------------------------------------------------- likelihood
 

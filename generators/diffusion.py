@@ -99,20 +99,33 @@ def _ddim_stride(num_timesteps: int, count: int) -> list[int]:
     raise ValueError(f"no stride gives exactly {count} DDIM steps out of {num_timesteps}")
 
 
+STEPS_GRAMMAR = (
+    "N (N evenly spaced ancestral steps, 1..T; T = the full chain), 'ddimN' (N strided DDIM "
+    "steps) or section counts joined by '+' such as '10+15+20' (iDDPM's respacing)"
+)
+
+
 def parse_steps(steps: int | str, num_timesteps: int) -> SamplingPlan:
-    """A sampling plan from a spacing: ``N`` / ``"N"`` (N evenly spaced ancestral steps; T
-    is the full chain), ``"ddimN"`` (N strided DDIM steps) or ``"a,b,c"`` (iDDPM sections:
-    the T steps split into equal sections with a, b, c steps each)."""
+    """A sampling plan from a step setting (``STEPS_GRAMMAR``): ``N`` or ``"N"`` (N evenly
+    spaced ancestral steps; T is the full chain), ``"ddimN"`` (N strided DDIM steps) or
+    ``"a+b+c"`` (iDDPM sections: the T steps split into equal sections with a, b, c steps
+    each). ``ValueError`` names the grammar otherwise; commas are refused because they
+    separate lists of settings (``bench speed --steps 50,ddim100``)."""
     text = str(steps).strip().lower()
+    if "," in text:
+        raise ValueError(
+            f"steps {steps!r}: write iDDPM sections with '+', e.g. "
+            f"{text.replace(',', '+')!r} (commas separate lists of settings)"
+        )
     try:
         if text.startswith("ddim"):
             return SamplingPlan("ddim", tuple(_ddim_stride(num_timesteps, int(text[4:]))))
-        counts = [int(part) for part in text.split(",")]
+        counts = [int(part) for part in text.split("+")]
         return SamplingPlan("ancestral", tuple(_sections(num_timesteps, counts)))
     except ValueError as exc:
         raise ValueError(
-            f"steps {steps!r} is not a valid spacing for T = {num_timesteps} ({exc}); use N "
-            "(1..T), 'ddimN' or comma-separated section counts such as '10,15,20'"
+            f"steps {steps!r} is not a valid setting for T = {num_timesteps} ({exc}); use "
+            + STEPS_GRAMMAR
         ) from None
 
 

@@ -12,9 +12,9 @@ eq. 5 with Heun's method (Algorithm 1) or Euler, optionally with stochastic chur
 exact denoiser of a Gaussian plugs into the same code in the tests.
 
 Classifier-free guidance (Ho & Salimans 2022): trained by replacing the label with a null
-class with probability ``label_dropout``; sampled with the *scale* convention
-D = D_null + s (D_label - D_null), so s = 1 is the plain conditional model (no extra NFE),
-s = 0 the unconditional one, and Ho & Salimans' w equals s - 1.
+class with probability ``label_dropout``; sampled with genbench's one guidance scale s
+(``genbench.generators.guidance``): D = D_null + s (D_label - D_null), so s = 1 is the plain
+conditional model (no extra NFE), s = 0 the unconditional one, and Ho & Salimans' w is s - 1.
 
 Not reproduced from EDM's CIFAR-10 setup: its non-leaking augmentation pipeline (p = 0.12),
 its exact DDPM++ layer details (diffusers' UNet2DModel stands in) and float64 sampling.
@@ -34,6 +34,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from genbench.core.noise import seeded_randn
 from genbench.generators.base import (
     GENERATORS,
     Batch,
@@ -42,9 +43,15 @@ from genbench.generators.base import (
     GeneratorConfig,
     eval_mode,
     gradient_sync,
-    seeded_randn,
 )
-from genbench.generators.guidance import drop_labels, guide, net_labels
+from genbench.generators.guidance import (
+    GuidedSettings,
+    check_guidance,
+    drop_labels,
+    guide,
+    is_guided,
+    net_labels,
+)
 from genbench.generators.unet import build_unet, unet_apply
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
@@ -333,10 +340,18 @@ class EDM(Generator):
     """EDM diffusion model over a ``diffusers.UNet2DModel``; class-conditional with guidance."""
 
     Config = EDMConfig
+    Settings = GuidedSettings
+
+    @classmethod
+    def is_conditional(cls, config: EDMConfig, data: DataShape) -> bool:
+        return config.class_conditional and data.num_classes > 0
+
+    @classmethod
+    def check_settings(cls, config: EDMConfig, data: DataShape, settings: GuidedSettings) -> None:
+        check_guidance(settings.guidance, cls.is_conditional(config, data))
 
     def __init__(self, config: EDMConfig, data: DataShape, device: torch.device) -> None:
         super().__init__(config, data, device)
-        self.conditional = config.class_conditional and data.num_classes > 0
         self.null_label = data.num_classes  # one extra class embedding: "no label"
         self.precond = PRECONDITIONINGS[config.precond](config)
         self.net = build_unet(
@@ -395,24 +410,23 @@ class EDM(Generator):
     def _sampling_denoiser(
         self, n: int, labels: torch.Tensor | None, guidance: float | None
     ) -> Denoiser:
-        """D for ``n`` images: null labels without labels, guided when ``guidance`` != 1."""
+        """D for ``n`` images: null labels without labels, guided when the scale ``guidance``
+        is not 1 (``genbench.generators.guidance``)."""
         null = torch.full((n,), self.null_label, device=self.device, dtype=torch.long)
         if not self.conditional or labels is None:
             return self._fixed_labels(null)
         labels = labels.to(self.device)
-        if not self._is_guided(guidance):
+        if not is_guided(guidance, self.conditional):
             return self._fixed_labels(labels)
         both = self._fixed_labels(torch.cat([labels, null]))
+        scale = float(guidance)  # type: ignore[arg-type]  # is_guided: not None
 
         def D(x: torch.Tensor, sigma: float) -> torch.Tensor:
             # One batched network call for the conditional and the null halves.
             cond, uncond = both(torch.cat([x, x]), sigma).chunk(2)
-            return guide(cond, uncond, float(guidance) - 1.0)  # scale s is w = s - 1
+            return guide(cond, uncond, scale)
 
         return D
-
-    def _is_guided(self, guidance: float | None) -> bool:
-        return self.conditional and guidance is not None and guidance != 1.0
 
     # ---------------------------------------------------------------- training
 
@@ -454,12 +468,11 @@ class EDM(Generator):
 
     # ---------------------------------------------------------------- sampling
 
-    def _steps(self, steps: int | str | None) -> int:
-        if steps is None:
-            return self.config.steps
-        if isinstance(steps, str) and not steps.isdigit():
-            raise ValueError(f"edm: steps must be a number of sampling steps, got {steps!r}")
-        return int(steps)
+    def _settings(self, settings: GuidedSettings | None) -> GuidedSettings:
+        return settings if settings is not None else GuidedSettings()
+
+    def _steps(self, settings: GuidedSettings) -> int:
+        return self.config.steps if settings.steps is None else settings.steps
 
     def sigmas(self, steps: int) -> torch.Tensor:
         """The sampling noise levels, kept inside the range the network was trained on."""
@@ -478,14 +491,14 @@ class EDM(Generator):
         self,
         seeds: Sequence[int],
         labels: torch.Tensor | None = None,
-        steps: int | str | None = None,
-        guidance: float | None = None,
+        settings: GuidedSettings | None = None,
     ) -> torch.Tensor:
+        settings = self._settings(settings)
         shape = (self.data.channels, self.image_size, self.image_size)
         # Stream 0: initial noise; stream 1 + i: the churn noise of step i.
         noise = seeded_randn(seeds, shape, self.device, stream=0)
-        D = self._sampling_denoiser(len(seeds), labels, guidance)
-        sigmas = self.sigmas(self._steps(steps)).tolist()
+        D = self._sampling_denoiser(len(seeds), labels, settings.guidance)
+        sigmas = self.sigmas(self._steps(settings)).tolist()
         order = ORDERS[self.config.sampler]
         with eval_mode(self.net):  # no dropout: an image depends only on its seed
             if self.config.s_churn > 0:
@@ -498,6 +511,7 @@ class EDM(Generator):
                 x = sample_ode(D, noise, sigmas, order)
         return x.clamp_(-1.0, 1.0)
 
-    def nfe(self, steps: int | str | None = None, guidance: float | None = None) -> int:
-        per_call = 2 if self._is_guided(guidance) else 1
-        return per_call * sampler_nfe(self._steps(steps), ORDERS[self.config.sampler])
+    def nfe(self, settings: GuidedSettings | None = None) -> int:
+        settings = self._settings(settings)
+        per_call = 2 if is_guided(settings.guidance, self.conditional) else 1
+        return per_call * sampler_nfe(self._steps(settings), ORDERS[self.config.sampler])

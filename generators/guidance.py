@@ -1,10 +1,52 @@
-"""Class labels for classifier-free guidance (Ho & Salimans 2021), shared by the diffusion
-generators: an extra "null" class stands for "no label", training drops labels to it, and
-sampling mixes the conditional and null predictions."""
+"""Classifier-free guidance (Ho & Salimans 2021), shared by the diffusion generators: the
+sampling settings that carry it, an extra "null" class that stands for "no label", label
+dropout in training, and one guided mix at sampling time.
+
+``guidance`` means one thing everywhere: the scale s of diffusers' ``guidance_scale``.
+The guided prediction is uncond + s (cond - uncond): s = 1 is the conditional model, s = 0
+the unconditional one, and Ho & Salimans' strength w (their eq. 6, (1 + w) cond - w uncond)
+is s - 1. EDM's paper writes the same mix as D_null + s (D_label - D_null).
+"""
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
+
+from genbench.generators.base import SampleSettings
+
+GUIDANCE_HELP = (
+    "classifier-free guidance scale s (diffusers' guidance_scale): 1 = the conditional model, "
+    "0 = the unconditional one, s = 1 + w in Ho & Salimans' terms"
+)
+
+
+class GuidedSettings(SampleSettings):
+    """Sampling settings of an iterative, class-conditional sampler."""
+
+    steps: int | None = Field(None, ge=1, description="sampler steps; None = the config's")
+    guidance: float | None = Field(None, ge=0, description=GUIDANCE_HELP)
+
+
+def is_guided(scale: float | None, conditional: bool) -> bool:
+    """Whether sampling mixes conditional and unconditional predictions (two network
+    evaluations per step): a conditional model with a scale other than 1."""
+    return conditional and scale is not None and scale != 1.0
+
+
+def check_guidance(scale: float | None, conditional: bool) -> None:
+    """``ValueError`` for a guidance scale an unconditional model cannot follow."""
+    if scale is not None and scale != 1.0 and not conditional:
+        raise ValueError(
+            f"guidance: {scale} needs a class-conditional model (a conditional config on a "
+            "labelled data set); drop it or use 1"
+        )
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """uncond + s (cond - uncond): the classifier-free guidance mix at scale s (see the
+    module docstring)."""
+    return torch.lerp(uncond, cond, scale)
 
 
 def net_labels(
@@ -24,11 +66,3 @@ def drop_labels(labels: torch.Tensor, p: float, null_label: int) -> torch.Tensor
         return labels
     drop = torch.rand(labels.shape[0], device=labels.device) < p
     return labels.masked_fill(drop, null_label)
-
-
-def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
-    """(1 + w) cond - w uncond (Ho & Salimans 2021, eq. 6): w = 0 is the conditional model.
-
-    EDM's scale s (D_null + s (D_cond - D_null)) is the same mix with w = s - 1.
-    """
-    return (1.0 + w) * cond - w * uncond

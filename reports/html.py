@@ -14,8 +14,13 @@ import hashlib
 from importlib import resources
 from typing import Any
 
+import jinja2
+import markupsafe
+
 from genbench.reports.markdown import DIGITS_NOTE, READING_GUIDE
-from genbench.reports.tables import Cell, Report, Table, flatten, run_summary
+from genbench.reports.model import Cell, Report, Table, flatten
+from genbench.reports.plots import Plot, all_plots
+from genbench.reports.tables import run_summary
 
 SORT_SCRIPT = """
 document.querySelectorAll("table.sortable").forEach(function (table) {
@@ -86,9 +91,8 @@ def _samples(report: Report) -> list[dict[str, Any]]:
     for m, label in zip(report.inputs.models, report.labels, strict=True):
         if m.samples is None:
             continue
-        sample = m.metrics.get("sample", {})
         grid = report_grid_size(m.run.spec, m.name)
-        seeds = str(sample.get("seeds", "")).split("-")[0]
+        seeds = m.metrics.sample.seeds.split("-")[0] if m.metrics.sample else ""
         caption = f"{label} (run {m.run.run_id})"
         detail = (
             f"the first {grid} images of the evaluation set (seeds from {seeds})"
@@ -115,15 +119,9 @@ def report_grid_size(spec: dict[str, Any], model: str) -> int | None:
 
 def render_html(report: Report) -> str:
     """The whole report as one HTML page."""
-    import jinja2
-    import markupsafe
-
-    from genbench.reports.plots import Plot, all_plots
-
     figures = all_plots(report)
-    template_text = (resources.files("reports") / "templates" / "report.html.j2").read_text(
-        encoding="utf-8"
-    )
+    template_file = resources.files("genbench.reports") / "templates" / "report.html.j2"
+    template_text = template_file.read_text(encoding="utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(template_text)
     inputs = report.inputs
@@ -134,10 +132,11 @@ def render_html(report: Report) -> str:
         script_hash=markupsafe.Markup(script_hash(SORT_SCRIPT)),
         guide=READING_GUIDE,
         digits_note=DIGITS_NOTE
-        if any(m.metrics.get("dataset") == "digits" for m in inputs.models)
+        if any(m.metrics.dataset == "digits" for m in inputs.models)
         else "",
         runs=[
-            {"summary": run_summary(r), "env": flatten(r.env), "id": r.run_id} for r in inputs.runs
+            {"summary": run_summary(r), "env": flatten(r.environment.fingerprint()), "id": r.run_id}
+            for r in inputs.runs
         ],
         speed_ids=[s.speed_id for s in inputs.speed],
         has_models=bool(inputs.models),

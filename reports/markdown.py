@@ -6,7 +6,8 @@ requests and papers, so it is text only.
 
 from __future__ import annotations
 
-from genbench.reports.tables import Cell, Report, Table, run_summary
+from genbench.reports.model import Cell, Report, Table
+from genbench.reports.tables import run_summary
 
 READING_GUIDE = (
     "Each row is one model of one run. FID and KID compare generated images with real "
@@ -65,7 +66,7 @@ def markdown_report(report: Report, html_name: str | None = "report.html") -> st
     parts += [f"- {escape(s.speed_id)}: `bench speed` results" for s in inputs.speed]
     if inputs.runs:
         parts += ["", "## Results", "", READING_GUIDE]
-        if any(m.metrics.get("dataset") == "digits" for m in inputs.models):
+        if any(m.metrics.dataset == "digits" for m in inputs.models):
             parts += ["", DIGITS_NOTE]
         parts.append("")
         if inputs.models:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from genbench.reports import fmt
-from genbench.reports.load import ModelResult
+from genbench.reports.model import Report
 from genbench.reports.published import matched
-from genbench.reports.tables import Report, protocol_setting, speed_setting, timing_setting
+from genbench.reports.tables import protocol_setting, speed_setting, timing_setting
+from genbench.store.records import Timing
+from genbench.store.runs import ModelResult
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any colour vision.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -115,7 +117,7 @@ def _quality_points(
     groups = _groups(report)
     points = []
     for m, label, group in zip(report.inputs.models, report.labels, groups, strict=True):
-        x, y = fmt.number(x_of(m)), fmt.number(m.metric("fid").get("value"))
+        x, y = fmt.number(x_of(m)), fmt.number(m.value("fid"))
         if x is not None and y is not None and x > 0:
             points.append((label, group, x, y))
     return points
@@ -151,20 +153,19 @@ def switched_on(value: Any) -> bool:
     return bool(value)
 
 
-def speed_options(record: dict[str, Any]) -> list[str]:
+def speed_options(record: Timing) -> list[str]:
     """The settings that distinguish one speed series from another, for labels."""
-    opts = [str(record["precision"])] if record.get("precision") else []
-    compile_mode = record.get("compile")
-    if switched_on(compile_mode):
-        opts.append("compile" if compile_mode is True else f"compile={compile_mode}")
-    opts += [k for k in ("channels_last", "cuda_graphs") if switched_on(record.get(k))]
+    opts = [str(record.precision)] if record.precision else []
+    if switched_on(record.compile):
+        opts.append(f"compile={record.compile}")
+    opts += [k for k in ("channels_last", "cuda_graphs") if switched_on(getattr(record, k))]
     return opts
 
 
 def fid_vs_time(report: Report) -> Plot | Missing:
     """FID against seconds per 50k images, log x, Pareto front per comparable group."""
     title = "FID against sampling time"
-    points = _quality_points(report, lambda m: m.timing.get("s_per_50k"))
+    points = _quality_points(report, lambda m: m.timing.s_per_50k if m.timing else None)
     if not points:
         return Missing("fid_time", title, "no model has both an FID and a sampling time")
 
@@ -209,7 +210,7 @@ def fid_vs_time(report: Report) -> Plot | Missing:
 def fid_vs_nfe(report: Report) -> Plot | Missing:
     """FID against network evaluations per image; matching published figures as hollow."""
     title = "FID against network evaluations per image (NFE)"
-    points = _quality_points(report, lambda m: m.metrics.get("nfe"))
+    points = _quality_points(report, lambda m: m.metrics.nfe)
     published = [
         f for f in matched(report.published_figures, report.inputs.models) if f.nfe is not None
     ]
@@ -258,15 +259,17 @@ def throughput(report: Report) -> Plot | Missing:
     title = "Sampling throughput by model and batch size"
     series: dict[str, list[tuple[float, float]]] = {}
     for s in report.inputs.speed:
-        for r in s.results:
-            b, ips = fmt.number(r.get("batch_size")), fmt.number(r.get("images_per_s"))
+        for r in s.run.results:
+            b, ips = fmt.number(r.batch_size), fmt.number(r.images_per_s)
             if b is None or ips is None:
                 continue
-            device = speed_setting(s.environment, r)["device"]
-            name = f"{r.get('model', '?')} ({', '.join(speed_options(r))}; {device})"
+            device = speed_setting(s.run.environment, r)["device"]
+            name = f"{r.model} ({', '.join(speed_options(r))}; {device})"
             series.setdefault(name, []).append((b, ips))
     for m, label in zip(report.inputs.models, report.labels, strict=True):
-        b, ips = fmt.number(m.timing.get("batch_size")), fmt.number(m.timing.get("images_per_s"))
+        if m.timing is None:
+            continue
+        b, ips = fmt.number(m.timing.batch_size), fmt.number(m.timing.images_per_s)
         if b is not None and ips is not None:
             device = timing_setting(m)["device"]
             series.setdefault(f"{label} (bench run; {device})", []).append((b, ips))
@@ -302,9 +305,6 @@ def throughput(report: Report) -> Plot | Missing:
     return Plot("throughput", title, caption, _render(draw))
 
 
-LOG_FIELDS = {"step", "time_s", "images_per_s"}
-
-
 def training_losses(report: Report) -> Plot | Missing:
     """One panel per model: every logged loss against the training step."""
     title = "Training losses and logged statistics"
@@ -323,9 +323,9 @@ def training_losses(report: Report) -> Plot | Missing:
         for ax in axes.flat[len(logged) :]:
             ax.set_visible(False)
         for ax, (label, log) in zip(axes.flat, logged, strict=False):
-            keys = [k for k in log[0] if k not in LOG_FIELDS and fmt.number(log[0][k]) is not None]
+            keys = [k for k, v in log[0].losses.items() if fmt.number(v) is not None]
             for i, key in enumerate(keys):
-                pts = [(r["step"], r[key]) for r in log if fmt.number(r.get(key)) is not None]
+                pts = [(r.step, r.losses[key]) for r in log if key in r.losses]
                 ax.plot(
                     [s for s, _ in pts],
                     [v for _, v in pts],
@@ -351,7 +351,7 @@ def training_losses(report: Report) -> Plot | Missing:
 def speed_history(report: Report) -> Plot | Missing:
     """images/s across commits, one line per (model, batch, options, machine)."""
     title = "Sampling speed across commits"
-    records = [r for r in report.inputs.history if fmt.number(r.get("images_per_s")) is not None]
+    records = [r for r in report.inputs.history if fmt.number(r.images_per_s) is not None]
     if not records:
         where = report.inputs.history_path
         if report.inputs.history_error:
@@ -364,16 +364,15 @@ def speed_history(report: Report) -> Plot | Missing:
                 "`bench report --history PATH` reads another)"
             )
         return Missing("history", title, reason)
-    records.sort(key=lambda r: str(r.get("timestamp", "")))
-    commits = list(dict.fromkeys(str(r.get("commit") or "?")[:8] for r in records))
+    records.sort(key=lambda r: str(r.timestamp or ""))
+    commits = list(dict.fromkeys(str(r.commit or "?")[:8] for r in records))
     series: dict[str, list[tuple[int, float]]] = {}
     for r in records:
         name = (
-            f"{r.get('model', '?')} b{r.get('batch_size', '?')} "
-            f"{' '.join(speed_options(r))} @{str(r.get('machine') or '?')[:8]}"
+            f"{r.model} b{r.batch_size} {' '.join(speed_options(r))} @{str(r.machine or '?')[:8]}"
         )
-        x = commits.index(str(r.get("commit") or "?")[:8])
-        series.setdefault(name, []).append((x, float(r["images_per_s"])))
+        x = commits.index(str(r.commit or "?")[:8])
+        series.setdefault(name, []).append((x, float(r.images_per_s)))
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genbench.core.errors import GenbenchError
 from genbench.reports import fmt
-from genbench.reports.load import ModelResult
-from genbench.reports.tables import Cell, Column, Table
+from genbench.reports.model import Cell, Column, Table
+from genbench.store.runs import ModelResult
 
 
 class PublishedProtocol(BaseModel):
@@ -66,7 +66,7 @@ class PublishedFile(BaseModel):
 
 def default_path() -> Path:
     """The shipped ``vendor/published.toml``."""
-    return Path(str(resources.files("vendor") / "published.toml"))
+    return Path(str(resources.files("genbench.vendor") / "published.toml"))
 
 
 def load_published(path: Path | None = None) -> list[PublishedFigure]:
@@ -91,15 +91,17 @@ def load_published(path: Path | None = None) -> list[PublishedFigure]:
 
 def matches(figure: PublishedFigure, model: ModelResult) -> bool:
     """Same data set and same protocol facts (extractor, dims, reference split, samples)."""
-    proto = model.protocol
-    dims = proto.get("dims", proto.get("feature_dim"))
-    split = proto.get("reference", {}).get("split")
+    proto = model.metrics.protocol
+    if proto is None:
+        return False
+    dims = proto.dims if proto.dims is not None else proto.feature_dim
+    split = proto.reference.split if proto.reference is not None else None
     return (
-        model.metrics.get("dataset") == figure.dataset
-        and proto.get("extractor") == figure.protocol.extractor
+        model.metrics.dataset == figure.dataset
+        and proto.extractor == figure.protocol.extractor
         and dims == figure.protocol.feature_dim
         and split == figure.protocol.reference_split
-        and proto.get("num_samples") == figure.protocol.num_samples
+        and proto.num_samples == figure.protocol.num_samples
     )
 
 
@@ -112,7 +114,7 @@ def published_table(
     datasets = sorted({f.dataset for f in figures})
     note = ""
     if hidden:
-        measured = sorted({str(m.metrics.get("dataset")) for m in models}) or ["none"]
+        measured = sorted({str(m.metrics.dataset) for m in models}) or ["none"]
         note = (
             f"{hidden} published figure(s) in vendor/published.toml (data sets: "
             f"{', '.join(datasets)}) are not shown: their data set or protocol (feature "

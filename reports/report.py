@@ -5,18 +5,14 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from genbench.core import io as store
 from genbench.core.errors import GenbenchError
+from genbench.reports.html import render_html
 from genbench.reports.load import ReportInputs, load_inputs
+from genbench.reports.markdown import markdown_report
+from genbench.reports.model import Groups, Report
 from genbench.reports.published import PublishedFigure, load_published, published_table
-from genbench.reports.tables import (
-    Groups,
-    Report,
-    model_labels,
-    repeats_table,
-    results_table,
-    speed_table,
-)
+from genbench.reports.tables import model_labels, repeats_table, results_table, speed_table
+from genbench.store import files
 
 # Where `bench speed` appends its history by default (relative to the working directory).
 DEFAULT_HISTORY = Path("runs") / "speed_history.jsonl"
@@ -55,9 +51,6 @@ def write_run_reports(run_dir: Path, history: Path | None = None) -> tuple[Path,
     ``history`` is used when the file exists. An unreadable history file only removes the
     history plot (the report says why): it must not fail a run that has finished.
     """
-    from genbench.reports.html import render_html
-    from genbench.reports.markdown import markdown_report
-
     history = history if history is not None and Path(history).is_file() else None
     inputs = load_inputs([run_dir])
     if history is not None:
@@ -66,8 +59,8 @@ def write_run_reports(run_dir: Path, history: Path | None = None) -> tuple[Path,
         except GenbenchError as exc:
             inputs.history_error = str(exc)
     report = build_report(inputs)
-    md = store.write_text_atomic(Path(run_dir) / "report.md", markdown_report(report))
-    html = store.write_text_atomic(Path(run_dir) / "report.html", render_html(report))
+    md = files.write_text(Path(run_dir) / "report.md", markdown_report(report))
+    html = files.write_text(Path(run_dir) / "report.html", render_html(report))
     return md, html
 
 
@@ -117,9 +110,6 @@ def emit_report(
     Every input is read and every output path checked before the first file is written,
     so a bad argument never leaves a half-written report behind.
     """
-    from genbench.reports.html import render_html
-    from genbench.reports.markdown import markdown_report
-
     targets = output_paths(fmt, out)
     report = load_report(paths, resolve_history(history))
     if not targets:
@@ -130,5 +120,5 @@ def emit_report(
         for kind in targets
     }
     for kind, path in targets.items():
-        store.write_text_atomic(path, rendered[kind])
+        files.write_text(path, rendered[kind])
     return "".join(f"wrote {path}\n" for path in targets.values())

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.utils.data import TensorDataset
 
-from genbench.benchmarks.runner import bits_per_dim, has_likelihood
+from genbench.benchmarks.sampling import bits_per_dim, has_likelihood
 from genbench.generators import GENERATORS, DataShape
 from genbench.generators.dcgan import DCGAN
 

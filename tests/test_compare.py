@@ -10,15 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genbench.benchmarks.compare import (
-    REPEATS,
-    compare_records,
-    compare_samples,
-    decide,
-    default_base,
-    load_results,
-)
+from genbench.benchmarks.compare.git import default_base
+from genbench.benchmarks.compare.revisions import REPEATS, load_results
+from genbench.benchmarks.compare.stats import compare_records, compare_samples, decide
+from genbench.benchmarks.timing import summarize
 from genbench.core.errors import GenbenchError
+from genbench.store.records import SpeedResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,11 +80,12 @@ def test_comparison_fields_and_confidence_interval():
 # --------------------------------------------------------------------------- files
 
 
-def record(model: str, raw: list[float], **extra) -> dict:
+def record(model: str, raw: list[float], **extra) -> SpeedResult:
     r = {
         "model": model,
         "generator": "dcgan",
         "batch_size": 64,
+        "nfe": 1,
         "steps": None,
         "precision": "fp32",
         "channels_last": False,
@@ -95,13 +93,15 @@ def record(model: str, raw: list[float], **extra) -> dict:
         "cuda_graphs": False,
         "device": "cpu",
         "raw_s": raw,
+        **summarize(raw, 64, 1),
     }
     r.update(extra)
-    return r
+    return SpeedResult.model_validate(r)
 
 
-def write_speed(path: Path, records: list[dict]) -> Path:
-    path.write_text(json.dumps({"kind": "speed", "environment": {}, "results": records}))
+def write_speed(path: Path, records: list[SpeedResult]) -> Path:
+    results = [r.model_dump(mode="json") for r in records]
+    path.write_text(json.dumps({"kind": "speed", "environment": {}, "results": results}))
     return path
 
 
@@ -221,10 +221,10 @@ def test_compare_revisions_end_to_end(cli, tmp_path, tiny_spec, monkeypatch):
     for pkg in ("genbench", "benchmarks", "generators", "eval", "reports", "vendor"):
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     git(repo, "init", "-q", "-b", "main")
-    speed_py = (repo / "benchmarks" / "speed.py").read_text()
-    (repo / "benchmarks" / "speed.py").unlink()
+    speed_py = (repo / "benchmarks" / "speed_worker.py").read_text()
+    (repo / "benchmarks" / "speed_worker.py").unlink()
     before = commit(repo, "before bench speed")
-    (repo / "benchmarks" / "speed.py").write_text(speed_py)
+    (repo / "benchmarks" / "speed_worker.py").write_text(speed_py)
     with_speed = commit(repo, "bench speed")
     dcgan = repo / "generators" / "dcgan.py"
     dcgan.write_text(dcgan.read_text() + SLOW_PATCH)
@@ -263,10 +263,10 @@ def test_compare_revisions_end_to_end(cli, tmp_path, tiny_spec, monkeypatch):
 def test_worker_reports_only_the_cases_both_revisions_timed(tiny_spec):
     """A model one revision lacks (say, a generator new in head) is never timed by the
     driver; the other worker must still finish and report only its timed cases."""
-    from genbench.benchmarks.speed import _Worker
+    from genbench.benchmarks.speed_worker import Worker
 
     extra = '\n[models.other]\ngenerator = "dcgan"\nconfig = { ngf = 4, ndf = 4, nz = 8 }\n'
-    worker = _Worker()
+    worker = Worker()
     setup = worker.handle(
         {
             "op": "setup",

@@ -12,7 +12,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from genbench.benchmarks.spec import Overrides, load_spec, resolve
+from genbench.benchmarks.plan import Overrides, resolve
+from genbench.benchmarks.spec import read_spec
 from genbench.data.datasets import Digits
 from genbench.generators import GENERATORS, Batch, DataShape
 
@@ -20,7 +21,7 @@ SHAPE = DataShape(channels=1, image_size=16, num_classes=10)
 
 
 def _smoke_models():
-    spec, source = load_spec("smoke")
+    spec, source = read_spec("smoke")
     plan = resolve(spec, source, Overrides())
     return {m.generator: m for m in plan.models.values()}
 
@@ -101,7 +102,7 @@ def test_state_dict_round_trip_reproduces_samples(name):
 
 
 def test_checkpoint_file_round_trip(name, tmp_path):
-    from genbench.benchmarks.runner import load_checkpoint, save_checkpoint
+    from genbench.benchmarks.checkpoints import load_checkpoint, save_checkpoint
 
     gen = _make(name, seed=0)
     gen.train_step(_batch())

@@ -223,14 +223,14 @@ def test_sampling_makes_t_generator_calls_from_noise():
     gen = _tiny(num_timesteps=3)
     times: list[list[int]] = []
     hook = gen.G.register_forward_hook(lambda mod, args, out: times.append(args[2].tolist()))
-    images = gen.sample([1, 2], steps=3)
+    images = gen.sample([1, 2])
     hook.remove()
-    assert times == [[3, 3], [2, 2], [1, 1]] and gen.nfe() == gen.nfe(3) == 3
+    assert times == [[3, 3], [2, 2], [1, 1]] and gen.nfe() == 3
     assert images.shape == (2, 1, 8, 8)
-    with pytest.raises(ValueError, match="trained T = 3"):
-        gen.sample([1], steps=5)
-    with pytest.raises(ValueError, match="trained T = 3"):
-        gen.nfe(10)
+    # The T steps are fixed by training: DDGAN has no sampling settings at all.
+    assert not DDGAN.Settings.model_fields
+    with pytest.raises(ValidationError, match="steps"):
+        DDGAN.make_settings(gen.config, SHAPE, {"steps": 3})
 
 
 def test_latent_modulates_the_generator_norms():
@@ -271,7 +271,7 @@ def test_cifar10_dry_run_shows_the_published_settings(cli):
     assert (c["num_res_blocks"], c["nz"], c["z_emb_dim"], c["n_mlp"]) == (2, 100, 256, 4)
     assert (c["r1_gamma"], c["lazy_reg"], c["lr_d"], c["lr_g"]) == (0.02, 15, 1.25e-4, 1.6e-4)
     assert entry["train"]["batch_size"] == 128 and entry["train"]["ema_decay"] == 0.9999
-    assert entry["sample"]["steps"] == 4
+    assert "steps" not in entry["sample"]  # T is the config's; sampling has no settings
 
 
 def test_bad_layouts_are_rejected():
@@ -294,6 +294,6 @@ def test_smoke_ddgan_trained_fid_at_most_half_of_untrained(cli, tmp_path):
     fid = {}
     for run in out.iterdir():
         metrics = json.loads((run / "ddgan" / "metrics.json").read_text())
-        assert metrics["nfe"] == 4 and metrics["sample"]["steps"] == 4
+        assert metrics["nfe"] == 4 and metrics["sample"]["steps"] is None  # T, fixed
         fid[metrics["train_steps"]] = metrics["metrics"]["fid"]["value"]
     assert fid[300] <= 0.5 * fid[0], fid

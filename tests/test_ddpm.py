@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from pydantic import ValidationError
 
-from genbench.core.errors import CheckpointError, SpecError
+from genbench.core.errors import CheckpointError
 from genbench.generators import GENERATORS, Batch, DataShape
-from genbench.generators.ddpm import DDPM, DDPMConfig
+from genbench.generators.ddpm import DDPM, DDPMConfig, DDPMSettings
 from genbench.generators.diffusion import (
     GaussianDiffusion,
     LossAwareTimesteps,
@@ -114,7 +115,7 @@ def test_posterior_is_the_product_of_gaussians(name):
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
-@pytest.mark.parametrize("spacing", ["50", "ddim25", "10,15,20", 7, "1000"])
+@pytest.mark.parametrize("spacing", ["50", "ddim25", "10+15+20", 7, "1000"])
 def test_respaced_betas_reproduce_alpha_bar_at_the_kept_steps(name, spacing):
     d = GaussianDiffusion.from_schedule(name, 1000)
     plan = parse_steps(spacing, 1000)
@@ -131,16 +132,19 @@ def test_spacings():
     assert full.kind == "ancestral" and full.timesteps == tuple(range(1000))
     ends = parse_steps("50", 1000).timesteps
     assert len(ends) == 50 and ends[0] == 0 and ends[-1] == 999
-    sections = parse_steps("10,15,20", 300).timesteps  # sections [0,100), [100,200), [200,300)
+    sections = parse_steps("10+15+20", 300).timesteps  # sections [0,100), [100,200), [200,300)
     assert len(sections) == 45
     assert [sum(lo <= s < lo + 100 for s in sections) for lo in (0, 100, 200)] == [10, 15, 20]
-    for bad in ("0", "1001", "ddim", "ddimx", "fast", "5,,5"):
-        with pytest.raises(ValueError, match="not a valid spacing"):
+    for bad in ("0", "1001", "ddim", "ddimx", "fast", "5++5"):
+        with pytest.raises(ValueError, match="not a valid setting"):
             parse_steps(bad, 1000)
+    # Commas separate lists of settings (bench speed --steps 50,ddim100): one grammar.
+    with pytest.raises(ValueError, match=re.escape("with '+', e.g. '10+15+20'")):
+        parse_steps("10,15,20", 300)
 
 
 def test_invalid_sample_steps_are_a_config_error():
-    with pytest.raises(ValidationError, match="not a valid spacing"):
+    with pytest.raises(ValidationError, match="not a valid setting"):
         DDPMConfig(num_timesteps=100, sample_steps="200")
 
 
@@ -356,34 +360,42 @@ def test_learning_rate_warms_up_linearly():
 
 
 @pytest.mark.parametrize(
-    ("steps", "count"), [(None, 10), (50, 50), ("ddim5", 5), ("3,4,5", 12), ("25", 25)]
+    ("steps", "count"), [(None, 10), (50, 50), ("ddim5", 5), ("3+4+5", 12), ("25", 25)]
 )
 def test_nfe_counts_steps_and_guidance_doubles_it(steps, count):
     gen = _tiny(conditional=True)
-    assert gen.nfe(steps) == count
-    assert gen.nfe(steps, guidance=2.0) == 2 * count
-    with pytest.raises(SpecError, match="guidance needs a class-conditional model"):
-        _tiny().nfe(steps, guidance=1.0)
+    assert gen.nfe(DDPMSettings(steps=steps)) == count
+    assert gen.nfe(DDPMSettings(steps=steps, guidance=1.0)) == count  # s = 1: conditional
+    assert gen.nfe(DDPMSettings(steps=steps, guidance=3.0)) == 2 * count
+    uncond = _tiny()
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        uncond.nfe(DDPMSettings(steps=steps, guidance=3.0))
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        DDPM.make_settings(uncond.config, DIGITS, {"guidance": 3.0})  # caught at spec load
 
 
 def test_sample_takes_int_and_string_steps_and_ddim_eta_zero_is_deterministic(monkeypatch):
     import genbench.generators.ddpm as module
 
     gen = _tiny()
-    torch.testing.assert_close(gen.sample([1, 2], steps=10), gen.sample([1, 2], steps="10"))
-    with pytest.raises(SpecError, match=r"sample\.steps: steps 'ddim11' is not a valid"):
-        gen.sample([1], steps="ddim11")  # no stride splits T = 50 into exactly 11 steps
+    torch.testing.assert_close(
+        gen.sample([1, 2], settings=DDPMSettings(steps=10)),
+        gen.sample([1, 2], settings=DDPMSettings(steps="10")),
+    )
+    with pytest.raises(ValueError, match=r"steps 'ddim11' is not a valid setting"):
+        # no stride splits T = 50 into exactly 11 steps; a spec says so before training
+        DDPM.make_settings(gen.config, DIGITS, {"steps": "ddim11"})
     streams = []
     real = module.seeded_randn
     monkeypatch.setattr(module, "seeded_randn", lambda *a, **k: streams.append(k) or real(*a, **k))
-    gen.sample([1, 2], steps="ddim5")
+    gen.sample([1, 2], settings=DDPMSettings(steps="ddim5"))
     assert streams == [{"stream": 0}]  # only x_T: DDIM with eta = 0 draws no step noise
     streams.clear()
-    gen.sample([1, 2], steps="5")
+    gen.sample([1, 2], settings=DDPMSettings(steps="5"))
     assert [k["stream"] for k in streams] == [0, 1, 2, 3, 4]  # no noise at the last step
 
 
-def test_guidance_zero_is_the_conditional_model_and_guidance_combines_both():
+def test_guidance_one_is_the_conditional_model_and_guidance_combines_both():
     gen = _tiny(conditional=True)
     gen.eval()
     x, t = torch.randn(3, 1, 16, 16), torch.tensor([40, 20, 5])
@@ -392,14 +404,14 @@ def test_guidance_zero_is_the_conditional_model_and_guidance_combines_both():
     cond, _ = gen._apply(x, t, d, labels)
     uncond, _ = gen._apply(x, t, d, torch.full_like(labels, 10))
     assert (cond - uncond).abs().max() > 1e-4  # the label matters, so the checks below bite
-    torch.testing.assert_close(guide(cond, uncond, 0.0), cond)
-    zero, _ = gen._predict(x, t, d, labels, 0.0)
-    torch.testing.assert_close(zero, cond, rtol=1e-5, atol=1e-6)
-    guided, _ = gen._predict(x, t, d, labels, 2.0)
+    torch.testing.assert_close(guide(cond, uncond, 1.0), cond)
+    one, _ = gen._predict(x, t, d, labels, 1.0)
+    torch.testing.assert_close(one, cond, rtol=1e-5, atol=1e-6)
+    guided, _ = gen._predict(x, t, d, labels, 3.0)  # scale s = 3 is Ho & Salimans' w = 2
     torch.testing.assert_close(guided, 3 * cond - 2 * uncond, rtol=1e-4, atol=1e-5)
     seeds = [3, 8]
     torch.testing.assert_close(
-        gen.sample(seeds, labels[:2], guidance=0.0), gen.sample(seeds, labels[:2])
+        gen.sample(seeds, labels[:2], DDPMSettings(guidance=1.0)), gen.sample(seeds, labels[:2])
     )
 
 
@@ -481,7 +493,7 @@ def test_diffusers_directory_loads_as_a_ddpm(tmp_path):
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([999, 10])
     eps, _ = gen._apply(x, t, gen.diffusion, None)
     torch.testing.assert_close(eps, net(x, t.float()).sample)
-    assert gen.sample([0, 1], steps="ddim4").shape == (2, 1, 16, 16)
+    assert gen.sample([0, 1], settings=DDPMSettings(steps="ddim4")).shape == (2, 1, 16, 16)
     # a pipeline folder (unet/ beside scheduler/) works too
     _save_tiny_unet(tmp_path / "pipe" / "unet")
     assert DDPM.from_pretrained(tmp_path / "pipe", DataShape(1, 16), CPU).image_size == 16
@@ -579,8 +591,8 @@ def test_sampling_and_training_on_cuda_match_cpu():
     gpu.load_state_dict(cpu.state_dict())
     for steps in ("ddim5", "5"):
         torch.testing.assert_close(
-            gpu.sample([3, 4], steps=steps).cpu(),
-            cpu.sample([3, 4], steps=steps),
+            gpu.sample([3, 4], settings=DDPMSettings(steps=steps)).cpu(),
+            cpu.sample([3, 4], settings=DDPMSettings(steps=steps)),
             atol=1e-4,
             rtol=1e-4,
         )
@@ -598,10 +610,11 @@ def test_registered_as_ddpm():
 def test_smoke_ddpm_trained_fid_at_most_half_of_untrained(tmp_path):
     """The acceptance claim on the shipped smoke settings, shortened: half the training
     steps and samples, one timed sampling call and no bits/dim pass."""
+    from genbench.benchmarks.plan import Overrides, resolve
     from genbench.benchmarks.runner import run
-    from genbench.benchmarks.spec import Overrides, load_spec, resolve
+    from genbench.benchmarks.spec import read_spec
 
-    spec, source = load_spec("smoke")
+    spec, source = read_spec("smoke")
     fid = {}
     for steps in (0, 200):
         plan = resolve(spec, source, Overrides(models=["ddpm"], train_steps=steps, num_samples=500))

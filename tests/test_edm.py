@@ -25,6 +25,7 @@ from genbench.generators.edm import (
     sample_sde,
     sigma_steps,
 )
+from genbench.generators.guidance import GuidedSettings
 
 SIGMAS = torch.tensor([0.002, 0.05, 0.5, 1.0, 3.0, 80.0], dtype=torch.float64)
 TINY = dict(
@@ -285,27 +286,28 @@ def test_generator_nfe_counts_network_evaluations(overrides, steps, guidance, ex
     gen = _tiny(**overrides)
     rows = _count_network_rows(gen)
     seeds = [0, 1, 2]
-    gen.sample(seeds, torch.tensor([1, 2, 3]), steps=steps, guidance=guidance)
-    assert gen.nfe(steps, guidance) == expected
+    settings = GuidedSettings(steps=steps, guidance=guidance)
+    gen.sample(seeds, torch.tensor([1, 2, 3]), settings)
+    assert gen.nfe(settings) == expected
     assert sum(rows) == expected * len(seeds)
 
 
 def test_default_sampler_is_heun_with_18_steps():
     gen = GENERATORS.get("edm")(EDMConfig(**{**TINY, "steps": 18}), SHAPE, torch.device("cpu"))
-    assert gen.nfe() == 35 and gen.nfe("18") == 35
-    with pytest.raises(ValueError, match="steps"):
-        gen.nfe("ddim50")
+    assert gen.nfe() == 35 and gen.nfe(GuidedSettings(steps=18)) == 35
+    with pytest.raises(ValidationError, match="steps"):
+        EDM.make_settings(gen.config, SHAPE, {"steps": "ddim50"})  # EDM's steps are a count
 
 
 def test_churn_noise_comes_from_each_samples_own_seed():
     gen = _tiny(s_churn=20.0)
     labels = torch.tensor([4, 8, 2])
     torch.manual_seed(1)
-    many = gen.sample([11, 3, 7], labels, steps=4)
+    many = gen.sample([11, 3, 7], labels, settings=GuidedSettings(steps=4))
     torch.manual_seed(2)
-    one = gen.sample([3], labels[1:2], steps=4)
+    one = gen.sample([3], labels[1:2], settings=GuidedSettings(steps=4))
     torch.testing.assert_close(many[1:2], one, rtol=1e-5, atol=1e-5)
-    deterministic = _tiny(s_churn=0.0).sample([11, 3, 7], labels, steps=4)
+    deterministic = _tiny(s_churn=0.0).sample([11, 3, 7], labels, GuidedSettings(steps=4))
     assert (many - deterministic).abs().max() > 1e-3
 
 
@@ -322,9 +324,10 @@ def test_guidance_follows_the_scale_convention():
         guided = gen._sampling_denoiser(2, labels, 3.0)(x, 1.5)
     torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
     # s = 1: the conditional model; s = 0: the unconditional (null-label) model
-    torch.testing.assert_close(gen.sample([0, 1], labels, guidance=1.0), gen.sample([0, 1], labels))
+    one, zero = GuidedSettings(guidance=1.0), GuidedSettings(guidance=0.0)
+    torch.testing.assert_close(gen.sample([0, 1], labels, one), gen.sample([0, 1], labels))
     torch.testing.assert_close(
-        gen.sample([0, 1], labels, guidance=0.0), gen.sample([0, 1]), rtol=1e-4, atol=1e-4
+        gen.sample([0, 1], labels, zero), gen.sample([0, 1]), rtol=1e-4, atol=1e-4
     )
 
 
@@ -372,7 +375,7 @@ def test_vp_and_ve_ablations_train_and_sample(precond):
     # the schedule stays inside the noise levels this preconditioning was trained on
     assert sigmas[0].item() == pytest.approx(min(80.0, gen.precond.sigma_max))
     assert sigmas[-2].item() == pytest.approx(max(0.002, gen.precond.sigma_min))
-    images = gen.sample([0, 1], steps=3)
+    images = gen.sample([0, 1], settings=GuidedSettings(steps=3))
     assert torch.isfinite(images).all() and images.abs().max() <= 1
 
 

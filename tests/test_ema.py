@@ -52,12 +52,13 @@ def test_spec_rejects_two_ema_rules():
 
 def test_training_loop_samples_with_the_average(tmp_path):
     """With EMA on, the networks hold the average of the trajectory after training."""
-    from genbench.benchmarks.runner import train
-    from genbench.benchmarks.spec import Overrides, load_spec, resolve
+    from genbench.benchmarks.plan import Overrides, resolve
+    from genbench.benchmarks.spec import read_spec
+    from genbench.benchmarks.training import train
     from genbench.data.datasets import Digits
     from genbench.generators import GENERATORS, Batch, DataShape
 
-    spec, source = load_spec("smoke")
+    spec, source = read_spec("smoke")
     plan = resolve(spec, source, Overrides(models=["dcgan"], train_steps=3))
     model = plan.models["dcgan"]
     model.train = model.train.model_copy(update={"ema_decay": 0.5, "log_every": 1})

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from pytorch_fid import fid_score
 from torchvision.utils import save_image
 
-from genbench.cli.evaluate import open_input
 from genbench.eval.extractors import load_extractor
 from genbench.eval.inception import FID_WEIGHTS_NAME, WEIGHTS_ENV, random_state_dict
 from genbench.eval.reference import accumulate
+from genbench.eval.sources import open_source
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_samples_npz_and_statistics_npz(cli, tmp_path: Path) -> None:
         run = cli("eval", str(real), str(fake_input), *common, "--metrics", "fid,is,kid,pr",
                   "--kid-subset-size", "40", "--out", str(out))  # fmt: skip
         assert run.code == 0, run.err
-        assert "REAL" in run.err and "60/60" in run.err and "50/50" in run.err  # progress
+        assert "real" in run.err and "60/60" in run.err and "50/50" in run.err  # progress
         results[name] = json.loads(out.read_text())["metrics"]
     assert results["npz"] == results["folder"]
     assert set(results["npz"]) == {"fid", "is", "kid", "pr"}
@@ -143,7 +143,7 @@ def test_samples_npz_and_statistics_npz(cli, tmp_path: Path) -> None:
     assert proto["reference"]["count"] == 60 and proto["kid_subset_size"] == 40
 
     # A statistics file (mu, sigma only, float32 as TTUR's) as REAL: the same FID.
-    sums, _ = accumulate(load_extractor("digits"), open_input(str(real), "REAL").batches(25, 0))
+    sums, _ = accumulate(load_extractor("digits"), open_source(str(real), "real").batches(25, 0))
     ref = tmp_path / "ref_stats.npz"
     np.savez(ref, mu=sums.mean().astype(np.float32), sigma=sums.cov().astype(np.float32))
     out = tmp_path / "stats.json"
@@ -162,12 +162,12 @@ def test_usage_errors_are_one_line(cli, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     one = str(write_pngs(tmp_path / "one", varied_images(1, 4, seed=0)))
     cases = [
-        (["eval", str(tmp_path / "nope"), one], "REAL: " + str(tmp_path / "nope")),
-        (["eval", one, str(tmp_path / "empty")], "FAKE: no image files"),
+        (["eval", str(tmp_path / "nope"), one], "real: " + str(tmp_path / "nope")),
+        (["eval", one, str(tmp_path / "empty")], "fake: no image files"),
         (["eval", one, one, "--metrics", "fid,fdi"], "unknown metric 'fdi'"),
         (["eval", one, one, "--extractor", "digits", "--dims", "2048"], "dims 2048 is not"),
         (["eval", one, one, "--resize", "bicubic"], "resize 'bicubic' is not offered"),
-        (["eval", "nosuch:train", one], "neither an image folder"),
+        (["eval", "nosuch:train", one], "nosuch:train does not exist (nor names a data set"),
     ]
     for args, message in cases:
         result = cli(*args, "--device", "cpu", "--out", str(tmp_path / "out.json"))

@@ -1,4 +1,4 @@
-"""The counter-based per-sample noise of ``generators.base.seeded_randn``."""
+"""The counter-based per-sample noise of ``genbench.core.noise.seeded_randn``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from genbench.generators.base import _mix32, seeded_randn
+from genbench.core.noise import _mix32, seeded_randn
 
 CPU = torch.device("cpu")
 

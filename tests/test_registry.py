@@ -2,7 +2,8 @@
 
 import pytest
 
-from genbench.core.registry import Registry, UnknownNameError
+from genbench.core.errors import GenbenchError, UnknownNameError
+from genbench.core.registry import Registry
 
 
 class Base:
@@ -55,6 +56,10 @@ def test_unknown_name_lists_choices():
     with pytest.raises(UnknownNameError) as info:
         reg.get("gamma")
     assert str(info.value) == "unknown widget 'gamma'; valid choices: alpha, beta"
+    assert isinstance(info.value, GenbenchError)  # a usage error: one line, exit 2
+    with pytest.raises(UnknownNameError) as info:
+        reg.canonical("gamma", where="spec.toml: models.x.generator")
+    assert str(info.value).startswith("spec.toml: models.x.generator: unknown widget 'gamma'")
 
 
 def test_builtin_registries_feed_bench_list(cli):

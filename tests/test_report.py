@@ -20,6 +20,7 @@ from genbench.reports import fmt
 from genbench.reports.plots import pareto_front, speed_options, tex_safe
 from genbench.reports.published import load_published
 from genbench.reports.report import emit_report, load_report, write_run_reports
+from genbench.store.records import Timing
 
 DIGITS_PROTOCOL = {
     "extractor": "digits_cnn",
@@ -408,10 +409,13 @@ def test_labels_with_dollar_signs_do_not_break_plots():
 
 
 def test_speed_series_labels_name_only_options_in_use():
-    record = {"precision": "bf16", "compile": "none", "channels_last": True, "cuda_graphs": False}
-    assert speed_options(record) == ["bf16", "channels_last"]
-    assert speed_options({"compile": "max-autotune"}) == ["compile=max-autotune"]
-    assert speed_options({"compile": True}) == ["compile"]
+    def record(**fast):
+        return Timing(batch_size=8, median_s=0.1, images_per_s=80.0, **fast)
+
+    on = record(precision="bf16", compile="none", channels_last=True, cuda_graphs=False)
+    assert speed_options(on) == ["bf16", "channels_last"]
+    assert speed_options(record(compile="max-autotune")) == ["compile=max-autotune"]
+    assert speed_options(record()) == []
 
 
 def test_pareto_front_keeps_only_points_no_other_beats_on_both_axes():
@@ -522,9 +526,13 @@ def test_cli_report_outputs_and_usage_errors(cli, two_protocols, tmp_path):
         assert bad.code == 2 and message in bad.err, (args, bad.err)
         assert len(bad.err.strip().splitlines()) == 1
     broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"images_per_s": 1}\nnot json\n')
+    good = {"model": "a", "batch_size": 8, "median_s": 0.1, "images_per_s": 80.0}
+    broken.write_text(json.dumps(good) + "\nnot json\n")
     bad = cli("report", *runs, "--history", str(broken))
     assert bad.code == 2 and f"{broken}:2: not a JSON object" in bad.err
+    broken.write_text('{"images_per_s": 1}\n')  # a line that is not a speed result
+    bad = cli("report", *runs, "--history", str(broken))
+    assert bad.code == 2 and f"{broken}:1: not a valid SpeedResult (batch_size:" in bad.err
     assert not (tmp_path / "r.txt").exists()
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from genbench.benchmarks.spec import Overrides, available_specs, load_spec, resolve
+from genbench.benchmarks.plan import Overrides, resolve
+from genbench.benchmarks.spec import available_specs, read_spec
 from genbench.core.errors import SpecError
 from genbench.generators import GENERATORS
 
 
 def _plan(name: str, **ov):
-    spec, source = load_spec(name)
+    spec, source = read_spec(name)
     return resolve(spec, source, Overrides(**ov))
 
 
@@ -93,7 +94,7 @@ generator = "dcgan"
 def test_spec_errors_name_the_field(tmp_path, extra, expected):
     path = _write(tmp_path, BASE + extra)
     with pytest.raises(SpecError) as info:
-        spec, source = load_spec(path)
+        spec, source = read_spec(path)
         resolve(spec, source)
     assert expected in str(info.value)
     assert len(str(info.value).splitlines()) == 1
@@ -102,14 +103,14 @@ def test_spec_errors_name_the_field(tmp_path, extra, expected):
 def test_unknown_dataset(tmp_path):
     path = _write(tmp_path, BASE.replace('name = "t"', 'name = "t"\ndataset = "mnist"'))
     with pytest.raises(SpecError, match=r"benchmark.dataset: unknown dataset 'mnist'; valid"):
-        resolve(*load_spec(path))
+        resolve(*read_spec(path))
 
 
 def test_bad_toml_and_missing_spec(tmp_path):
     with pytest.raises(SpecError, match="not valid TOML"):
-        load_spec(_write(tmp_path, "[benchmark\n"))
+        read_spec(_write(tmp_path, "[benchmark\n"))
     with pytest.raises(SpecError, match=r"valid names: .*smoke"):
-        load_spec("no-such-spec")
+        read_spec("no-such-spec")
 
 
 # ------------------------------------------------------------------- the CLI boundary

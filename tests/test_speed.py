@@ -9,15 +9,17 @@ import pytest
 import torch
 
 from genbench.benchmarks.fastpath import FastPaths, prepare_sampler
-from genbench.benchmarks.runner import _labels
-from genbench.benchmarks.spec import Overrides, load_spec, resolve
+from genbench.benchmarks.plan import Overrides, resolve
+from genbench.benchmarks.sampling import labels_for
+from genbench.benchmarks.spec import read_spec
 from genbench.benchmarks.speed import machine_id
 from genbench.benchmarks.timing import SamplingTimer
 from genbench.core.errors import GenbenchError
 from genbench.generators import GENERATORS, DataShape
+from genbench.store.records import Environment
 
 SHAPE = DataShape(channels=1, image_size=16, num_classes=10)
-SMOKE = {m.generator: m for m in resolve(*load_spec("smoke"), Overrides()).models.values()}
+SMOKE = {m.generator: m for m in resolve(*read_spec("smoke"), Overrides()).models.values()}
 
 # The output contract of speed.json / the history (reports read these names).
 RECORD_FIELDS = {
@@ -77,7 +79,8 @@ def test_bench_speed_reports_every_field(cli, tiny_spec, tmp_path):
     for r in records:
         assert set(r) >= RECORD_FIELDS, RECORD_FIELDS - set(r)
         assert r["weights"] == "untrained" and r["generator"] == "dcgan"
-        assert r["commit"] == env["git_commit"] and r["machine"] == machine_id(env)
+        machine = machine_id(Environment.model_validate(env))
+        assert r["commit"] == env["git_commit"] and r["machine"] == machine
         assert (r["precision"], r["channels_last"], r["compile"], r["cuda_graphs"]) == (
             "fp32",
             False,
@@ -147,8 +150,8 @@ def _images(name: str, fast: FastPaths, device: torch.device) -> torch.Tensor:
     model = SMOKE[name]
     gen = GENERATORS.get(name)(model.config, SHAPE, device)
     gen.eval()
-    labels = _labels(gen, seeds)
-    run = prepare_sampler(gen, fast, lambda: gen.sample(seeds, labels, model.sample.steps))
+    labels = labels_for(gen, seeds)
+    run = prepare_sampler(gen, fast, lambda: gen.sample(seeds, labels, model.settings))
     return run().float()
 
 

@@ -22,6 +22,7 @@ from genbench.generators.vdpm import (
     VDPM,
     TrainingDraws,
     VDPMConfig,
+    VDPMSettings,
     ancestral_step,
     diffuse,
     eps_from_v,
@@ -274,26 +275,26 @@ def test_ancestral_step_is_the_ddpm_posterior():
 @pytest.mark.parametrize("var", ["fixed_small", "fixed_large", "fixed_medium"])
 def test_ancestral_sampling_uses_only_the_seed(var):
     gen = _tiny(sampler="ancestral", model_var_type=var)
-    many = gen.sample([3, 8, 5], torch.tensor([3, 8, 5]), steps=5)
+    five = VDPMSettings(steps=5)
+    many = gen.sample([3, 8, 5], torch.tensor([3, 8, 5]), five)
     torch.manual_seed(7)
-    one = gen.sample([8], torch.tensor([8]), steps=5)
+    one = gen.sample([8], torch.tensor([8]), five)
     torch.testing.assert_close(many[1:2], one, atol=1e-5, rtol=1e-5)
     assert many.abs().max() <= 1.0
 
 
 def test_sample_steps_are_checked_and_counted():
     gen = _tiny()
-    assert gen.nfe() == 4 and gen.nfe(7) == 7 and gen.nfe("12") == 12
-    with pytest.raises(ValueError, match="whole number"):
-        gen.sample([0], steps="fast")
-    with pytest.raises(ValueError, match=r"1\.\.65535"):
-        gen.nfe(0)
+    assert gen.nfe() == 4 and gen.nfe(VDPMSettings(steps=7)) == 7
+    for bad in ("fast", 0, 65_536):
+        with pytest.raises(ValidationError, match="steps"):
+            VDPM.make_settings(gen.config, SHAPE, {"steps": bad})
 
 
 # --------------------------------------------------------------------------- guidance
 
 
-def test_guidance_zero_is_the_conditional_prediction():
+def test_guidance_one_is_the_conditional_prediction():
     gen = _tiny(seed=3)
     gen.eval()
     z = torch.randn(6, 1, 8, 8)
@@ -303,26 +304,31 @@ def test_guidance_zero_is_the_conditional_prediction():
         cond = gen._net_output(z, lam, labels)
         uncond = gen._net_output(z, lam, torch.full_like(labels, 10))
         convert = OUTPUT_TO_X0_EPS[gen.config.model_out_type]
-        for w, out in [(0.0, cond), (2.0, 3.0 * cond - 2.0 * uncond)]:
-            x_pred, _ = gen._denoiser(labels, w)(z, lam)
+        for scale, out in [(1.0, cond), (3.0, 3.0 * cond - 2.0 * uncond)]:
+            x_pred, _ = gen._denoiser(labels, scale)(z, lam)
             torch.testing.assert_close(x_pred, convert(z, out, lam)[0].clamp(-1, 1))
     assert not torch.allclose(cond, uncond), "the class embedding must matter"
 
 
 def test_guidance_doubles_network_evaluations():
-    gen = _tiny(w_guide=1.5)
+    gen = _tiny(guidance=2.5)
     rows = []
     gen.net.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
     labels = torch.tensor([1, 2, 3])
-    gen.sample([1, 2, 3], labels, steps=5)
-    assert rows == [6] * 5 and gen.nfe(5) == 10  # config w_guide
+    five = VDPMSettings(steps=5)
+    gen.sample([1, 2, 3], labels, five)
+    assert rows == [6] * 5 and gen.nfe(five) == 10  # the config's guidance scale
     rows.clear()
-    gen.sample([1, 2, 3], labels, steps=5, guidance=0.0)
-    assert rows == [3] * 5 and gen.nfe(5, guidance=0.0) == 5
+    conditional = VDPMSettings(steps=5, guidance=1.0)
+    gen.sample([1, 2, 3], labels, conditional)
+    assert rows == [3] * 5 and gen.nfe(conditional) == 5
     rows.clear()
-    gen.sample([1, 2, 3], None, steps=5)  # no label: nothing to guide towards
+    gen.sample([1, 2, 3], None, five)  # no label: nothing to guide towards
     assert rows == [3] * 5
-    assert _tiny(class_conditional=False).nfe(5, guidance=2.0) == 5
+    uncond = _tiny(class_conditional=False)
+    assert uncond.nfe(conditional) == 5
+    with pytest.raises(ValueError, match="class-conditional"):
+        VDPM.make_settings(uncond.config, SHAPE, {"guidance": 2.0})
 
 
 def test_label_dropout_and_flip_rates():
@@ -384,7 +390,7 @@ def test_defaults_are_the_published_cifar10_setting():
     assert (c.attn_resolutions, c.dropout) == ((16, 8), 0.2)
     assert (c.logsnr_schedule, c.logsnr_min, c.logsnr_max) == ("cosine", -20.0, 20.0)
     assert (c.model_out_type, c.reweight_type, c.train_timesteps) == ("v", "truncated_snr", 0)
-    assert (c.p_uncond, c.w_guide, c.lr) == (0.1, 0.0, 2e-4)
+    assert (c.p_uncond, c.guidance, c.lr) == (0.1, 1.0, 2e-4)  # w = 0 is the scale s = 1
 
 
 def test_cifar10_dry_run_shows_the_published_settings(cli):

@@ -1,159 +1,112 @@
-"""The ``bench speed`` and ``bench compare`` commands (registered in ``genbench.cli``).
-
-Thin typed wrappers over ``benchmarks.speed`` and ``benchmarks.compare``; heavy imports
-stay inside the functions so ``bench --help`` stays fast.
-"""
+"""``bench speed`` and ``bench compare``: sampling speed, and whether HEAD is slower."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-SpecArg = Annotated[
-    str, typer.Argument(metavar="SPEC", help="shipped spec name (see `bench list`) or a path")
-]
-ModelsOpt = Annotated[
-    str | None, typer.Option(metavar="A,B", help="comma-separated models of the spec")
-]
-BatchOpt = Annotated[
-    str | None,
-    typer.Option(metavar="N,N", help="batch sizes, e.g. 64,256,1024 (default timing.batch_size)"),
-]
-StepsOpt = Annotated[
-    str | None,
-    typer.Option(metavar="S,S", help="sampler step settings, e.g. 50,ddim100 (default: spec's)"),
-]
-DeviceOpt = Annotated[str | None, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")]
-RepeatsOpt = Annotated[
-    int | None, typer.Option(metavar="N", help="timed calls per case (at least 10)")
-]
-WarmupOpt = Annotated[
-    int | None, typer.Option(metavar="N", help="untimed calls first (default timing.warmup)")
-]
-PrecisionOpt = Annotated[
-    str | None, typer.Option(metavar="P", help="fp32 | tf32 | bf16 | fp16 (default: spec's)")
-]
-ChannelsLastOpt = Annotated[
-    bool | None,
-    typer.Option("--channels-last/--no-channels-last", help="NHWC weights for the networks"),
-]
-CompileOpt = Annotated[
-    str | None,
-    typer.Option(metavar="MODE", help="none | default | reduce-overhead | max-autotune"),
-]
-GraphsOpt = Annotated[
-    bool | None,
-    typer.Option("--cuda-graphs/--no-cuda-graphs", help="replay each network step from a graph"),
-]
+from genbench.cli.options import (
+    BatchSizes,
+    ChannelsLast,
+    Compile,
+    CudaGraphs,
+    Device,
+    History,
+    Models,
+    Precision,
+    RunsDir,
+    SpecArg,
+    Steps,
+    Warmup,
+    split_list,
+)
 
-
-def _fast(
-    spec_timing: Any,
-    precision: str | None,
-    channels_last: bool | None,
-    compile_mode: str | None,
-    cuda_graphs: bool | None,
-) -> Any:
-    from genbench.benchmarks.fastpath import FastPaths
-
-    base = FastPaths.from_section(spec_timing)
-    return FastPaths(
-        precision=precision or base.precision,
-        channels_last=base.channels_last if channels_last is None else channels_last,
-        compile=compile_mode or base.compile,
-        cuda_graphs=base.cuda_graphs if cuda_graphs is None else cuda_graphs,
-    )
-
-
-def _plan(spec: str, models: str | None, device: str | None) -> Any:
-    from genbench.benchmarks.spec import Overrides, load_spec, resolve
-    from genbench.cli import _split
-
-    parsed, source = load_spec(spec)
-    return resolve(parsed, source, Overrides(models=_split(models), device=device))
+if TYPE_CHECKING:  # the real imports load torch inside the commands
+    from genbench.benchmarks.plan import RunPlan
+    from genbench.benchmarks.speed import SpeedSettings
+    from genbench.store.records import Comparison
 
 
 def _settings(
-    plan: Any,
+    plan: RunPlan,
     batch_sizes: str | None,
     steps: str | None,
     repeats: int | None,
     warmup: int | None,
-    fast: Any,
-) -> Any:
+    fast: dict[str, Any],
+) -> SpeedSettings:
+    """The speed settings of the flags over the spec's [timing], checked for the device."""
+    from genbench.benchmarks.fastpath import FastPaths
     from genbench.benchmarks.speed import (
         SpeedSettings,
         parse_batch_sizes,
         parse_steps,
         resolved_settings,
     )
+    from genbench.core.device import resolve_device
 
-    fast.check(_device(plan))
+    paths = FastPaths.from_section(plan.timing).override(**fast)
+    paths.check(resolve_device(plan.benchmark.device))
     return resolved_settings(
         plan,
         SpeedSettings(
             batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes else None,
             steps=parse_steps(steps) if steps else None,
-            fast=fast,
+            fast=paths,
             repeats=repeats,
             warmup=warmup,
         ),
     )
 
 
-def _device(plan: Any) -> Any:
-    from genbench.benchmarks.runner import resolve_device
-
-    return resolve_device(plan.benchmark.device)
-
-
 def speed_cmd(
     spec: SpecArg,
-    models: ModelsOpt = None,
-    batch_sizes: BatchOpt = None,
-    steps: StepsOpt = None,
-    device: DeviceOpt = None,
-    out: Annotated[
-        Path, typer.Option(metavar="DIR", help="directory that receives <speed-id>/speed.json")
-    ] = Path("runs"),
-    history: Annotated[
-        Path | None,
-        typer.Option(metavar="PATH", help="JSON-lines history (default runs/speed_history.jsonl)"),
+    models: Models = None,
+    batch_sizes: BatchSizes = None,
+    steps: Steps = None,
+    device: Device = None,
+    out: RunsDir = Path("runs"),
+    history: History = None,
+    repeats: Annotated[
+        int | None, typer.Option(metavar="N", help="timed calls per case (at least 10)")
     ] = None,
-    repeats: RepeatsOpt = None,
-    warmup: WarmupOpt = None,
-    precision: PrecisionOpt = None,
-    channels_last: ChannelsLastOpt = None,
-    compile: CompileOpt = None,
-    cuda_graphs: GraphsOpt = None,
+    warmup: Warmup = None,
+    precision: Precision = None,
+    channels_last: ChannelsLast = None,
+    compile: Compile = None,
+    cuda_graphs: CudaGraphs = None,
     baseline: Annotated[
         str | None,
         typer.Option(metavar="NAME", help="also time a reference: diffusers (DDPMPipeline)"),
     ] = None,
 ) -> None:
     """Time sampling of SPEC's models (untrained weights) per batch size and step setting."""
-    from genbench.benchmarks.baselines import BASELINES
+    # Imported here: `bench --help` and `bench report` must not load torch.
+    from genbench import api
+    from genbench.benchmarks.baselines import check_baseline
     from genbench.benchmarks.speed import (
         DEFAULT_HISTORY,
         WEIGHTS_NOTE,
-        format_table,
         run_speed,
-        speedups,
+        untimed_models,
     )
-    from genbench.core.errors import GenbenchError
+    from genbench.benchmarks.speed_format import format_table, speedups
 
-    if baseline is not None and baseline not in BASELINES:
-        raise GenbenchError(f"--baseline: unknown {baseline!r}; valid: {', '.join(BASELINES)}")
-    plan = _plan(spec, models, device)
-    fast = _fast(plan.timing, precision, channels_last, compile, cuda_graphs)
-    settings = _settings(plan, batch_sizes, steps, repeats, warmup, fast)
+    check_baseline(baseline)
+    plan = api.load_spec(spec, models=split_list(models, "--models", "dcgan"), device=device)
+    fast = {"precision": precision, "channels_last": channels_last, "compile": compile}
+    settings = _settings(
+        plan, batch_sizes, steps, repeats, warmup, {**fast, "cuda_graphs": cuda_graphs}
+    )
+    for name in untimed_models(plan, settings):
+        typer.echo(f"speed: {name} has no steps setting; timed once at its own sampler", err=True)
 
-    def progress(record: dict[str, Any]) -> None:
+    def progress(record: Any) -> None:
         typer.echo(
-            f"speed: {record['model']} ({record['generator']}) batch {record['batch_size']}: "
-            f"{record['images_per_s']:,.1f} images/s",
+            f"speed: {record.model} ({record.generator}) batch {record.batch_size}: "
+            f"{record.images_per_s:,.1f} images/s",
             err=True,
         )
 
@@ -187,10 +140,10 @@ def compare_cmd(
     spec: Annotated[
         str, typer.Option(metavar="SPEC", help="spec whose models are measured (revisions)")
     ] = "smoke",
-    models: ModelsOpt = None,
-    batch_sizes: BatchOpt = None,
-    steps: StepsOpt = None,
-    device: DeviceOpt = None,
+    models: Models = None,
+    batch_sizes: BatchSizes = None,
+    steps: Steps = None,
+    device: Device = None,
     repeats: Annotated[
         int | None, typer.Option(metavar="N", help="interleaved timed calls per revision (20)")
     ] = None,
@@ -198,60 +151,61 @@ def compare_cmd(
         int,
         typer.Option(min=1, metavar="N", help="fresh worker pairs the repeats are spread over (4)"),
     ] = 4,
-    warmup: WarmupOpt = None,
-    precision: PrecisionOpt = None,
-    channels_last: ChannelsLastOpt = None,
-    compile: CompileOpt = None,
-    cuda_graphs: GraphsOpt = None,
+    warmup: Warmup = None,
+    precision: Precision = None,
+    channels_last: ChannelsLast = None,
+    compile: Compile = None,
+    cuda_graphs: CudaGraphs = None,
     threshold: Annotated[
         float, typer.Option(metavar="R", help="slowdown ratio that counts (0.10 = 10%)")
     ] = 0.10,
     alpha: Annotated[
         float, typer.Option(metavar="P", help="Mann-Whitney U significance level")
     ] = 0.002,
-    out: Annotated[
-        Path, typer.Option(metavar="DIR", help="where revision measurements are written")
-    ] = Path("runs"),
+    out: RunsDir = Path("runs"),
 ) -> None:
     """Compare BASE with HEAD; exit 1 on a regression (slower by > threshold AND p < alpha)."""
-    from genbench.benchmarks import compare as cmp
+    from genbench import api
+    from genbench.benchmarks.compare import git, revisions, stats
     from genbench.benchmarks.spec import find_spec
     from genbench.core.errors import GenbenchError
 
     if not 0 < threshold < 10 or not 0 < alpha < 1:
         raise GenbenchError("--threshold must be in (0, 10) and --alpha in (0, 1)")
     if base is not None and head is not None and Path(base).exists() and Path(head).exists():
-        _, base_results = cmp.load_results(Path(base))
-        _, head_results = cmp.load_results(Path(head))
-        rows, notes = cmp.compare_records(base_results, head_results, threshold, alpha)
+        base_results = revisions.load_results(Path(base))
+        head_results = revisions.load_results(Path(head))
+        rows, notes = stats.compare_records(base_results, head_results, threshold, alpha)
         _finish(rows, notes, threshold, alpha)
         return
 
-    repo = cmp.repo_root()
+    repo = git.repo_root()
     if base is None:
-        base = cmp.default_base(repo)
+        base = git.default_base(repo)
         if base is None:
             typer.echo("compare: PASS, HEAD has no parent revision to compare with", err=True)
             return
         typer.echo(f"compare: base = {base[:12]} (merge base with origin/main, or HEAD~1)")
-    plan = _plan(spec, models, device)
-    fast = _fast(plan.timing, precision, channels_last, compile, cuda_graphs)
-    repeats = cmp.REPEATS if repeats is None else repeats
-    settings = _settings(plan, batch_sizes, steps, repeats, warmup, fast)
+    plan = api.load_spec(spec, models=split_list(models, "--models", "dcgan"), device=device)
+    fast = {"precision": precision, "channels_last": channels_last, "compile": compile}
+    repeats = revisions.REPEATS if repeats is None else repeats
+    settings = _settings(
+        plan, batch_sizes, steps, repeats, warmup, {**fast, "cuda_graphs": cuda_graphs}
+    )
     setup = {
         "spec": str(find_spec(spec).resolve()),
         "models": list(plan.models),
         "device": plan.benchmark.device,
         "batch_sizes": settings.batch_sizes,
         "steps": settings.steps,
-        "fast": settings.fast.to_dict(),
+        "fast": settings.fast.to_dict() if settings.fast else {},
         "warmup": settings.warmup,
     }
-    outcome = cmp.compare_revisions(
+    outcome = revisions.compare_revisions(
         base,
-        head or cmp.WORKTREE,
+        head or git.WORKTREE,
         setup,
-        settings.repeats,
+        settings.repeats or revisions.REPEATS,
         threshold,
         alpha,
         log=lambda line: typer.echo(line, err=True),
@@ -261,13 +215,14 @@ def compare_cmd(
     if outcome.skipped:
         typer.echo(f"compare: PASS, nothing to compare: {outcome.skipped}")
         return
-    where = cmp.write_outcome(out, outcome)
+    where = revisions.write_outcome(out, outcome)
     typer.echo(f"compare: base {outcome.base[:12]} vs head {outcome.head[:12]}; results: {where}")
-    _finish(outcome.rows or [], outcome.notes or [], threshold, alpha)
+    _finish(outcome.rows, outcome.notes, threshold, alpha)
 
 
-def _finish(rows: list[Any], notes: list[str], threshold: float, alpha: float) -> None:
-    from genbench.benchmarks.compare import Regression, describe, format_comparisons
+def _finish(rows: list[Comparison], notes: list[str], threshold: float, alpha: float) -> None:
+    from genbench.benchmarks.compare.format import describe, format_comparisons
+    from genbench.benchmarks.compare.stats import Regression
 
     typer.echo(format_comparisons(rows, threshold, alpha))
     for note in notes:

@@ -19,3 +19,17 @@ class DatasetError(GenbenchError):
 
 class CheckpointError(GenbenchError):
     """A checkpoint file is missing, unreadable or belongs to another generator/config."""
+
+
+class StoreError(GenbenchError):
+    """A results file is missing, unreadable or written by an unknown schema version."""
+
+
+class UnknownNameError(GenbenchError):
+    """A name no registry knows (a generator, data set, extractor, metric ...); the message
+    names where it came from and lists the valid choices."""
+
+    def __init__(self, kind: str, name: str, choices: list[str], where: str | None = None) -> None:
+        self.kind, self.name, self.choices, self.where = kind, name, choices, where
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}unknown {kind} {name!r}; valid choices: {', '.join(choices)}")

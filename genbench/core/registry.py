@@ -12,20 +12,11 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from genbench.core.errors import UnknownNameError
+
 T = TypeVar("T")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-class UnknownNameError(KeyError):
-    """Raised by ``Registry.get`` for a name that is not registered; the message lists choices."""
-
-    def __init__(self, kind: str, name: str, choices: list[str]) -> None:
-        self.kind, self.name, self.choices = kind, name, choices
-        super().__init__(f"unknown {kind} {name!r}; valid choices: {', '.join(choices)}")
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
 
 
 class Registry(Generic[T]):
@@ -76,16 +67,18 @@ class Registry(Generic[T]):
 
         return deco
 
-    def canonical(self, name: str) -> str:
-        """The registered name for ``name`` or one of its aliases."""
+    def canonical(self, name: str, where: str | None = None) -> str:
+        """The registered name for ``name`` or one of its aliases; ``UnknownNameError`` (a
+        one-line usage error, prefixed with ``where``, listing the choices) otherwise."""
         if name in self._items:
             return name
         if name in self._aliases:
             return self._aliases[name]
-        raise UnknownNameError(self.kind, name, self.choices())
+        raise UnknownNameError(self.kind, name, self.choices(), where)
 
-    def get(self, name: str) -> T:
-        return self._items[self.canonical(name)]
+    def get(self, name: str, where: str | None = None) -> T:
+        """The object registered as ``name`` (or an alias); see ``canonical``."""
+        return self._items[self.canonical(name, where)]
 
     def names(self) -> list[str]:
         """Canonical names, sorted."""

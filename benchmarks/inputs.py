@@ -1,0 +1,136 @@
+"""What a run evaluates against, opened before anything is written: the data splits, the
+feature extractor and the reference statistics; and the spec's evaluation settings in the
+forms ``genbench.eval`` takes."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from genbench.benchmarks.plan import RunPlan
+from genbench.benchmarks.sampling import has_likelihood
+from genbench.benchmarks.spec import IS_SPLITS, EvaluateSection
+from genbench.core.errors import GenbenchError
+from genbench.core.progress import counting
+from genbench.data.datasets import DATASETS
+from genbench.eval.evaluator import Evaluator
+from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
+from genbench.eval.metrics import METRICS, MetricOptions
+from genbench.eval.reference import ReferenceStats, StatsCache, dataset_reference
+
+
+def extractor_options(evaluate: EvaluateSection) -> ExtractorOptions:
+    """The spec's extractor settings as ``ExtractorOptions``."""
+    return ExtractorOptions(evaluate.dims, evaluate.resize, evaluate.quantize, evaluate.tf32)
+
+
+def metric_options(evaluate: EvaluateSection) -> MetricOptions:
+    """The spec's metric settings as ``MetricOptions``."""
+    return MetricOptions(
+        is_splits=IS_SPLITS,
+        kid_subsets=evaluate.kid_subsets,
+        kid_subset_size=evaluate.kid_subset_size,
+        pr_k=evaluate.pr_k,
+        max_features=evaluate.max_features,
+    )
+
+
+def needs_features(evaluate: EvaluateSection) -> bool:
+    """Whether a requested metric (KID, precision/recall) compares feature vectors."""
+    return any(METRICS.get(name).needs_features for name in evaluate.metrics)
+
+
+def check_evaluation(plan: RunPlan) -> None:
+    """Usage errors the metrics would otherwise raise only after sampling."""
+    evaluate = plan.evaluate
+    for model in plan.models.values():
+        kept = min(model.sample.num_samples, evaluate.max_features)
+        if "pr" in evaluate.metrics and kept <= evaluate.pr_k:
+            raise GenbenchError(
+                f"models.{model.name}.sample.num_samples: precision/recall with k = "
+                f"{evaluate.pr_k} needs more than {evaluate.pr_k} samples (and "
+                "evaluate.max_features); raise them"
+            )
+
+
+def reference_from_file(evaluate: EvaluateSection, extractor: FeatureExtractor) -> ReferenceStats:
+    """``evaluate.reference_stats`` read and checked against the extractor's feature size."""
+    path = evaluate.reference_stats
+    assert path is not None  # the caller checked
+    ref = ReferenceStats.from_npz(path)
+    if ref.dim != extractor.feature_dim:
+        raise GenbenchError(
+            f"evaluate.reference_stats: {path} holds {ref.dim}-d statistics, but the "
+            f"extractor gives {extractor.feature_dim}-d features; set evaluate.dims"
+        )
+    if needs_features(evaluate) and ref.features is None:
+        raise GenbenchError(
+            f"evaluate.reference_stats: {path} holds only mu and sigma; KID and "
+            "precision/recall need feature vectors (drop kid/pr or the file)"
+        )
+    return ref
+
+
+class RunInputs:
+    """Data splits and the feature extractor of a run, opened before anything is written.
+
+    Opening them first turns a missing data set or missing extractor weights into a usage
+    error that leaves no half-made run directory behind.
+    """
+
+    def __init__(self, plan: RunPlan, device: torch.device) -> None:
+        bench, evaluate = plan.benchmark, plan.evaluate
+        self.plan = plan
+        self.dataset = DATASETS.get(bench.dataset, where="benchmark.dataset")
+        needs_train = any(m.train.steps for m in plan.models.values())
+        self.train = self.dataset.load("train", bench.data_root) if needs_train else None
+        size = len(self.train) if self.train is not None else 0  # type: ignore[arg-type]
+        for model in plan.models.values():
+            if model.train.steps and model.train.batch_size > size:
+                raise GenbenchError(
+                    f"models.{model.name}.train.batch_size: {model.train.batch_size} exceeds "
+                    f"the {size} training images of {bench.dataset}; lower it"
+                )
+        if evaluate.reference_stats is not None:
+            self.reference = None  # the statistics come from that file instead
+        elif evaluate.reference == "train" and self.train is not None:
+            self.reference = self.train
+        else:
+            self.reference = self.dataset.load(evaluate.reference, bench.data_root)
+        needs_test = evaluate.bpd_images > 0 and any(
+            has_likelihood(m.generator) for m in plan.models.values()
+        )
+        self.test = self.dataset.load("test", bench.data_root) if needs_test else None
+        self.extractor = load_extractor(
+            evaluate.extractor, device, evaluate.weights, extractor_options(evaluate)
+        )
+        self.batch_size = evaluate.batch_size
+        check_evaluation(plan)
+        if evaluate.reference_stats is not None:
+            # Read now: a wrong file is a usage error before any run directory exists.
+            self.stats = reference_from_file(evaluate, self.extractor)
+
+    @functools.cached_property
+    def stats(self) -> ReferenceStats:
+        """Reference statistics, computed once and shared by every model: from the
+        statistics cache when it holds them, else computed (and cached, unless
+        ``evaluate.cache`` is off)."""
+        evaluate = self.plan.evaluate
+        assert self.reference is not None  # set whenever no statistics file is given
+        with counting("reference statistics", len(self.reference)) as advance:  # type: ignore[arg-type]
+            return dataset_reference(
+                self.extractor,
+                self.reference,
+                self.plan.benchmark.dataset,
+                evaluate.reference,
+                batch_size=self.batch_size,
+                num_features=evaluate.max_features if needs_features(evaluate) else 0,
+                cache=StatsCache() if evaluate.cache else None,
+                on_batch=advance,
+            )
+
+    def evaluator(self) -> Evaluator:
+        """A fresh ``Evaluator`` for one model, set up from the spec."""
+        evaluate = self.plan.evaluate
+        return Evaluator(self.extractor, self.stats, evaluate.metrics, metric_options(evaluate))

@@ -1,0 +1,315 @@
+"""A spec resolved into what a run executes: every name, config and sampling setting checked.
+
+``resolve`` checks every registry name (dataset, generators, extractor, metrics) and every
+name that becomes a folder (the benchmark and model names), validates each model's
+generator config and typed sampling settings, merges per-model ``train`` / ``sample``
+overrides over the global sections, applies command-line overrides, and returns a
+``RunPlan`` whose ``to_toml()`` is the fully resolved spec (written next to the results,
+printed by ``--dry-run``). Everything is checked here, before any training, so a bad
+setting never fails a run after hours of work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import ValidationError
+
+from genbench.benchmarks.spec import (
+    IS_SPLITS,
+    BenchmarkSection,
+    EvaluateSection,
+    SampleSection,
+    Spec,
+    TimingSection,
+    TrainSection,
+    validate_section,
+)
+from genbench.core.errors import SpecError, StoreError, UnknownNameError
+from genbench.core.registry import Registry
+from genbench.data.datasets import DATASETS
+from genbench.eval.extractors import EXTRACTORS
+from genbench.eval.metrics import METRICS
+from genbench.generators import GENERATORS, DataShape, Generator, GeneratorConfig, SampleSettings
+from genbench.store.files import check_name
+from genbench.store.records import SCHEMA_VERSION
+
+SETTING_KEYS = ("steps", "guidance")
+"""``[sample]`` keys that are the generator's typed sampling settings, not the harness's."""
+
+
+@dataclass
+class Overrides:
+    """Command-line overrides; ``None`` means "keep the spec's value"."""
+
+    models: list[str] | None = None
+    device: str | None = None
+    seed: int | None = None
+    train_steps: int | None = None
+    num_samples: int | None = None
+    data_root: Path | None = None
+    inception_weights: Path | None = None
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class ResolvedModel:
+    """One model of a run with everything filled in."""
+
+    name: str
+    generator: str
+    config: GeneratorConfig
+    train: TrainSection
+    sample: SampleSection
+    """The harness's sampling section (how many images, seeds, batch size, grid); its
+    ``steps`` and ``guidance`` are always None here: they live in ``settings``."""
+    settings: SampleSettings
+    """The generator's typed sampling settings (``Generator.Settings``)."""
+    checkpoint: Path | None
+    data_shape: DataShape
+    """The data set's image shape and classes, as the generator sees them."""
+
+    @property
+    def generator_class(self) -> type[Generator]:
+        return GENERATORS.get(self.generator)
+
+    def has_setting(self, key: str) -> bool:
+        """Whether the generator has the sampling setting ``key`` (``steps``, ...)."""
+        return key in self.generator_class.Settings.model_fields
+
+    def with_settings(self, where: str, **values: Any) -> ResolvedModel:
+        """This model with some sampling settings replaced (``bench speed --steps``),
+        validated like the spec's; a ``SpecError`` naming ``where`` otherwise."""
+        merged = {**self.settings.given(), **values}
+        settings = make_settings(self.generator_class, self.config, self.data_shape, merged, where)
+        return dataclasses.replace(self, settings=settings)
+
+
+@dataclass
+class RunPlan:
+    """A fully resolved spec: what ``bench run`` executes and writes as ``spec.toml``."""
+
+    benchmark: BenchmarkSection
+    evaluate: EvaluateSection
+    timing: TimingSection
+    models: dict[str, ResolvedModel]
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        models = {}
+        for name, m in self.models.items():
+            sample = m.sample.model_dump(mode="json", exclude_none=True)
+            entry: dict[str, Any] = {
+                "generator": m.generator,
+                "config": m.config.model_dump(mode="json", exclude_none=True),
+                "train": m.train.model_dump(mode="json", exclude_none=True),
+                "sample": {**sample, **m.settings.given()},
+            }
+            if m.checkpoint is not None:
+                entry["checkpoint"] = str(m.checkpoint)
+            models[name] = entry
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "benchmark": self.benchmark.model_dump(mode="json", exclude_none=True),
+            "evaluate": self.evaluate.model_dump(mode="json", exclude_none=True),
+            "timing": self.timing.model_dump(mode="json", exclude_none=True),
+            "models": models,
+        }
+
+    def to_toml(self) -> str:
+        header = f"# genbench resolved spec (from {self.source}); every default filled in\n"
+        return header + tomli_w.dumps(self.to_dict())
+
+
+def select_models(spec: Spec, wanted: list[str], generators: Registry) -> list[str]:
+    """Spec model keys for ``--models``: a key of [models], or a generator name/alias."""
+    chosen: list[str] = []
+    for want in wanted:
+        if want in spec.models:
+            key = want
+        elif want in generators:
+            canon = generators.canonical(want)
+            keys = [
+                k
+                for k, m in spec.models.items()
+                if m.generator in generators and generators.canonical(m.generator) == canon
+            ]
+            if not keys:
+                raise SpecError(
+                    f"--models: generator {want!r} has no entry in this spec; "
+                    f"valid choices: {', '.join(spec.models)}"
+                )
+            key = keys[0]
+        else:
+            raise SpecError(
+                f"--models: unknown model {want!r}; valid choices: {', '.join(spec.models)}"
+            )
+        if key not in chosen:
+            chosen.append(key)
+    return chosen
+
+
+def _train_steps(train: TrainSection, dataset_size: int) -> TrainSection:
+    """Turn ``epochs`` into ``steps`` so the plan states exactly what runs."""
+    if train.steps is not None and train.epochs is not None:
+        raise SpecError("train: give steps or epochs, not both")
+    if train.steps is None:
+        epochs = train.epochs if train.epochs is not None else 1.0
+        steps = max(1, round(epochs * dataset_size / train.batch_size))
+        return train.model_copy(update={"steps": steps})
+    return train
+
+
+def _lookup(registry: Registry, name: str, where: str) -> Any:
+    """``registry.get(name)``, an unknown name being a ``SpecError`` naming ``where``."""
+    try:
+        return registry.get(name, where=where)
+    except UnknownNameError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _checked_name(name: str, where: str) -> str:
+    """A name that becomes a folder (benchmark or model), as a ``SpecError`` if unsafe."""
+    try:
+        return check_name(name, where)
+    except StoreError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def settings_error(
+    exc: ValidationError | ValueError, gen: type[Generator], where: str
+) -> SpecError:
+    """One line per problem with a model's sampling settings, naming the setting."""
+    if not isinstance(exc, ValidationError):
+        return SpecError(f"{where}: {exc}")
+    valid = ", ".join(gen.Settings.model_fields) or "none"
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(
+                f"{where}.{key}: this generator has no sampling setting {key!r} "
+                f"(its settings: {valid})"
+            )
+        else:
+            lines.append(f"{where}.{key}: {err['msg']} (got {err.get('input')!r})")
+    return SpecError("\n".join(lines))
+
+
+def make_settings(
+    gen: type[Generator],
+    config: GeneratorConfig,
+    shape: DataShape,
+    values: dict[str, Any],
+    where: str,
+) -> SampleSettings:
+    """``values`` as ``gen``'s typed sampling settings, or a ``SpecError`` naming ``where``."""
+    try:
+        return gen.make_settings(config, shape, values)
+    except (ValidationError, ValueError) as exc:
+        raise settings_error(exc, gen, where) from None
+
+
+def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunPlan:
+    """Validate every name, config and setting, merge overrides; ``SpecError`` on any
+    problem (one line per field, naming the field path)."""
+    ov = overrides or Overrides()
+    bench = spec.benchmark.model_copy(
+        update={
+            k: v
+            for k, v in {"device": ov.device, "seed": ov.seed, "data_root": ov.data_root}.items()
+            if v is not None
+        }
+    )
+    _checked_name(bench.name, f"{source}: benchmark.name")
+    dataset = _lookup(DATASETS, bench.dataset, f"{source}: benchmark.dataset")
+    info = dataset.info
+    shape = DataShape(info.channels, info.image_size, info.num_classes)
+    _lookup(EXTRACTORS, spec.evaluate.extractor, f"{source}: evaluate.extractor")
+    for metric in spec.evaluate.metrics:
+        _lookup(METRICS, metric, f"{source}: evaluate.metrics")
+
+    evaluate = spec.evaluate
+    if ov.inception_weights is not None:
+        if evaluate.extractor != "inception":
+            raise SpecError(
+                f"--inception-weights: this spec evaluates with the {evaluate.extractor!r} "
+                "extractor, not 'inception'"
+            )
+        evaluate = evaluate.model_copy(update={"weights": ov.inception_weights})
+    if evaluate.weights is not None and not Path(evaluate.weights).is_file():
+        raise SpecError(f"evaluate.weights: no such file: {evaluate.weights}")
+
+    names = list(spec.models)
+    if ov.models:
+        names = select_models(spec, ov.models, GENERATORS)
+    for key in ov.checkpoints:
+        if key not in names:
+            raise SpecError(
+                f"--checkpoint: model {key!r} is not in this run; valid choices: {', '.join(names)}"
+            )
+
+    models: dict[str, ResolvedModel] = {}
+    for name in names:
+        models[name] = _resolve_model(spec, source, name, evaluate, ov, shape, info.train_size)
+    return RunPlan(
+        benchmark=bench,
+        evaluate=evaluate,
+        timing=spec.timing,
+        models=models,
+        source=source,
+    )
+
+
+def _resolve_model(
+    spec: Spec,
+    source: str,
+    name: str,
+    evaluate: EvaluateSection,
+    ov: Overrides,
+    shape: DataShape,
+    train_size: int,
+) -> ResolvedModel:
+    entry = spec.models[name]
+    where = ("models", name)
+    _checked_name(name, f"{source}: models.{name}")
+    gen_cls = _lookup(GENERATORS, entry.generator, f"{source}: models.{name}.generator")
+    config = validate_section(gen_cls.Config, entry.config, (*where, "config"), source)
+    checkpoint = ov.checkpoints.get(name, entry.checkpoint)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise SpecError(f"models.{name}.checkpoint: no such file: {checkpoint}")
+    train_data = {**spec.train.model_dump(exclude_unset=True), **entry.train}
+    sample_data = {**spec.sample.model_dump(exclude_unset=True), **entry.sample}
+    if ov.train_steps is not None:
+        train_data.update(steps=ov.train_steps)
+        train_data.pop("epochs", None)
+    elif checkpoint is not None and "steps" not in entry.train:
+        # A checkpoint is evaluated as it is unless its entry asks for more training.
+        train_data.update(steps=0)
+        train_data.pop("epochs", None)
+    if ov.num_samples is not None:
+        sample_data.update(num_samples=ov.num_samples)
+    train = validate_section(TrainSection, train_data, (*where, "train"), source)
+    sample = validate_section(SampleSection, sample_data, (*where, "sample"), source)
+    train = _train_steps(train, train_size)
+    if "is" in evaluate.metrics and sample.num_samples < IS_SPLITS:
+        raise SpecError(
+            f"models.{name}.sample.num_samples: {sample.num_samples} is too few for IS "
+            f"({IS_SPLITS} splits); use at least {IS_SPLITS}"
+        )
+    values = {k: getattr(sample, k) for k in SETTING_KEYS if getattr(sample, k) is not None}
+    settings = make_settings(gen_cls, config, shape, values, f"{source}: models.{name}.sample")
+    return ResolvedModel(
+        name=name,
+        generator=GENERATORS.canonical(entry.generator),
+        config=config,
+        train=train,
+        sample=sample.model_copy(update=dict.fromkeys(SETTING_KEYS)),
+        settings=settings,
+        checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        data_shape=shape,
+    )

@@ -1,0 +1,95 @@
+"""Sampling for evaluation: images streamed by seed into the evaluator, the sample grid,
+and the bits/dim bound of likelihood models on the test split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Dataset as TorchDataset
+from torchvision.utils import make_grid, save_image
+
+from genbench.benchmarks.batches import to_size
+from genbench.benchmarks.plan import ResolvedModel
+from genbench.core import io
+from genbench.core.progress import progress_bar
+from genbench.eval.evaluator import Evaluator
+from genbench.generators import GENERATORS, Batch, Generator
+
+
+def seed_list(model: ResolvedModel) -> list[int]:
+    """The evaluation seeds of ``model``: ``seed_offset`` .. ``seed_offset + num_samples - 1``."""
+    start = model.sample.seed_offset
+    return list(range(start, start + model.sample.num_samples))
+
+
+def labels_for(gen: Generator, seeds: list[int]) -> torch.Tensor | None:
+    """The class label of each seed for a class-conditional generator (None otherwise)."""
+    if gen.data.num_classes == 0 or not gen.conditional:
+        return None
+    # A label is a function of the seed, so a class-conditional image still depends only on it.
+    return torch.tensor(seeds, device=gen.device) % gen.data.num_classes
+
+
+def _write_grid(images: torch.Tensor, path: Path) -> None:
+    if images.shape[-1] < 64:  # enlarge small images (digits are 16 px) so the grid is legible
+        factor = -(-64 // images.shape[-1])
+        images = F.interpolate(images, scale_factor=factor, mode="nearest")
+    nrow = max(1, round(images.shape[0] ** 0.5))
+    grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
+    io.write_with_atomic(path, lambda tmp: save_image(grid, str(tmp), format="png"))
+
+
+def sample_and_evaluate(
+    gen: Generator, model: ResolvedModel, evaluator: Evaluator, grid_path: Path
+) -> dict[str, Any]:
+    """Stream samples by seed into ``evaluator``; keep only the first few for the grid.
+    Returns the sampling time and the seed range."""
+    seeds = seed_list(model)
+    bs, keep = model.sample.batch_size, model.sample.grid_size
+    grid: list[torch.Tensor] = []
+    gen.eval()
+    t0 = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task(f"sample {model.name}", total=len(seeds), status="")
+        for i in range(0, len(seeds), bs):
+            chunk = seeds[i : i + bs]
+            images = gen.sample(chunk, labels_for(gen, chunk), model.settings)
+            evaluator.update(images)
+            if len(grid) * bs < keep:
+                grid.append(images[:keep].cpu())
+            bar.advance(task, len(chunk))
+    elapsed = time.perf_counter() - t0
+    _write_grid(torch.cat(grid)[:keep], grid_path)
+    return {"seconds": elapsed, "seeds": f"{seeds[0]}-{seeds[-1]}"}
+
+
+def has_likelihood(generator: str) -> bool:
+    """Whether the registered generator overrides ``bits_per_dim``."""
+    return GENERATORS.get(generator).bits_per_dim is not Generator.bits_per_dim
+
+
+@torch.no_grad()
+def bits_per_dim(
+    gen: Generator, images: TorchDataset, count: int, batch_size: int
+) -> dict[str, Any]:
+    """Mean (and standard error) of the model's bits/dim bound over the first ``count``
+    images of ``images`` (the test split), with a progress bar."""
+    count = min(count, len(images))  # type: ignore[arg-type]
+    loader = DataLoader(Subset(images, range(count)), batch_size=batch_size)
+    values: list[torch.Tensor] = []
+    gen.eval()
+    with progress_bar() as bar:
+        task = bar.add_task("bits/dim (test)", total=count, status="")
+        for x, y in loader:
+            x = to_size(x.to(gen.device), gen.image_size)
+            labels = y.to(gen.device) if gen.conditional else None
+            values.append(gen.bits_per_dim(Batch(x, labels)).double().cpu())
+            bar.advance(task, len(x))
+    v = torch.cat(values)
+    std_err = float(v.std() / len(v) ** 0.5) if len(v) > 1 else float("nan")
+    return {"value": float(v.mean()), "std_err": std_err, "num_images": len(v), "split": "test"}

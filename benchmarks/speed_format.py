@@ -1,0 +1,89 @@
+"""``bench speed``'s plain-text output: one row per result, and the baseline ratios."""
+
+from __future__ import annotations
+
+from genbench.store.records import SpeedResult
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _memory(n: int | None) -> str:
+    return "–" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def fast_label(r: SpeedResult) -> str:
+    """The fast paths of a result, e.g. ``bf16+NHWC+compile=default``."""
+    parts = [str(r.precision)]
+    if r.channels_last:
+        parts.append("NHWC")
+    if r.compile not in (None, "none"):
+        parts.append(f"compile={r.compile}")
+    if r.cuda_graphs:
+        parts.append("graphs")
+    return "+".join(parts)
+
+
+def format_table(records: list[SpeedResult]) -> str:
+    """A plain-text table: one row per result."""
+    head = (
+        "model",
+        "batch",
+        "steps",
+        "NFE",
+        "fast paths",
+        "images/s",
+        "median s (IQR)",
+        "s/50k",
+        "ms/NFE",
+        "img-NFE/s",
+        "peak mem",
+        "first image s",
+        "noise",
+    )
+    rows = [head]
+    for r in records:
+        name = r.model + (f" [{r.generator}]" if r.baseline else "")
+        noise = "–" if r.noise_share is None else f"{100 * r.noise_share:.1f}%"
+        first = "–" if r.time_to_first_image_s is None else f"{r.time_to_first_image_s:.3g}"
+        rows.append(
+            (
+                name,
+                str(r.batch_size),
+                "default" if r.steps is None else str(r.steps),
+                str(r.nfe),
+                fast_label(r),
+                _num(r.images_per_s),
+                f"{r.median_s:.4g} ({r.iqr_s or 0:.2g})",
+                _num(r.s_per_50k),
+                "–" if r.ms_per_nfe is None else f"{r.ms_per_nfe:.3g}",
+                _num(r.image_nfe_per_s),
+                _memory(r.peak_memory_bytes),
+                first,
+                noise,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def speedups(records: list[SpeedResult]) -> list[str]:
+    """One line per case measured with a baseline: our images/s over the baseline's."""
+    lines = []
+    for r in records:
+        if r.baseline:
+            continue
+        for b in records:
+            same = (b.model, b.batch_size, b.steps) == (r.model, r.batch_size, r.steps)
+            if b.baseline and same:
+                lines.append(
+                    f"{r.model} batch {r.batch_size} steps {r.steps}: "
+                    f"{r.images_per_s / b.images_per_s:.2f}x the throughput of "
+                    f"{b.generator} ({fast_label(r)} vs fp32 eager)"
+                )
+    return lines

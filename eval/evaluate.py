@@ -1,0 +1,213 @@
+"""``genbench.evaluate``: metrics between two sets of images in one call, like pytorch-fid's
+command line or clean-fid's ``compute_fid`` (``bench eval`` is a shell over it).
+
+The stages are small functions: open both sides (``genbench.eval.sources``) and check them
+before any network loads; load the extractor; the real side's statistics (cached for a data
+set split); stream the fake side through an ``Evaluator``; a typed ``EvalResult`` with every
+value and the protocol it was measured under.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from genbench.core.device import resolve_device
+from genbench.core.errors import GenbenchError
+from genbench.core.progress import counting
+from genbench.data.datasets import DATASETS
+from genbench.eval.evaluator import Evaluator
+from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
+from genbench.eval.metrics import METRICS, MetricOptions, frechet_distance
+from genbench.eval.reference import ReferenceStats, StatsCache, accumulate, dataset_reference
+from genbench.eval.sources import DatasetSplit, ImageSet, Source, StatsFile, open_source
+from genbench.store.records import EvalResult, MetricValue, Protocol
+
+Advance = Callable[[int], None]
+
+
+@contextmanager
+def _progress(show: bool, description: str, total: int | None) -> Iterator[Advance]:
+    if not show:
+        yield lambda n: None
+        return
+    with counting(description, total) as advance:
+        yield advance
+
+
+def check_metrics(metrics: Sequence[str]) -> list[str]:
+    """Canonical names of ``metrics``; an unknown one is a one-line usage error."""
+    if not metrics:
+        raise GenbenchError("metrics: give at least one metric, e.g. fid")
+    return [METRICS.canonical(m, where="metrics") for m in metrics]
+
+
+def check_sources(real: Source, fake: Source, metrics: list[str]) -> None:
+    """Metrics the inputs cannot give, as a usage error before anything is computed."""
+    if isinstance(fake, StatsFile):
+        others = [m for m in metrics if m != "fid"]
+        if others:
+            raise GenbenchError(
+                f"fake is a statistics file: only fid can be computed from it, not "
+                f"{', '.join(others)}; pass images (a folder or a samples .npz)"
+            )
+
+
+def _split_images(split: DatasetSplit, data_root: Path | None) -> ImageSet:
+    """A data set split as images to stream (the fake side of a real-vs-real comparison)."""
+    dataset = DATASETS.get(split.dataset).load(split.split, data_root)
+
+    def batches(batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        for images, _ in loader:
+            yield images
+
+    source = {"dataset": split.dataset, "split": split.split}
+    return ImageSet(source, len(dataset), batches, split.label)  # type: ignore[arg-type]
+
+
+def reference_of(
+    real: Source,
+    extractor: FeatureExtractor,
+    *,
+    num_features: int,
+    batch_size: int,
+    num_workers: int,
+    data_root: Path | None,
+    progress: bool,
+) -> ReferenceStats:
+    """The real side's statistics, keeping ``num_features`` feature vectors (KID, PR): a
+    data set split from the statistics cache (computed and cached when absent), a
+    statistics file as it is, images streamed through ``extractor``."""
+    if isinstance(real, StatsFile):
+        return ReferenceStats.from_npz(real.path)
+    if isinstance(real, DatasetSplit):
+        dataset = DATASETS.get(real.dataset).load(real.split, data_root)
+        with _progress(progress, f"real {real.label}", len(dataset)) as advance:  # type: ignore[arg-type]
+            return dataset_reference(
+                extractor,
+                dataset,
+                real.dataset,
+                real.split,
+                batch_size=batch_size,
+                num_features=num_features,
+                cache=StatsCache(),
+                on_batch=advance,
+            )
+    with _progress(progress, "real", real.count) as advance:
+        batches = real.batches(batch_size, num_workers)
+        stats, kept = accumulate(extractor, batches, num_features, advance)
+    return ReferenceStats.from_accumulated(stats, kept, real.source)
+
+
+def _stats_file_fid(fake: StatsFile, ref: ReferenceStats, extractor: FeatureExtractor) -> Any:
+    fake_ref = ReferenceStats.from_npz(fake.path)
+    value = frechet_distance(fake_ref.mu, fake_ref.sigma, ref.mu, ref.sigma)
+    protocol = {**extractor.protocol(), "fake": fake_ref.protocol(), "reference": ref.protocol()}
+    return {"fid": {"value": value}}, protocol
+
+
+def evaluate(
+    fake: Any,
+    real: Any,
+    metrics: Sequence[str] = ("fid", "is"),
+    *,
+    extractor: str = "inception",
+    weights: str | Path | None = None,
+    dims: int | None = None,
+    resize: str | None = None,
+    quantize: bool = True,
+    tf32: bool = True,
+    device: str = "auto",
+    batch_size: int = 50,
+    num_workers: int = 0,
+    num_samples: int | None = None,
+    seeds: Sequence[int] | None = None,
+    data_root: str | Path | None = None,
+    max_features: int = 10_000,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    pr_k: int = 3,
+    progress: bool = True,
+) -> EvalResult:
+    """Metrics of ``fake`` against ``real`` (FID and IS by default).
+
+    Each side is a folder, a ``.zip`` or ``.npz`` of images, a ``.npz`` of statistics, a
+    data set split such as ``"cifar10:train"``, an image tensor or array, or a callable
+    ``f(seeds) -> images`` drawn for ``num_samples`` seeds (or ``seeds``); see
+    ``genbench.eval.sources``. ``extractor`` is ``"inception"`` (pytorch-fid's FID
+    Inception: ``weights`` a local copy of its weights file, else the torch hub cache) or
+    ``"digits"``; ``dims``, ``resize``, ``quantize`` and ``tf32`` are the protocol options
+    of ``bench eval``. KID and precision/recall use the first ``max_features`` feature
+    vectors of each side. Returns an ``EvalResult``: ``result.value("fid")``,
+    ``result.metrics``, ``result.protocol``. Bad input is a one-line ``GenbenchError``
+    raised before any network is loaded.
+    """
+    names = check_metrics(metrics)
+    root = Path(data_root) if data_root is not None else None
+    real_src = open_source(real, "real", num_samples=num_samples, seeds=seeds)
+    fake_src = open_source(fake, "fake", num_samples=num_samples, seeds=seeds)
+    check_sources(real_src, fake_src, names)
+    options = MetricOptions(
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        pr_k=pr_k,
+        max_features=max_features,
+    )
+    ext = load_extractor(
+        extractor,
+        resolve_device(device),
+        Path(weights) if weights is not None else None,
+        ExtractorOptions(dims, resize, quantize, tf32),
+    )
+    needs_features = any(METRICS.get(m).needs_features for m in names)
+    ref = reference_of(
+        real_src,
+        ext,
+        num_features=max_features if needs_features else 0,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        data_root=root,
+        progress=progress,
+    )
+    if ref.dim != ext.feature_dim:
+        raise GenbenchError(
+            f"real holds {ref.dim}-d statistics, but the extractor gives "
+            f"{ext.feature_dim}-d features; pass dims={ref.dim} (--dims {ref.dim})"
+        )
+    if isinstance(fake_src, StatsFile):
+        values, protocol = _stats_file_fid(fake_src, ref, ext)
+    else:
+        images = _split_images(fake_src, root) if isinstance(fake_src, DatasetSplit) else fake_src
+        evaluator = Evaluator(ext, ref, names, options)
+        with _progress(progress, "fake", images.count) as advance:
+            for batch in images.batches(batch_size, num_workers):
+                evaluator.update(batch)
+                advance(len(batch))
+        values = evaluator.compute()
+        protocol = {**evaluator.protocol(), "fake": images.source}
+    return EvalResult(
+        real=real_src.label,
+        fake=fake_src.label,
+        metrics={name: MetricValue(**value) for name, value in values.items()},
+        protocol=Protocol.model_validate(protocol),
+    )
+
+
+def metrics_table(result: EvalResult) -> str:
+    """The values of ``result`` as a markdown table (what ``bench eval`` prints)."""
+    lines = ["| metric | value |", "|---|---|"]
+    for name, value in result.metrics.items():
+        if name == "pr":
+            lines.append(f"| precision (k={value.k}) | {value.precision:.6g} |")
+            lines.append(f"| recall (k={value.k}) | {value.recall:.6g} |")
+        elif value.std is not None:
+            lines.append(f"| {name} | {value.value:.6g} ± {value.std:.6g} |")
+        else:
+            lines.append(f"| {name} | {value.value:.6g} |")
+    return "\n".join(lines)

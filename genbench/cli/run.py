@@ -1,0 +1,119 @@
+"""``bench run``, ``bench resume`` and ``bench list``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genbench.cli.options import (
+    DataRoot,
+    Device,
+    InceptionWeights,
+    Models,
+    RunsDir,
+    SpecArg,
+    parse_checkpoints,
+    split_list,
+)
+
+RESUME_ACTIONS = {"kept": "kept", "evaluate": "evaluated from its checkpoint", "run": "run again"}
+
+
+def _print_run(run_dir: Path) -> None:
+    typer.echo((run_dir / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"report:  {run_dir / 'report.html'} (plots and sample grids)")
+    typer.echo(f"results: {run_dir}")
+
+
+def run_cmd(
+    spec: SpecArg,
+    models: Models = None,
+    out: RunsDir = Path("runs"),
+    device: Device = None,
+    seed: Annotated[
+        int | None, typer.Option(metavar="N", help="training seed (init and data order)")
+    ] = None,
+    train_steps: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="optimiser updates per model; 0 = untrained baseline"),
+    ] = None,
+    num_samples: Annotated[
+        int | None, typer.Option(metavar="N", help="images sampled for evaluation")
+    ] = None,
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(metavar="MODEL=PATH", help="start MODEL from a saved checkpoint (repeatable)"),
+    ] = None,
+    data_root: DataRoot = None,
+    inception_weights: InceptionWeights = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the resolved spec, write nothing")
+    ] = False,
+) -> None:
+    """Train, sample, time and evaluate the models of SPEC; results go to OUT/<run-id>/."""
+    # Imported here: `bench --help` and `bench report` must not load torch (see cli/__init__).
+    from genbench import api
+    from genbench.core.device import resolve_device
+
+    plan = api.load_spec(
+        spec,
+        models=split_list(models, "--models", "dcgan"),
+        device=device,
+        seed=seed,
+        train_steps=train_steps,
+        num_samples=num_samples,
+        data_root=data_root,
+        inception_weights=inception_weights,
+        checkpoints=parse_checkpoints(checkpoint),
+    )
+    resolve_device(plan.benchmark.device)  # an unusable device fails a dry run too
+    if dry_run:
+        typer.echo(plan.to_toml(), nl=False)
+        return
+    _print_run(api.run(plan, out).path)
+
+
+def resume_cmd(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="an interrupted run, e.g. runs/<run-id>")
+    ],
+    device: Device = None,
+    data_root: DataRoot = None,
+    inception_weights: InceptionWeights = None,
+) -> None:
+    """Finish an interrupted run in place from its own resolved spec: finished models are
+    kept, a model whose training had finished is evaluated from its checkpoint, the rest
+    run again from the start."""
+    from genbench import api
+
+    result, actions = api.resume(
+        run_dir, device=device, data_root=data_root, inception_weights=inception_weights
+    )
+    if not actions:
+        typer.echo(f"resume: {run_dir} is already complete; nothing to do")
+        return
+    for name, action in actions.items():
+        typer.echo(f"resume: {name}: {RESUME_ACTIONS[action]}")
+    _print_run(result.path)
+
+
+def list_cmd() -> None:
+    """List shipped specs, generators, data sets, feature extractors and metrics."""
+    from genbench.benchmarks.spec import available_specs
+    from genbench.data.datasets import DATASETS
+    from genbench.eval.extractors import EXTRACTORS
+    from genbench.eval.metrics import METRICS
+    from genbench.generators import GENERATORS
+
+    typer.echo("specs:       " + ", ".join(available_specs()))
+    gens = [
+        name
+        + (f" (alias {', '.join(GENERATORS.aliases(name))})" if GENERATORS.aliases(name) else "")
+        for name in GENERATORS.names()
+    ]
+    typer.echo("generators:  " + ", ".join(gens))
+    typer.echo("datasets:    " + ", ".join(DATASETS.names()))
+    typer.echo("extractors:  " + ", ".join(EXTRACTORS.names()))
+    typer.echo("metrics:     " + ", ".join(METRICS.names()))

@@ -1,0 +1,366 @@
+"""The results store's records: typed, versioned, the only contract between the harness that
+writes results and the reports and API that read them.
+
+Every JSON file of a run or speed directory is one of these pydantic records and carries a
+``schema_version``. Unknown keys are errors (a typo or a file from elsewhere never passes
+silently); fields a report can do without are optional, so a run killed early or written by
+an older version still loads. ``genbench.store.files`` reads and writes them, migrating
+files of earlier schema versions (``genbench.store.versions``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+
+SCHEMA_VERSION = 2
+"""The schema version this genbench writes. 1: files written before records had a version
+(guidance in Ho & Salimans' w for DDPM and VDPM, DDPM step sections as "a,b,c"); 2: one
+guidance scale s everywhere, sections as "a+b+c"."""
+
+
+class Strict(BaseModel):
+    """A part of a record: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sparse(Strict):
+    """A part whose fields apply only in some cases (one metric's values, one kind of
+    source): written without the fields that do not apply."""
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class Record(Strict):
+    """A whole file of the store, stamped with the schema version it was written in."""
+
+    schema_version: int = SCHEMA_VERSION
+
+
+# --------------------------------------------------------------------------- environment
+
+
+class Environment(Record):
+    """What numbers were measured on: code, libraries, hardware, world size
+    (``environment.json``; also embedded in speed results and resumptions)."""
+
+    git_commit: str | None = None
+    python: str | None = None
+    torch: str | None = None
+    cuda: str | None = None
+    platform: str | None = None
+    cpu: str | None = None
+    cpu_count: int | None = None
+    torch_threads: int | None = None
+    device: str | None = None
+    world_size: int = 1
+    device_name: str | None = None
+    device_memory_bytes: int | None = None
+    cudnn: int | None = None
+    driver: str | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields as a plain dict, without the schema version (for hashing and display).
+        The CUDA-only fields are left out when unset, as they were before records had a
+        schema, so a machine keeps its ``machine_id`` across versions."""
+        out = self.model_dump(exclude={"schema_version"})
+        for key in ("device_memory_bytes", "cudnn", "driver"):
+            if out[key] is None:
+                del out[key]
+        return out
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class Resumption(Strict):
+    """One ``bench resume`` of a run: when, where, and what it did with each model."""
+
+    at: str
+    environment: Environment
+    actions: dict[str, Literal["kept", "evaluate", "run"]]
+
+
+class RunStatus(Record):
+    """``run.json``: the run's status and its models, in run order."""
+
+    run_id: str
+    benchmark: str | None = None
+    status: Literal["running", "complete"] = "running"
+    models: list[str] = Field(default_factory=list)
+    started: str | None = None
+    finished: str | None = None
+    resumed: list[Resumption] = Field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+
+class MetricValue(Sparse):
+    """One metric's result: ``value`` (FID, IS, KID, bits/dim) with its spread (``std`` over
+    splits or subsets, ``std_err``), or precision and recall with their ``k``."""
+
+    value: float | None = None
+    std: float | None = None
+    std_err: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    k: int | None = None
+    num_images: int | None = None
+    split: str | None = None
+
+
+class Source(Sparse):
+    """Where a set of images or statistics came from: a data set split, a file, a folder,
+    an array or a callable; with the image count and the statistics' sha256 when known."""
+
+    dataset: str | None = None
+    split: str | None = None
+    path: str | None = None
+    folder: str | None = None
+    zip: str | None = None
+    array: str | None = None
+    callable: str | None = None
+    count: int | None = None
+    stats_sha256: str | None = None
+    num_features: int | None = None
+
+
+class Protocol(Sparse):
+    """Everything a metric value must be stored with to be comparable: the extractor and its
+    weights, resize, dtype, feature size, quantisation, TF32, sample count, the metrics'
+    settings, the reference and the seed range."""
+
+    extractor: str
+    weights_sha256: str
+    resize: str
+    input_size: int | None = None
+    dtype: str = "float32"
+    feature_dim: int
+    dims: int | None = None
+    quantize: bool | None = None
+    tf32: bool | None = None
+    num_samples: int | None = None
+    is_splits: int | None = None
+    max_features: int | None = None
+    num_features: int | None = None
+    kid_subsets: int | None = None
+    kid_subset_size: int | None = None
+    kid_seed: int | None = None
+    pr_k: int | None = None
+    reference: Source | None = None
+    fake: Source | None = None
+    seeds: str | None = None
+
+    def setting(self) -> dict[str, Any]:
+        """The comparability key: every recorded fact except which images were drawn (the
+        seed range), as a flat-able dict without empty fields."""
+        return self.model_dump(exclude_none=True, exclude={"seeds"})
+
+
+class SampleInfo(Strict):
+    """How a model's evaluation samples were drawn."""
+
+    num_samples: int
+    seeds: str
+    steps: int | str | None = None
+    guidance: float | None = None
+    """Classifier-free guidance scale s (diffusers' ``guidance_scale``); None: not set."""
+    seconds: float | None = None
+
+
+class ModelMetrics(Record):
+    """``<model>/metrics.json``: a trained (or loaded) model's quality with its protocol,
+    cost and provenance."""
+
+    model: str
+    generator: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    parameters: int | None = None
+    nfe: int | None = None
+    dataset: str | None = None
+    checkpoint_source: str | None = None
+    train_steps: int = 0
+    train_time_s: float | None = None
+    ema: float | str | None = None
+    sample: SampleInfo | None = None
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    extra: dict[str, MetricValue] = Field(default_factory=dict)
+    """Model-specific measurements outside the protocol (``bits_per_dim``)."""
+    protocol: Protocol | None = None
+
+    def metric(self, name: str) -> MetricValue | None:
+        """The stored result of one metric (or extra measurement), None when not computed."""
+        return self.metrics.get(name) or self.extra.get(name)
+
+    def value(self, name: str) -> float | None:
+        """``metric(name).value``: FID, IS, KID or bits/dim; None when not computed."""
+        found = self.metric(name)
+        return None if found is None else found.value
+
+
+# --------------------------------------------------------------------------- timing
+
+
+class FastPathsRecord(Strict):
+    """The sampling fast paths a timing was measured with."""
+
+    precision: str | None = None
+    channels_last: bool | None = None
+    compile: str | None = None
+    cuda_graphs: bool | None = None
+
+
+class Timing(Record):
+    """``<model>/timing.json``: one timed sampling configuration; seconds per call of
+    ``batch_size`` images, raw repeats kept."""
+
+    device: str | None = None
+    batch_size: int
+    nfe: int | None = None
+    steps: int | str | None = None
+    warmup_s: list[float] = Field(default_factory=list)
+    raw_s: list[float] = Field(default_factory=list)
+    median_s: float
+    iqr_s: float | None = None
+    images_per_s: float
+    s_per_50k: float | None = None
+    ms_per_nfe: float | None = None
+    image_nfe_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None
+    time_to_first_image_s: float | None = None
+    noise_share: float | None = None
+    noise_s: float | None = None
+    precision: str | None = None
+    channels_last: bool | None = None
+    compile: str | None = None
+    cuda_graphs: bool | None = None
+
+    def fast_paths(self) -> FastPathsRecord:
+        return FastPathsRecord(
+            precision=self.precision,
+            channels_last=self.channels_last,
+            compile=self.compile,
+            cuda_graphs=self.cuda_graphs,
+        )
+
+
+class SpeedResult(Timing):
+    """One ``bench speed`` result: a model at one batch size and step setting, with where
+    and when it was measured (a line of the speed history, an entry of ``speed.json``)."""
+
+    commit: str | None = None
+    machine: str | None = None
+    timestamp: str | None = None
+    speed_id: str | None = None
+    model: str
+    generator: str | None = None
+    baseline: str | None = None
+    parameters: int | None = None
+    repeats: int | None = None
+    weights: str | None = None
+    sessions: int | None = None
+    """Worker pairs whose samples were pooled (``bench compare``)."""
+
+
+class SpeedRun(Record):
+    """``speed.json`` of a ``bench speed`` directory (or ``base.json`` / ``head.json`` of a
+    ``bench compare`` directory): the environment and every result."""
+
+    kind: Literal["speed"] = "speed"
+    spec: str | None = None
+    revision: str | None = None
+    weights: str | None = None
+    note: str | None = None
+    environment: Environment = Field(default_factory=Environment)
+    complete: bool = True
+    results: list[SpeedResult] = Field(default_factory=list)
+
+
+class Comparison(Strict):
+    """One case of ``bench compare``: BASE against HEAD by the two-condition rule."""
+
+    key: dict[str, Any]
+    base_median_s: float
+    head_median_s: float
+    ratio: float
+    """head / base median seconds: above 1 is slower."""
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_base: int
+    n_head: int
+    verdict: Literal["regression", "improvement", "unchanged"]
+
+
+class CompareResult(Record):
+    """``compare.json`` of a ``bench compare`` directory."""
+
+    base: str
+    head: str
+    rows: list[Comparison] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class EvalResult(Record):
+    """Metrics between two image sets (``bench eval``'s JSON, ``genbench.evaluate``'s
+    return value): values and the protocol they were measured under."""
+
+    real: str
+    fake: str
+    metrics: dict[str, MetricValue]
+    protocol: Protocol
+
+    def value(self, name: str) -> float | None:
+        """``metrics[name].value`` (FID, IS, KID); None when not computed."""
+        found = self.metrics.get(name)
+        return None if found is None else found.value
+
+
+# --------------------------------------------------------------------------- training log
+
+
+class TrainLogEntry(Strict):
+    """One line of ``<model>/train_log.jsonl``: mean losses over the last ``log_every``
+    steps. On disk the losses are top-level keys beside ``step``, ``time_s`` and
+    ``images_per_s``."""
+
+    step: int
+    time_s: float | None = None
+    images_per_s: float | None = None
+    losses: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_losses(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "losses" in data:
+            return data
+        fixed = {"step", "time_s", "images_per_s"}
+        losses = {k: v for k, v in data.items() if k not in fixed}
+        return {**{k: v for k, v in data.items() if k in fixed}, "losses": losses}
+
+    @model_serializer
+    def _flat(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": self.step}
+        if self.time_s is not None:
+            out["time_s"] = self.time_s
+        out.update(self.losses)
+        if self.images_per_s is not None:
+            out["images_per_s"] = self.images_per_s
+        return out
