@@ -1,4 +1,5 @@
-"""nox sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s smoke``, ``nox -s speed``.
+"""nox sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s layers``, ``nox -s smoke``,
+``nox -s speed``.
 
 The sessions run in the current environment (``venv_backend="none"``): a fresh nox venv
 would copy the 5 GB CUDA build of torch every time. Activate the project venv first
@@ -7,7 +8,7 @@ would copy the 5 GB CUDA build of torch every time. Activate the project venv fi
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "layers", "tests"]
 
 
 @nox.session(venv_backend="none")
@@ -21,6 +22,12 @@ def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(venv_backend="none")
+def layers(session: nox.Session) -> None:
+    """The import-layer contracts (import-linter) on the built wheel, as CI checks them."""
+    session.run(".ci/lint-layers", external=True)
 
 
 @nox.session(venv_backend="none")

@@ -93,3 +93,51 @@ def test_resume_of_something_else_is_a_usage_error(cli, tmp_path):
     result = cli("resume", str(tmp_path))
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
     assert "not a run directory" in result.err and not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- hostile names
+
+VICTIM_FILES = ("notes.txt", "metrics.json", "train_log.jsonl", "timing.json")
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in VICTIM_FILES:
+        (victim / name).write_text("precious")
+    return victim
+
+
+def test_resume_of_a_spec_naming_a_directory_deletes_nothing(cli, tiny_spec, tmp_path):
+    """A run directory handed over by someone else, whose spec.toml names an absolute
+    directory (or the run itself, or a parent) as a model: resume refuses in one line and
+    every file stays where it was."""
+    run_dir = _complete_run(cli, tiny_spec, tmp_path)
+    _interrupt(run_dir)
+    victim = _victim(tmp_path)
+    spec = (run_dir / "spec.toml").read_text()
+    for key in (str(victim), "", "..", "../victim"):
+        (run_dir / "spec.toml").write_text(spec.replace("[models.small", f'[models."{key}"'))
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        result = cli("resume", str(run_dir))
+        assert result.code == 2, (key, result.err)
+        assert "cannot name a results folder" in result.err
+        assert len(result.err.strip().splitlines()) == 1
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert all((victim / name).read_text() == "precious" for name in VICTIM_FILES)
+
+
+def test_a_spec_cannot_write_outside_out(cli, tiny_spec, tmp_path):
+    text = tiny_spec(steps=2, num_samples=32).read_text()
+    out = tmp_path / "deep" / "runs"
+    for old, new in (
+        ("[models.dcgan]", '[models."../../escape"]'),
+        ("[models.dcgan]", f'[models."{tmp_path / "abs"}"]'),
+        ('name = "tiny"', 'name = "../../escape"'),
+    ):
+        spec = tmp_path / "hostile.toml"
+        spec.write_text(text.replace(old, new))
+        result = cli("run", str(spec), "--out", str(out))
+        assert result.code == 2 and "cannot name a results folder" in result.err, result.err
+        assert not out.exists() and not (tmp_path / "escape").exists()
+        assert not (tmp_path / "abs").exists()

@@ -126,6 +126,7 @@ def stats_cmd(
 ) -> None:
     """Compute (or find) the reference statistics of DATASET's SPLIT and cache them as a
     pytorch-fid .npz (mu, sigma, features) with a JSON sidecar holding their key."""
+    # Imported here: `bench --help` and `bench report` must not load torch.
     from genbench.core.device import resolve_device
     from genbench.eval.extractors import ExtractorOptions, load_extractor
     from genbench.eval.reference import split_statistics
@@ -195,6 +196,7 @@ def eval_speed_cmd(
     """Images/s of the streaming evaluation path (FID + IS by default) next to the bare
     Inception forward pass in the same process, on NUM_IMAGES synthetic images (target: at
     least 95% of the forward rate)."""
+    # Imported here: `bench --help` and `bench report` must not load torch.
     from genbench.core.device import resolve_device
     from genbench.core.io import write_json_atomic
     from genbench.eval.throughput import describe_throughput, eval_speed

@@ -86,6 +86,7 @@ def resume_cmd(
     """Finish an interrupted run in place from its own resolved spec: finished models are
     kept, a model whose training had finished is evaluated from its checkpoint, the rest
     run again from the start."""
+    # Imported here: `bench --help` and `bench report` must not load torch.
     from genbench import api
 
     result, actions = api.resume(
@@ -101,6 +102,7 @@ def resume_cmd(
 
 def list_cmd() -> None:
     """List shipped specs, generators, data sets, feature extractors and metrics."""
+    # Imported here: `bench --help` and `bench report` must not load torch.
     from genbench.benchmarks.spec import available_specs
     from genbench.data.datasets import DATASETS
     from genbench.eval.extractors import EXTRACTORS

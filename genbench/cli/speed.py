@@ -22,6 +22,7 @@ from genbench.cli.options import (
     Warmup,
     split_list,
 )
+from genbench.core.errors import GenbenchError
 
 if TYPE_CHECKING:  # the real imports load torch inside the commands
     from genbench.benchmarks.plan import RunPlan
@@ -38,6 +39,7 @@ def _settings(
     fast: dict[str, Any],
 ) -> SpeedSettings:
     """The speed settings of the flags over the spec's [timing], checked for the device."""
+    # Imported here: these modules load torch, which `bench --help` must not.
     from genbench.benchmarks.fastpath import FastPaths
     from genbench.benchmarks.speed import (
         SpeedSettings,
@@ -165,10 +167,10 @@ def compare_cmd(
     out: RunsDir = Path("runs"),
 ) -> None:
     """Compare BASE with HEAD; exit 1 on a regression (slower by > threshold AND p < alpha)."""
+    # Imported here: `bench --help` and `bench report` must not load torch.
     from genbench import api
     from genbench.benchmarks.compare import git, revisions, stats
     from genbench.benchmarks.spec import find_spec
-    from genbench.core.errors import GenbenchError
 
     if not 0 < threshold < 10 or not 0 < alpha < 1:
         raise GenbenchError("--threshold must be in (0, 10) and --alpha in (0, 1)")
@@ -221,6 +223,7 @@ def compare_cmd(
 
 
 def _finish(rows: list[Comparison], notes: list[str], threshold: float, alpha: float) -> None:
+    # Imported here like the commands' library modules (scipy and the store load on use).
     from genbench.benchmarks.compare.format import describe, format_comparisons
     from genbench.benchmarks.compare.stats import Regression
 
