@@ -2,9 +2,9 @@
 
 It plays the role Inception-v3 plays for CIFAR-10: its penultimate layer gives the features
 for FID and its softmax the class posterior for IS. The architecture is fixed (the shipped
-weights in ``eval/weights/`` must match it); ``eval.train_digits_classifier`` trains it.
+weights in ``eval/weights/`` must match it); ``genbench.eval.train_digits_classifier`` trains it.
 The net sees exactly 1x16x16 inputs in [-1, 1]; other sizes and channel counts are the
-feature extractor's job (``eval.extractors``).
+feature extractor's job (``genbench.eval.extractors``).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class Evaluator:
         return merged
 
     def compute(self) -> dict[str, dict[str, float]]:
-        """``{metric name: result dict}`` over every image so far (see ``eval.metrics``)."""
+        """``{metric name: result dict}`` over every image so far (``genbench.eval.metrics``)."""
         inputs = MetricInputs(self.stats, self.logits, self.features, self.reference, self.options)
         return {name: metric.compute(inputs) for name, metric in self.metrics.items()}
 

@@ -19,13 +19,13 @@ can name exactly which network measured it.
 
 Registered:
 
-- ``digits``: ``DigitsNet``, trained by ``eval.train_digits_classifier``, shipped in
+- ``digits``: ``DigitsNet``, trained by ``genbench.eval.train_digits_classifier``, shipped in
   ``eval/weights/``, pinned by its full sha256 (``PinnedWeights``).
-- ``inception``: pytorch-fid's FID Inception (``eval.inception``), pool3 2048-d features (or
-  64, 192, 768 with ``dims``) and 1008-way logits at 299 x 299, resized with pytorch-fid's
-  ``bilinear`` or clean-fid's ``clean`` resize; weights from an explicit path,
+- ``inception``: pytorch-fid's FID Inception (``genbench.eval.inception``), pool3 2048-d
+  features (or 64, 192, 768 with ``dims``) and 1008-way logits at 299 x 299, resized with
+  pytorch-fid's ``bilinear`` or clean-fid's ``clean`` resize; weights from an explicit path,
   ``$BENCH_INCEPTION_WEIGHTS``, the torch hub cache or a download
-  (``eval.inception.InceptionWeights``).
+  (``genbench.eval.inception.InceptionWeights``).
 """
 
 from __future__ import annotations

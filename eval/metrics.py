@@ -1,10 +1,10 @@
 """Sample-quality metrics over extractor outputs, and the ``METRICS`` registry the CLI lists.
 
 Each ``Metric`` descriptor says what it needs (reference moments or feature vectors, logits,
-generated feature vectors) and computes a result dict from ``MetricInputs``;
-``eval.evaluator.Evaluator`` gathers the inputs once for every requested metric. Result dicts:
-``fid`` {"value"}, ``is`` {"value", "std"}, ``kid`` {"value", "std"} (mean and std over
-subsets), ``pr`` {"precision", "recall", "k"}.
+generated feature vectors) and computes a result dict from ``MetricInputs``; the
+``Evaluator`` (``genbench.eval.evaluator``) gathers the inputs once for every requested
+metric. Result dicts: ``fid`` {"value"}, ``is`` {"value", "std"}, ``kid`` {"value", "std"}
+(mean and std over subsets), ``pr`` {"precision", "recall", "k"}.
 """
 
 from __future__ import annotations

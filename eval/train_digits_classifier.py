@@ -1,10 +1,11 @@
 """Train the embedded evaluator network (``DigitsNet``) on the digits train split.
 
-Run ``python -m eval.train_digits_classifier [--out PATH]``. Training is bit-reproducible on
-one machine: fixed seed, deterministic algorithms, one CPU thread, a fixed number of epochs
-and seeded augmentation, so running it twice writes byte-identical weights. It prints the
+Run ``python -m genbench.eval.train_digits_classifier [--out PATH]``. Training is
+bit-reproducible on one machine: fixed seed, deterministic algorithms, one CPU thread, a
+fixed number of epochs and seeded augmentation, so running it twice writes byte-identical
+weights. It prints the
 held-out (test split) accuracy and the sha256 of the weights file; the shipped file's hash is
-pinned as ``eval.extractors.DIGITS_WEIGHTS_SHA256``.
+pinned as ``genbench.eval.extractors.DIGITS_WEIGHTS_SHA256``.
 """
 
 from __future__ import annotations

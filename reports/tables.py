@@ -20,7 +20,7 @@ from typing import Any
 from genbench.reports import fmt
 from genbench.reports.load import ReportInputs
 from genbench.reports.model import Cell, Column, Groups, Table, describe
-from genbench.store.records import Environment, MetricValue, Timing
+from genbench.store.records import Environment, MetricValue, SampleInfo, Timing
 from genbench.store.runs import ModelResult, RunResult
 
 # --------------------------------------------------------------------------- settings
@@ -85,6 +85,19 @@ def throughput_text(timing: Timing | None) -> str:
     if text == fmt.MISSING or spread is None:
         return text
     return f"{text} (IQR {spread:.1f}%)" if spread < 10 else f"{text} (IQR {spread:.0f}%)"
+
+
+def sampling_text(sample: SampleInfo | None) -> str:
+    """A model's sampling settings as set, e.g. ``steps ddim10, guidance s = 1.5``;
+    ``default`` when none was set."""
+    if sample is None:
+        return fmt.MISSING
+    parts = []
+    if sample.steps is not None:
+        parts.append(f"steps {sample.steps}")
+    if sample.guidance is not None:
+        parts.append(f"guidance s = {sample.guidance:g}")
+    return ", ".join(parts) or "default"
 
 
 # --------------------------------------------------------------------------- results
@@ -182,6 +195,11 @@ def results_table(
         Column("train steps", "optimiser updates", numeric=True),
         Column("parameters", "parameters of the sampling network", numeric=True),
         Column("NFE", "network evaluations per generated image", numeric=True),
+        Column(
+            "sampling",
+            "the generator's sampling settings as set: steps, and the classifier-free "
+            "guidance scale s (1 = conditional model, 0 = unconditional); default = the config's",
+        ),
         *(Column(c.header, c.help, numeric=True) for c in metric_cols),
         Column("images/s ↑", "sampling throughput after warm-up (median of repeats)", True),
         Column("s per 50k ↓", "time to sample 50,000 images at that throughput", True),
@@ -200,6 +218,7 @@ def results_table(
             Cell.number(str(md.train_steps), md.train_steps),
             Cell.number(fmt.count(md.parameters), md.parameters),
             Cell.number(fmt.MISSING if md.nfe is None else str(md.nfe), md.nfe),
+            Cell.text_of(sampling_text(md.sample)),
         ]
         for c in metric_cols:
             record = metric_record(m, c.key)

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10
 
-from genbench.core.errors import DatasetError
+from genbench.core.errors import DatasetError, UnknownNameError
 from genbench.data import datasets
 from genbench.data.datasets import (
     DATASETS,
@@ -46,7 +46,9 @@ def test_registry_lists_both_datasets() -> None:
 
 
 def test_unknown_dataset_lists_choices() -> None:
-    with pytest.raises(DatasetError, match="valid choices: cifar10, digits"):
+    with pytest.raises(
+        UnknownNameError, match="unknown dataset 'mnist'; valid choices: cifar10, digits"
+    ):
         get_dataset("mnist")
 
 

@@ -181,6 +181,7 @@ def test_markdown_table_has_every_column_with_sensible_precision(two_protocols):
         "train steps",
         "parameters",
         "NFE",
+        "sampling",
         "FID ↓",
         "IS ↑",
         "KID ↓",
@@ -192,9 +193,9 @@ def test_markdown_table_has_every_column_with_sensible_precision(two_protocols):
         "device",
     ]
     a, b = table_rows(text)
-    assert a[:6] == ["run-a-0001", "dcgan @0001", "dcgan", "1500", "99.0k", "1"]
-    assert a[6:11] == ["249.38 [a]", "6.97 ± 0.25 [a]", "0.0123 ± 0.0010 [a]", "–", "–"]
-    assert b[6:11] == [
+    assert a[:7] == ["run-a-0001", "dcgan @0001", "dcgan", "1500", "99.0k", "1", "default"]
+    assert a[7:12] == ["249.38 [a]", "6.97 ± 0.25 [a]", "0.0123 ± 0.0010 [a]", "–", "–"]
+    assert b[7:12] == [
         "120.50 [b]",
         "6.97 ± 0.25 [b]",
         "0.0123 ± 0.0010 [b]",
@@ -202,7 +203,7 @@ def test_markdown_table_has_every_column_with_sensible_precision(two_protocols):
         "0.432 [b]",
     ]
     # one timing setup: no speed marks; 3 significant figures and the IQR of the repeats
-    assert a[11:] == ["24,900 (IQR 2.0%)", "2.0 s", "35.4 s", "AMD EPYC (2 threads)"]
+    assert a[12:] == ["24,900 (IQR 2.0%)", "2.0 s", "35.4 s", "AMD EPYC (2 threads)"]
 
 
 def test_different_protocols_are_marked_and_the_note_says_what_differs(two_protocols):
@@ -223,7 +224,7 @@ def test_one_protocol_no_marks_and_repeats_get_mean_sd_and_min(tmp_path):
     ]
     text = emit_report(runs)
     rows = table_rows(text)
-    assert [r[6] for r in rows] == ["10.00", "12.00"]  # same protocol: no [a]/[b]
+    assert [r[7] for r in rows] == ["10.00", "12.00"]  # same protocol: no [a]/[b]
     assert "different evaluation protocols" not in text
     assert "Evaluation protocol of every quality value: dtype=float32" in text
     assert "## Repeated runs" in text
@@ -243,7 +244,7 @@ def test_speed_values_from_different_devices_are_marked(tmp_path):
     assert a[i : i + 2] == ["24,900 (IQR 2.0%) [t1]", "2.0 s [t1]"]
     assert b[i : i + 2] == ["24,900 (IQR 2.0%) [t2]", "2.0 s [t2]"]
     # quality values from different devices are marked too, the device named as the cause
-    assert (a[6], b[6]) == ("10.00 [a]", "10.00 [b]")
+    assert (a[7], b[7]) == ("10.00 [a]", "10.00 [b]")
     assert "- [a] measured_on=AMD EPYC" in text and "- [b] measured_on=NVIDIA H100" in text
     assert b[-1] == "NVIDIA H100 80GB HBM3"
     assert "measured on different devices or timing setups" in text
@@ -259,8 +260,8 @@ def test_older_runs_without_kid_pr_or_timing_render_with_dashes(tmp_path):
     run = write_run(tmp_path, "run-a-0001", [files])
     text = emit_report([run])
     (row,) = table_rows(text)
-    assert header(text)[6:8] == ["FID ↓", "IS ↑"]
-    assert row[6:] == ["50.00", "–", "–", "–", "35.4 s", "AMD EPYC (2 threads)"]
+    assert header(text)[6:9] == ["sampling", "FID ↓", "IS ↑"]
+    assert row[6:] == ["default", "50.00", "–", "–", "–", "35.4 s", "AMD EPYC (2 threads)"]
     assert "Not computed in these runs: KID, precision, recall" in text
 
 
@@ -275,6 +276,16 @@ def test_bits_per_dim_column_when_a_model_reports_it(tmp_path):
     i = cols.index("bits/dim ↓")
     assert rows["ddpm"][i] == "3.752" and rows["dcgan"][i] == "–"
     assert rows["ddpm"][cols.index("NFE")] == "1000"
+
+
+def test_sampling_settings_show_the_guidance_scale(tmp_path):
+    files = model_files("edm", 30.0, generator="edm", nfe=22)
+    files["metrics"]["sample"].update(steps=6, guidance=1.5)
+    run = write_run(tmp_path, "run-a-0001", [files, model_files("dcgan", 40.0)])
+    text = emit_report([run])
+    rows = {r[1]: r for r in table_rows(text)}
+    i = header(text).index("sampling")
+    assert rows["edm"][i] == "steps 6, guidance s = 1.5" and rows["dcgan"][i] == "default"
 
 
 def test_incomplete_run_is_labelled(tmp_path):
@@ -563,7 +574,7 @@ def test_bench_run_writes_report_md_and_html(cli, tiny_spec, tmp_path):
     assert md in result.out  # what `bench run` prints is the stored report
     metrics = json.loads((run / "dcgan" / "metrics.json").read_text())
     (row,) = table_rows(md, f"| {run.name} |")
-    assert row[1] == "dcgan" and row[6] == f"{metrics['metrics']['fid']['value']:,.2f}"
+    assert row[1] == "dcgan" and row[7] == f"{metrics['metrics']['fid']['value']:,.2f}"
     html = (run / "report.html").read_text()
     assert 'alt="samples of dcgan"' in html and 'alt="FID against sampling time"' in html
     assert f"report:  {run / 'report.html'}" in result.out

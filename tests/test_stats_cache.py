@@ -163,7 +163,7 @@ def test_bench_stats_builds_then_finds_the_entry(cli, tmp_path: Path) -> None:
 
 @pytest.fixture
 def count_streams(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts reference statistics computations (calls of ``eval.reference.accumulate``)."""
+    """Counts reference statistics computations (``genbench.eval.reference.accumulate``)."""
     calls: list[int] = []
     original = genbench.eval.reference.accumulate
 

@@ -254,9 +254,5 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def get_dataset(name: str) -> type[ImageDataset]:
-    """The registered data set class for ``name`` (raises ``DatasetError`` listing choices)."""
-    if name not in DATASETS:
-        raise DatasetError(
-            f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS.choices())}"
-        )
+    """The registered data set class for ``name`` (``UnknownNameError`` listing choices)."""
     return DATASETS.get(name)
