@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -45,22 +46,82 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
 
 
+def _misfit(path: Path, detail: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: does not fit this model's config ({detail}); use the config it was trained with"
+    )
+
+
+def _check_tensors(gen: Generator, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Every tensor of the checkpoint has the dtype the network expects and, for floats,
+    only finite values: a checkpoint of int8 weights or of a diverged training is refused
+    instead of sampling garbage."""
+    expected = gen.state_dict()
+    for key, value in state.items():
+        want = expected.get(key)
+        if want is not None and value.dtype != want.dtype:
+            raise CheckpointError(
+                f"{path}: tensor {key} is {value.dtype}, the network holds {want.dtype}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values")
+
+
 def load_checkpoint(gen: Generator, path: Path, generator: str) -> None:
-    """Load ``path`` into ``gen``; a checkpoint of another generator or config is a
-    one-line ``CheckpointError``."""
+    """Load ``path`` into ``gen``; a checkpoint of another generator or config, or with
+    tensors of the wrong dtype or not finite, is a one-line ``CheckpointError``."""
     meta = checkpoint_metadata(path)
     if meta.get("generator") not in (None, generator):
         raise CheckpointError(
             f"{path}: checkpoint of generator {meta['generator']!r}, not {generator!r}"
         )
     try:
-        gen.load_state_dict(load_file(str(path), device=str(gen.device)))
+        state = load_file(str(path), device=str(gen.device))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    _check_tensors(gen, state, path)
+    try:
+        gen.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        raise _misfit(path, str(exc).strip().splitlines()[0][:200]) from None
+
+
+def check_checkpoint(model: ResolvedModel) -> None:
+    """Before anything is written: ``model.checkpoint`` is a readable checkpoint of its
+    generator whose tensors fit its config in name, shape and dtype and hold only finite
+    values (the network is built on the "meta" device, where it costs no memory)."""
+    path = model.checkpoint
+    if path is None:
+        return
+    meta = checkpoint_metadata(path)
+    if meta.get("generator") not in (None, model.generator):
         raise CheckpointError(
-            f"{path}: does not fit this model's config ({first}); use the config it was "
-            "trained with"
-        ) from None
+            f"{path}: checkpoint of generator {meta['generator']!r}, not {model.generator!r}"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    try:
+        with torch.device("meta"):
+            gen = model.generator_class(model.config, model.data_shape, torch.device("meta"))
+            expected = {key: tuple(v.shape) for key, v in gen.state_dict().items()}
+    except Exception:  # a network the meta device cannot build: the load checks it
+        return
+    missing = sorted(expected.keys() - shapes.keys())
+    unexpected = sorted(shapes.keys() - expected.keys())
+    if missing or unexpected:
+        names = ", ".join([*missing[:2], *unexpected[:2]])
+        raise _misfit(
+            path, f"{len(missing)} missing and {len(unexpected)} unexpected tensors: {names}"
+        )
+    for key, shape in shapes.items():
+        if shape != expected[key]:
+            raise _misfit(
+                path, f"tensor {key} is {list(shape)}, the network's {list(expected[key])}"
+            )
+    _check_tensors(gen, load_file(str(path)), path)
 
 
 def finished_training(model: ResolvedModel, model_dir: Path) -> dict[str, Any] | None:

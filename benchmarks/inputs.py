@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from genbench.benchmarks.checkpoints import check_checkpoint
 from genbench.benchmarks.plan import RunPlan
 from genbench.benchmarks.sampling import has_likelihood
 from genbench.benchmarks.spec import IS_SPLITS, EvaluateSection
@@ -107,6 +108,8 @@ class RunInputs:
         )
         self.batch_size = evaluate.batch_size
         check_evaluation(plan)
+        for model in plan.models.values():  # a bad --checkpoint fails before the run exists
+            check_checkpoint(model)
         if evaluate.reference_stats is not None:
             # Read now: a wrong file is a usage error before any run directory exists.
             self.stats = reference_from_file(evaluate, self.extractor)

@@ -159,7 +159,7 @@ def _train_steps(train: TrainSection, dataset_size: int) -> TrainSection:
         raise SpecError("train: give steps or epochs, not both")
     if train.steps is None:
         epochs = train.epochs if train.epochs is not None else 1.0
-        steps = max(1, round(epochs * dataset_size / train.batch_size))
+        steps = max(1, round(epochs * dataset_size / train.batch_size))  # epochs <= 1e6
         return train.model_copy(update={"steps": steps})
     return train
 
@@ -218,12 +218,13 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
     """Validate every name, config and setting, merge overrides; ``SpecError`` on any
     problem (one line per field, naming the field path)."""
     ov = overrides or Overrides()
-    bench = spec.benchmark.model_copy(
-        update={
-            k: v
-            for k, v in {"device": ov.device, "seed": ov.seed, "data_root": ov.data_root}.items()
-            if v is not None
-        }
+    given = {"device": ov.device, "seed": ov.seed, "data_root": ov.data_root}
+    # Validated like the spec's own values: `--seed -5` is as wrong as `seed = -5`.
+    bench = validate_section(
+        BenchmarkSection,
+        {**spec.benchmark.model_dump(), **{k: v for k, v in given.items() if v is not None}},
+        ("benchmark",),
+        f"{source} (with the command-line overrides)",
     )
     _checked_name(bench.name, f"{source}: benchmark.name")
     dataset = _lookup(DATASETS, bench.dataset, f"{source}: benchmark.dataset")

@@ -9,6 +9,9 @@ finishes an interrupted run in place. The layout of a run directory is
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from genbench.benchmarks.sampling import bits_per_dim, has_likelihood, sample_an
 from genbench.benchmarks.timing import measure_speed
 from genbench.benchmarks.training import train
 from genbench.core.device import resolve_device
+from genbench.core.errors import Interrupted, NonFinite, StoreError
 from genbench.reports.report import write_run_reports
 from genbench.store import files
 from genbench.store.records import (
@@ -51,8 +55,33 @@ def run_model(
     """Train (or load), checkpoint, sample + evaluate, time; write the model's files.
 
     ``trained``: the train info of a finished checkpoint already in ``out`` (``bench
-    resume``); the model is then loaded from it instead of trained again.
+    resume``); the model is then loaded from it instead of trained again. A model whose
+    training diverges or whose samples are not finite gets a ``metrics.json`` that says so
+    (``failure``) and no metric: a NaN is never a result.
     """
+    try:
+        return _run_model(plan, model, out, device, inputs, trained)
+    except NonFinite as exc:
+        failed = ModelMetrics(
+            model=model.name,
+            generator=model.generator,
+            config=model.config.model_dump(mode="json"),
+            dataset=plan.benchmark.dataset,
+            checkpoint_source=str(model.checkpoint) if model.checkpoint else None,
+            failure=str(exc),
+        )
+        files.write_record(out / files.METRICS, failed)
+        return failed
+
+
+def _run_model(
+    plan: RunPlan,
+    model: ResolvedModel,
+    out: Path,
+    device: torch.device,
+    inputs: RunInputs,
+    trained: dict[str, Any] | None,
+) -> ModelMetrics:
     out.mkdir(parents=True, exist_ok=True)
     gen = build_generator(model, plan.benchmark.seed, device)
     ckpt = out / files.CHECKPOINT
@@ -71,7 +100,12 @@ def run_model(
     sampled = sample_and_evaluate(gen, model, evaluator, out / files.SAMPLES)
     extra = {}
     if inputs.test is not None and has_likelihood(model.generator):
+        # The bound's noise comes from the global RNG: seeded here, a resumed run (which
+        # skipped training and its draws) gives the same bits/dim as an uninterrupted one.
+        torch.manual_seed(plan.benchmark.seed)
         bpd = bits_per_dim(gen, inputs.test, plan.evaluate.bpd_images, plan.evaluate.batch_size)
+        if not math.isfinite(bpd["value"]):
+            raise NonFinite(f"bits/dim is {bpd['value']}: the model's likelihood bound diverged")
         extra["bits_per_dim"] = MetricValue(**bpd)
     files.write_record(out / files.TIMING, measure_speed(gen, model, plan.timing))
     settings = model.settings.given()
@@ -100,45 +134,64 @@ def run_model(
     return metrics
 
 
+@contextmanager
+def working_in(run_dir: Path) -> Iterator[None]:
+    """Own ``run_dir`` (``store.files.run_lock``) while the block works in it; a Ctrl-C
+    becomes ``Interrupted``, which says how to finish the run."""
+    with files.run_lock(run_dir):
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; resume with: bench resume {run_dir}") from None
+
+
 def run(plan: RunPlan, out_dir: Path) -> Path:
     """Execute ``plan``; returns the run directory."""
-    device = resolve_device(plan.benchmark.device)
-    inputs = RunInputs(plan, device)  # a missing data set fails before anything is written
+    device = resolve_device(plan.benchmark.device, where="benchmark.device")
+    inputs = RunInputs(plan, device)  # bad inputs fail before anything is written
     run_dir = files.new_run_dir(out_dir, plan.benchmark.name)
-    files.write_text(run_dir / files.SPEC, plan.to_toml())
-    files.write_record(run_dir / files.ENVIRONMENT, fingerprint(device))
-    status = RunStatus(
-        run_id=run_dir.name,
-        benchmark=plan.benchmark.name,
-        status="running",
-        models=list(plan.models),
-        started=files.utc_now(),
-    )
-    files.write_record(run_dir / files.STATUS, status)
-    for model in plan.models.values():
-        run_model(plan, model, files.model_dir(run_dir, model.name), device, inputs)
-    _finish_run(run_dir, status)
+    with working_in(run_dir):
+        files.write_text(run_dir / files.SPEC, plan.to_toml())
+        files.write_record(run_dir / files.ENVIRONMENT, fingerprint(device))
+        status = RunStatus(
+            run_id=run_dir.name,
+            benchmark=plan.benchmark.name,
+            status="running",
+            models=list(plan.models),
+            started=files.utc_now(),
+        )
+        files.write_record(run_dir / files.STATUS, status)
+        for model in plan.models.values():
+            run_model(plan, model, files.model_dir(run_dir, model.name), device, inputs)
+        finish_run(run_dir, status)
     return run_dir
 
 
-def _finish_run(run_dir: Path, status: RunStatus) -> None:
-    """Mark the run complete, then write its reports (the speed history lives beside it)."""
+def finish_run(run_dir: Path, status: RunStatus) -> None:
+    """Write the reports (as of the complete run; the speed history lives beside it), then
+    mark the run complete: a run is never complete without its reports."""
     done = status.model_copy(update={"status": "complete", "finished": files.utc_now()})
+    write_run_reports(run_dir, run_dir.parent / "speed_history.jsonl", status=done)
     files.write_record(run_dir / files.STATUS, done)
-    write_run_reports(run_dir, run_dir.parent / "speed_history.jsonl")
 
 
-def _clear_incomplete(model_dir: Path, keep_checkpoint: bool) -> None:
-    """Remove what an interrupted attempt left of a model that has no metrics.json: only
-    the files a run writes, never anything else that may be in the folder."""
+def _clear_incomplete(run_dir: Path, model_dir: Path, keep_checkpoint: bool) -> None:
+    """Remove what an interrupted attempt left of a model that has no valid metrics.json:
+    only the files a run writes, inside the run, never anything else in the folder."""
     keep = {files.CHECKPOINT, files.TRAIN_LOG} if keep_checkpoint else set()
     for name in files.MODEL_FILES:
-        path = model_dir / name
-        if name not in keep and path.is_file() and not path.is_symlink():
-            path.unlink()
-        partial = path.with_name(path.name + files.PARTIAL_SUFFIX)
-        if partial.is_file() and not partial.is_symlink():
-            partial.unlink()
+        for path in (model_dir / name, model_dir / (name + files.PARTIAL_SUFFIX)):
+            if name not in keep and path.is_file() and not path.is_symlink():
+                files.inside(run_dir, path).unlink()
+
+
+def _finished(model_dir: Path) -> bool:
+    """Whether a model's ``metrics.json`` is there and readable (a corrupt one is not)."""
+    try:
+        files.read_record(model_dir / files.METRICS, ModelMetrics)
+    except StoreError:
+        return False
+    return True
 
 
 def plan_resumption(plan: RunPlan, run_dir: Path) -> tuple[dict[str, Action], dict[str, Any]]:
@@ -148,7 +201,7 @@ def plan_resumption(plan: RunPlan, run_dir: Path) -> tuple[dict[str, Action], di
     trained: dict[str, Any] = {}
     for name, model in plan.models.items():
         model_dir = files.model_dir(run_dir, name)
-        if (model_dir / files.METRICS).is_file():
+        if _finished(model_dir):
             actions[name] = "kept"
             continue
         info = finished_training(model, model_dir)
@@ -161,37 +214,51 @@ def plan_resumption(plan: RunPlan, run_dir: Path) -> tuple[dict[str, Action], di
 def resume(plan: RunPlan, run_dir: Path) -> dict[str, Action]:
     """Finish the interrupted run ``run_dir`` in place; returns what it did with each model.
 
-    Models with a metrics.json are kept untouched; a model whose training had finished is
-    evaluated from its checkpoint; every other model is run again from the start (the
-    same seeds, so the same result as an uninterrupted run on the same machine). The
-    reports are rewritten at the end.
+    Models with a readable metrics.json are kept untouched; a model whose training had
+    finished is evaluated from its checkpoint; every other model is run again from the
+    start (the same seeds, so the same result as an uninterrupted run on the same
+    machine). The reports are written again at the end, then the run is marked complete.
     """
     run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    device = resolve_device(plan.benchmark.device)
+    device = resolve_device(plan.benchmark.device, where="benchmark.device")
     inputs = RunInputs(plan, device)  # a missing data set fails before anything changes
-    actions, trained = plan_resumption(plan, run_dir)
-    for partial in run_dir.glob("*" + files.PARTIAL_SUFFIX):
-        if partial.is_file() and not partial.is_symlink():
-            partial.unlink()
-    resumption = Resumption(at=files.utc_now(), environment=fingerprint(device), actions=actions)
-    status = status.model_copy(
-        update={
-            "status": "running",
-            "benchmark": status.benchmark or plan.benchmark.name,
-            "models": status.models or list(plan.models),
-            "resumed": [*status.resumed, resumption],
-            # run.json keeps the version the run was started under: it says how the run's
-            # spec.toml is meant (the model files written now carry their own version).
-            "schema_version": schema_version_of(run_dir),
-        }
-    )
-    files.write_record(run_dir / files.STATUS, status)
-    for name, model in plan.models.items():
-        if actions[name] == "kept":
-            continue
-        model_dir = files.model_dir(run_dir, name)
-        _clear_incomplete(model_dir, keep_checkpoint=name in trained)
-        run_model(plan, model, model_dir, device, inputs, trained=trained.get(name))
-    _finish_run(run_dir, status)
+    with working_in(run_dir):
+        status = read_status(run_dir)
+        actions, trained = plan_resumption(plan, run_dir)
+        for partial in run_dir.glob("*" + files.PARTIAL_SUFFIX):
+            if partial.is_file() and not partial.is_symlink():
+                partial.unlink()
+        resumption = Resumption(
+            at=files.utc_now(), environment=fingerprint(device), actions=actions
+        )
+        status = status.model_copy(
+            update={
+                "status": "running",
+                "benchmark": status.benchmark or plan.benchmark.name,
+                "models": status.models or list(plan.models),
+                "resumed": [*status.resumed, resumption],
+                # run.json keeps the version the run was started under: it says how the
+                # run's spec.toml is meant (model files written now carry their own).
+                "schema_version": schema_version_of(run_dir),
+            }
+        )
+        files.write_record(run_dir / files.STATUS, status)
+        for name, model in plan.models.items():
+            if actions[name] == "kept":
+                continue
+            model_dir = files.model_dir(run_dir, name)
+            _clear_incomplete(run_dir, model_dir, keep_checkpoint=name in trained)
+            run_model(plan, model, model_dir, device, inputs, trained=trained.get(name))
+        finish_run(run_dir, status)
     return actions
+
+
+def rewrite_missing_reports(run_dir: Path) -> bool:
+    """For a complete run whose reports are missing (written by a version that marked the
+    run complete first, then killed): write them. Returns whether it did."""
+    run_dir = Path(run_dir)
+    if (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file():
+        return False
+    with working_in(run_dir):
+        write_run_reports(run_dir, run_dir.parent / "speed_history.jsonl")
+    return True

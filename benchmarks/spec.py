@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from genbench.core.errors import GenbenchError, SpecError
 from genbench.eval.extractors import EXTRACTORS, ExtractorOptions
@@ -25,23 +33,28 @@ IS_SPLITS = 10  # the Inception Score's splits (Salimans et al. 2016), fixed by 
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A spec section: unknown keys, infinities and NaN are errors; integers are integers
+    (``StrictInt``: ``true`` or ``2.5`` is not a step count)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BenchmarkSection(StrictModel):
     name: str = Field(description="benchmark name; prefixes run ids")
     dataset: str = Field("digits", description="registered data set")
-    seed: int = Field(0, ge=0, description="seed for initialisation and data order")
+    seed: StrictInt = Field(0, ge=0, lt=2**63, description="seed for initialisation and data order")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     data_root: Path | None = Field(None, description="directory holding the data set")
 
 
 class TrainSection(StrictModel):
-    steps: int | None = Field(None, ge=0, description="optimiser updates (0 = untrained)")
-    epochs: float | None = Field(None, gt=0, description="alternative to steps")
-    batch_size: int = Field(64, ge=1)
-    log_every: int = Field(50, ge=1, description="steps between training-log lines")
-    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    steps: StrictInt | None = Field(
+        None, ge=0, le=10**10, description="optimiser updates (0 = untrained)"
+    )
+    epochs: float | None = Field(None, gt=0, le=10**6, description="alternative to steps")
+    batch_size: StrictInt = Field(64, ge=1)
+    log_every: StrictInt = Field(50, ge=1, description="steps between training-log lines")
+    num_workers: StrictInt = Field(0, ge=0, description="data-loader worker processes")
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="EMA of the sampling networks: fixed decay per update"
     )
@@ -67,30 +80,36 @@ class TrainSection(StrictModel):
 
 
 class SampleSection(StrictModel):
-    num_samples: int = Field(1000, ge=2, description="images generated for evaluation")
-    seed_offset: int = Field(0, ge=0, description="sample seeds are offset .. offset+num-1")
-    batch_size: int = Field(250, ge=1)
+    num_samples: StrictInt = Field(
+        1000, ge=2, le=10**7, description="images generated for evaluation (at most 10 million)"
+    )
+    seed_offset: StrictInt = Field(
+        0, ge=0, le=2**62, description="sample seeds are offset .. offset+num-1"
+    )
+    batch_size: StrictInt = Field(250, ge=1)
     # The generator's sampling settings (its ``Settings``): checked per model when the spec
     # is resolved; a model whose generator has no such setting makes it a spec error.
-    steps: int | str | None = Field(None, description="sampler steps; None = model default")
+    steps: StrictInt | str | None = Field(None, description="sampler steps; None = model default")
     guidance: float | None = Field(
         None, description="classifier-free guidance scale s (1 = conditional model)"
     )
-    grid_size: int = Field(64, ge=1, le=1024, description="images in the sample grid PNG")
+    grid_size: StrictInt = Field(64, ge=1, le=1024, description="images in the sample grid PNG")
 
 
 class EvaluateSection(StrictModel):
     extractor: str = Field("digits", description="registered feature extractor")
     weights: Path | None = Field(None, description="local weights file of the extractor")
-    metrics: list[str] = Field(default_factory=lambda: ["fid", "is"])
+    metrics: list[str] = Field(default_factory=lambda: ["fid", "is"], min_length=1)
     reference: Literal["train", "test"] = Field("train", description="split of real images")
-    batch_size: int = Field(250, ge=1)
-    bpd_images: int = Field(
+    batch_size: StrictInt = Field(250, ge=1)
+    bpd_images: StrictInt = Field(
         1000, ge=0, description="test images for bits/dim of likelihood models (0 = off)"
     )
     # Evaluation protocol (eval/): defaults are pytorch-fid's behaviour; every value is
     # recorded with the metrics.
-    dims: int | None = Field(None, description="feature size (pytorch-fid's --dims); None: full")
+    dims: StrictInt | None = Field(
+        None, description="feature size (pytorch-fid's --dims); None: full"
+    )
     resize: str | None = Field(None, description="bilinear | clean (inception); None: default")
     quantize: bool = Field(True, description="round generated images to uint8 as PNGs hold them")
     tf32: bool = Field(True, description="allow TF32 convolutions (torch's default); false: fp32")
@@ -98,10 +117,18 @@ class EvaluateSection(StrictModel):
         None, description="pytorch-fid .npz (mu, sigma) to use instead of the reference split"
     )
     cache: bool = Field(True, description="reuse reference statistics in $BENCH_CACHE_DIR/stats")
-    max_features: int = Field(10_000, ge=1, description="feature vectors kept for KID and PR")
-    kid_subsets: int = Field(100, ge=1)
-    kid_subset_size: int = Field(1000, ge=2)
-    pr_k: int = Field(3, ge=1, description="neighbourhood size of precision/recall")
+    max_features: StrictInt = Field(10_000, ge=1, description="feature vectors kept for KID and PR")
+    kid_subsets: StrictInt = Field(100, ge=1)
+    kid_subset_size: StrictInt = Field(1000, ge=2)
+    pr_k: StrictInt = Field(3, ge=1, description="neighbourhood size of precision/recall")
+
+    @field_validator("metrics")
+    @classmethod
+    def _distinct(cls, metrics: list[str]) -> list[str]:
+        repeated = sorted({m for m in metrics if metrics.count(m) > 1})
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} is listed twice; name each metric once")
+        return metrics
 
     @model_validator(mode="after")
     def _extractor_options(self) -> EvaluateSection:
@@ -119,9 +146,9 @@ class EvaluateSection(StrictModel):
 
 
 class TimingSection(StrictModel):
-    repeats: int = Field(10, ge=1, description="timed sampling calls")
-    warmup: int = Field(1, ge=0, description="untimed calls first (compilation, caches)")
-    batch_size: int = Field(64, ge=1)
+    repeats: StrictInt = Field(10, ge=1, description="timed sampling calls")
+    warmup: StrictInt = Field(1, ge=0, description="untimed calls first (compilation, caches)")
+    batch_size: StrictInt = Field(64, ge=1)
     # Fast paths (benchmarks/fastpath.py): all off by default, recorded with every result.
     precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
         "fp32", description="fp32 (IEEE), tf32 (CUDA), or bf16 / fp16 autocast"
@@ -142,7 +169,7 @@ class ModelEntry(StrictModel):
 
 
 class Spec(StrictModel):
-    schema_version: int | None = Field(
+    schema_version: StrictInt | None = Field(
         None, description="results schema the spec's settings mean (resolved specs state it)"
     )
     benchmark: BenchmarkSection
@@ -214,8 +241,10 @@ def available_specs() -> list[str]:
 def find_spec(name_or_path: str) -> Path:
     """A spec file: an existing path, else a shipped spec name."""
     path = Path(name_or_path)
-    if path.is_file():
+    if path.is_file() or (path.exists() and not path.is_dir()):
         return path
+    if path.is_dir():
+        raise SpecError(f"spec {name_or_path!r} is a directory; give a .toml file or a spec name")
     shipped = SPECS_DIR / f"{name_or_path}.toml"
     if shipped.is_file():
         return shipped
@@ -237,6 +266,10 @@ def read_spec(name_or_path: str, version: int | None = None) -> tuple[Spec, str]
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a spec") from None
     declared = versions.version_of(data) if "schema_version" in data else version
     declared = SCHEMA_VERSION if declared is None and "schema_version" not in data else declared
     if not versions.readable(declared):

@@ -3,6 +3,7 @@ log and, when the spec asks, an EMA of the sampling networks."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from genbench.benchmarks.ema import EMA, ema_beta
 from genbench.benchmarks.plan import ResolvedModel
 from genbench.benchmarks.spec import TrainSection
+from genbench.core.errors import NonFinite
 from genbench.core.progress import progress_bar
 from genbench.generators import Batch, Generator
 from genbench.store.files import append_line
@@ -32,7 +34,8 @@ def train(
 ) -> dict[str, Any]:
     """Run ``model.train.steps`` updates; one log line per ``log_every`` steps (the mean
     losses over them). With an EMA configured, the sampling networks hold the averaged
-    weights afterwards. Returns the train info stored with the results."""
+    weights afterwards. Returns the train info stored with the results; a NaN or infinite
+    loss stops training with ``NonFinite`` (the model diverged)."""
     cfg = model.train
     steps, every = cfg.steps or 0, cfg.log_every
     mods = gen.modules()
@@ -44,6 +47,11 @@ def train(
         task = bar.add_task(f"train {model.name}", total=steps, status="")
         for step in range(1, steps + 1):
             losses = gen.train_step(next(data))
+            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+            if bad:  # diverged: log what was seen, then fail the model (never a result)
+                append_line(log_path, TrainLogEntry(step=step, losses=dict(losses)))
+                name, value = next(iter(bad.items()))
+                raise NonFinite(f"training diverged at step {step}: {name} = {value}")
             if ema is not None:
                 ema.update(_beta(cfg, step))
             for k, v in losses.items():

@@ -153,6 +153,12 @@ def evaluate(
     real_src = open_source(real, "real", num_samples=num_samples, seeds=seeds)
     fake_src = open_source(fake, "fake", num_samples=num_samples, seeds=seeds)
     check_sources(real_src, fake_src, names)
+    for side, src in (("real", real_src), ("fake", fake_src)):
+        if isinstance(src, ImageSet) and src.count < 2:
+            raise GenbenchError(
+                f"{side}: {src.count} image; the metrics compare distributions and need at "
+                "least 2 images on each side"
+            )
     options = MetricOptions(
         kid_subsets=kid_subsets,
         kid_subset_size=kid_subset_size,

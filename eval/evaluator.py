@@ -24,7 +24,7 @@ from genbench.eval.metrics import (
     ReferenceInputs,
     kid_subset_size,
 )
-from genbench.eval.reference import ReferenceStats, accumulate
+from genbench.eval.reference import ReferenceStats, accumulate, check_finite
 from genbench.eval.stats import FeatureStats, FeatureStore, LogitStore
 
 Reference = ReferenceStats | FeatureStats | tuple[np.ndarray, np.ndarray]
@@ -99,7 +99,10 @@ class Evaluator:
         self.features = FeatureStore(self.options.max_features if self.keep_features else 0)
 
     def update(self, images: torch.Tensor) -> None:
-        """Stream a batch of generated images (N, 1 or 3, H, W), float in [-1, 1] or uint8."""
+        """Stream a batch of generated images (N, 1 or 3, H, W), float in [-1, 1] or uint8;
+        ``NonFinite`` when one holds NaN or an infinity (a diverged model: quantised, NaN
+        would turn into black pixels and a finite, meaningless FID)."""
+        check_finite(images, "generated images")
         features, logits = self.extractor(images, logits=self.keep_logits)
         self.accumulate(features, logits)
 

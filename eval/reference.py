@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from genbench.core import io
-from genbench.core.errors import GenbenchError
+from genbench.core.errors import GenbenchError, NonFinite
 from genbench.core.progress import counting
 from genbench.data.datasets import DATASETS
 from genbench.eval.extractors import FeatureExtractor
@@ -133,6 +133,12 @@ class ReferenceStats:
         save_npz(path, self.mu, self.sigma, **extra)
 
 
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """``NonFinite`` naming ``what`` when a float tensor holds NaN or an infinity."""
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        raise NonFinite(f"{what} hold NaN or infinite values; no metric can be computed from them")
+
+
 def accumulate(
     extractor: FeatureExtractor,
     batches: Iterable[torch.Tensor],
@@ -144,6 +150,7 @@ def accumulate(
     stats = FeatureStats(extractor.feature_dim, extractor.device)
     kept = FeatureStore(max_features)
     for batch in batches:
+        check_finite(batch, "images")
         features, _ = extractor(batch, logits=False)
         stats.update(features)
         kept.update(features)

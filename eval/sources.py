@@ -19,6 +19,7 @@ Each side of an evaluation may be
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -81,8 +82,30 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
 
 
-def _rgb_tensor(img: Image.Image) -> torch.Tensor:
-    array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+MAX_PIXELS = 4096 * 4096
+"""The largest image read (width x height); a larger one is refused before it is decoded, so
+a small file that decompresses into gigabytes (a "decompression bomb") costs nothing."""
+
+
+def read_rgb(source: Any, name: str) -> torch.Tensor:
+    """The image in ``source`` (a path or a file object) as a uint8 (3, H, W) tensor, read
+    with PIL as RGB as pytorch-fid reads it; a file that is no image, is truncated or is
+    larger than ``MAX_PIXELS`` is a one-line ``GenbenchError`` naming ``name``."""
+    try:
+        with warnings.catch_warnings(), Image.open(source) as img:
+            # The size is checked here, against a tighter bound than PIL's own warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = img.size  # from the header: nothing decoded yet
+            if width * height > MAX_PIXELS:
+                raise GenbenchError(
+                    f"{name}: {width} x {height} pixels is more than genbench reads "
+                    f"({MAX_PIXELS:,} pixels); resize the images first"
+                )
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except GenbenchError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise GenbenchError(f"{name}: not a readable image ({exc})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
@@ -97,8 +120,7 @@ class _ImageFiles:
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.files[i]) as img:
-            return _rgb_tensor(img)
+        return read_rgb(self.files[i], str(self.files[i]))
 
 
 class _ZipImages:
@@ -115,8 +137,8 @@ class _ZipImages:
     def __getitem__(self, i: int) -> torch.Tensor:
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.path)
-        with self._zip.open(self.names[i]) as fh, Image.open(fh) as img:
-            return _rgb_tensor(img)
+        with self._zip.open(self.names[i]) as fh:
+            return read_rgb(fh, f"{self.path}:{self.names[i]}")
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "names": self.names, "_zip": None}
@@ -169,6 +191,9 @@ def check_images(array: np.ndarray | torch.Tensor, what: str) -> np.ndarray | to
     if not uint8:
         if not floating:
             raise GenbenchError(f"{what}: images must be uint8 or float, got {array.dtype}")
+        finite = torch.isfinite(array) if isinstance(array, torch.Tensor) else np.isfinite(array)
+        if not bool(finite.all()):
+            raise GenbenchError(f"{what}: float images hold NaN or infinite values")
         if array.size and (float(array.min()) < -1 or float(array.max()) > 1):  # type: ignore[arg-type]
             raise GenbenchError(f"{what}: float images must lie in [-1, 1]")
     return array
@@ -176,17 +201,20 @@ def check_images(array: np.ndarray | torch.Tensor, what: str) -> np.ndarray | to
 
 def _sample_array(path: Path) -> np.ndarray:
     """The image array of a samples ``.npz``: ``arr_0``, else its only array."""
-    with np.load(path) as data:
-        names = data.files
-        if "arr_0" in names:
-            array = data["arr_0"]
-        elif len(names) == 1:
-            array = data[names[0]]
-        else:
-            raise GenbenchError(
-                f"{path}: expected mu and sigma (statistics) or arr_0 / a single array "
-                f"(samples), found {', '.join(names)}"
-            )
+    try:
+        with np.load(path) as data:  # allow_pickle stays False: arrays, never objects
+            names = data.files
+            if "arr_0" in names:
+                array = data["arr_0"]
+            elif len(names) == 1:
+                array = data[names[0]]
+            else:
+                raise GenbenchError(
+                    f"{path}: expected mu and sigma (statistics) or arr_0 / a single array "
+                    f"(samples), found {', '.join(names)}"
+                )
+    except (ValueError, OSError) as exc:  # object arrays, truncated files
+        raise GenbenchError(f"{path}: cannot read its images ({exc})") from None
     return check_images(array, str(path))  # type: ignore[return-value]  # ndarray in, out
 
 

@@ -76,10 +76,11 @@ def resume(
 ) -> tuple[RunResult, dict[str, str]]:
     """Finish an interrupted run in place from its own resolved spec (see
     ``genbench.benchmarks.runner.resume``). Returns the run and what was done with each
-    model ("kept", "evaluate" or "run"); a complete run is returned untouched, with no
-    actions."""
+    model ("kept", "evaluate" or "run"); a complete run is returned with no actions (its
+    reports are written again if they are missing)."""
     run_dir = Path(run_dir)
     if read_status(run_dir).complete:
+        runner.rewrite_missing_reports(run_dir)
         return load_run(run_dir), {}
     spec, source = read_spec(str(run_dir / "spec.toml"), schema_version_of(run_dir))
     overrides = Overrides(

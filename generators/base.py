@@ -23,9 +23,10 @@ from genbench.core.registry import Registry
 
 
 class GeneratorConfig(BaseModel):
-    """Base of every generator's hyper-parameters: unknown keys are errors, values frozen."""
+    """Base of every generator's hyper-parameters: unknown keys, infinities and NaN are
+    errors (``lr = inf`` is no learning rate); values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SampleSettings(BaseModel):

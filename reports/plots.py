@@ -323,9 +323,10 @@ def training_losses(report: Report) -> Plot | Missing:
         for ax in axes.flat[len(logged) :]:
             ax.set_visible(False)
         for ax, (label, log) in zip(axes.flat, logged, strict=False):
-            keys = [k for k, v in log[0].losses.items() if fmt.number(v) is not None]
+            # Every logged name with a finite value somewhere (a diverged run logs None).
+            keys = list(dict.fromkeys(k for r in log for k, v in r.losses.items() if v is not None))
             for i, key in enumerate(keys):
-                pts = [(r.step, r.losses[key]) for r in log if key in r.losses]
+                pts = [(r.step, r.losses[key]) for r in log if r.losses.get(key) is not None]
                 ax.plot(
                     [s for s, _ in pts],
                     [v for _, v in pts],
@@ -336,7 +337,10 @@ def training_losses(report: Report) -> Plot | Missing:
                 )
             ax.set_title(tex_safe(label))
             ax.set_xlabel("step")
-            ax.legend(loc="best")
+            if keys:
+                ax.legend(loc="best")
+            else:
+                ax.text(0.5, 0.5, "no finite value logged", ha="center", transform=ax.transAxes)
         for ax in axes[:, 0]:
             ax.set_ylabel("mean over logging interval")
 

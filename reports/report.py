@@ -13,6 +13,7 @@ from genbench.reports.model import Groups, Report
 from genbench.reports.published import PublishedFigure, load_published, published_table
 from genbench.reports.tables import model_labels, repeats_table, results_table, speed_table
 from genbench.store import files
+from genbench.store.records import RunStatus
 
 # Where `bench speed` appends its history by default (relative to the working directory).
 DEFAULT_HISTORY = Path("runs") / "speed_history.jsonl"
@@ -45,14 +46,20 @@ def load_report(paths: list[Path], history: Path | None = None) -> Report:
     return build_report(load_inputs(paths, history))
 
 
-def write_run_reports(run_dir: Path, history: Path | None = None) -> tuple[Path, Path]:
+def write_run_reports(
+    run_dir: Path, history: Path | None = None, status: RunStatus | None = None
+) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into a run directory (atomically).
 
     ``history`` is used when the file exists. An unreadable history file only removes the
     history plot (the report says why): it must not fail a run that has finished.
+    ``status``: the run's status as the report should state it (the harness writes the
+    reports of a complete run before it marks the run complete on disk).
     """
     history = history if history is not None and Path(history).is_file() else None
     inputs = load_inputs([run_dir])
+    if status is not None:
+        inputs.runs[0].status = status
     if history is not None:
         try:
             inputs.history, inputs.history_path = load_inputs([], history).history, history

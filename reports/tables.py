@@ -185,8 +185,9 @@ def results_table(
 ) -> Table:
     """One row per (run, model): quality, cost and provenance, marks where needed."""
     for m in models:  # label every setting first, so marks appear only when there are several
-        protocols.label(protocol_setting(m))
-        timings.label(timing_setting(m))
+        if not m.metrics.failure:  # a failed model has neither values nor timing to mark
+            protocols.label(protocol_setting(m))
+            timings.label(timing_setting(m))
     metric_cols = [c for c in METRIC_COLUMNS if not c.optional or _has(models, c)]
     columns = [
         Column("run", "run directory"),
@@ -209,8 +210,8 @@ def results_table(
     rows = []
     for m, label in zip(models, labels, strict=True):
         md, t = m.metrics, m.timing
-        pmarks = protocols.marks(protocol_setting(m))
-        tmarks = timings.marks(timing_setting(m))
+        pmarks = () if md.failure else protocols.marks(protocol_setting(m))
+        tmarks = () if md.failure else timings.marks(timing_setting(m))
         cells = [
             Cell.text_of(m.run.run_id),
             Cell(label, label),
@@ -220,7 +221,10 @@ def results_table(
             Cell.number(fmt.MISSING if md.nfe is None else str(md.nfe), md.nfe),
             Cell.text_of(sampling_text(md.sample)),
         ]
-        for c in metric_cols:
+        for i, c in enumerate(metric_cols):
+            if md.failure:  # a failed model has no value, only the word in the first column
+                cells.append(Cell("failed" if i == 0 else fmt.MISSING, None))
+                continue
             record = metric_record(m, c.key)
             marks = pmarks if c.protocol_bound else ()
             cells.append(Cell.number(c.render(record), c.sort(record), marks))
@@ -233,6 +237,11 @@ def results_table(
         ]
         rows.append(cells)
     notes = [*protocol_notes(protocols), *timing_notes(models, timings)]
+    notes += [
+        f"Failed, no result: {label} ({m.run.run_id}): {m.metrics.failure}."
+        for m, label in zip(models, labels, strict=True)
+        if m.metrics.failure
+    ]
     missing = [c.header.split()[0] for c in METRIC_COLUMNS if c.optional and c not in metric_cols]
     missing = [name for name in missing if name != "bits/dim"]
     if missing and models:

@@ -160,8 +160,11 @@ def test_samples_npz_and_statistics_npz(cli, tmp_path: Path) -> None:
 
 def test_usage_errors_are_one_line(cli, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    one = str(write_pngs(tmp_path / "one", varied_images(1, 4, seed=0)))
+    one = str(write_pngs(tmp_path / "one", varied_images(2, 4, seed=0)))
+    single = str(write_pngs(tmp_path / "single", varied_images(1, 4, seed=1)))
     cases = [
+        (["eval", one, single], "fake: 1 image; the metrics compare distributions"),
+        (["eval", one, one, "--out", str(tmp_path)], f"--out: {tmp_path} is a directory"),
         (["eval", str(tmp_path / "nope"), one], "real: " + str(tmp_path / "nope")),
         (["eval", one, str(tmp_path / "empty")], "fake: no image files"),
         (["eval", one, one, "--metrics", "fid,fdi"], "unknown metric 'fdi'"),
@@ -170,7 +173,8 @@ def test_usage_errors_are_one_line(cli, tmp_path: Path) -> None:
         (["eval", "nosuch:train", one], "nosuch:train does not exist (nor names a data set"),
     ]
     for args, message in cases:
-        result = cli(*args, "--device", "cpu", "--out", str(tmp_path / "out.json"))
+        out = [] if "--out" in args else ["--out", str(tmp_path / "out.json")]
+        result = cli(*args, "--device", "cpu", *out)
         assert result.code == 2, (args, result.err)
         assert message in result.err and len(result.err.strip().splitlines()) == 1, result.err
     assert not (tmp_path / "out.json").exists()

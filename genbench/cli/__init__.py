@@ -43,30 +43,60 @@ _ABORT = (typer.Abort, click.exceptions.Abort)
 _USAGE = (getattr(typer, "TyperException", click.ClickException), click.ClickException)
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
+def _say(text: str, label: str = "error: ") -> None:
+    for line in text.splitlines() or [""]:
+        typer.echo(f"bench: {label}{line}", err=True)
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a failed file operation: the path and what the system said."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``bench`` console script; returns the exit status."""
+    """Entry point of the ``bench`` console script; returns the exit status.
+
+    The one place where exceptions become messages and exit codes: usage and input errors
+    print one line per problem and return their code (2, or 1 for a regression or failed
+    models), Ctrl-C returns 130, and failures of the system (a full disk, a read-only
+    folder, memory) print one line instead of a traceback.
+    """
     keep_freed_memory()  # CPU work runs up to 1.5x faster (see genbench.core.allocator)
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="bench", standalone_mode=False)
+        code = command.main(args=argv, prog_name="bench", standalone_mode=False)
     except _EXIT as exc:
         return getattr(exc, "exit_code", 0)
     except _ABORT:
-        typer.echo("bench: aborted", err=True)
-        return 130
+        _say("aborted", label="")
+        return INTERRUPTED
     except _USAGE as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        typer.echo(f"bench: error: {exc.format_message()}{hint}", err=True)
+        _say(f"{exc.format_message()}{hint}")
         return getattr(exc, "exit_code", 2)
     except GenbenchError as exc:
-        for line in str(exc).splitlines():
-            typer.echo(f"bench: error: {line}", err=True)
+        _say(str(exc), exc.label)
         return exc.exit_code
     except KeyboardInterrupt:
-        typer.echo("bench: interrupted", err=True)
-        return 130
-    return 0
+        _say("interrupted", label="")
+        return INTERRUPTED
+    except OSError as exc:
+        _say(_os_error(exc))
+        return 1
+    except MemoryError:
+        _say("out of memory; lower a batch size or the number of samples")
+        return 1
+    except RecursionError:
+        _say("input nested too deeply to read")
+        return 2
+    if code == INTERRUPTED:  # typer turns a Ctrl-C outside a run into Exit(130) and returns it
+        _say("interrupted", label="")
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from genbench.cli.options import (
     Quantize,
     Resize,
     StrictFp32,
+    file_out,
     split_list,
 )
 
@@ -80,6 +81,7 @@ def eval_cmd(
     from genbench.eval.evaluate import evaluate, metrics_table
     from genbench.store.files import write_record
 
+    file_out(out)
     result = evaluate(
         fake,
         real,
@@ -131,6 +133,7 @@ def stats_cmd(
     from genbench.eval.extractors import ExtractorOptions, load_extractor
     from genbench.eval.reference import split_statistics
 
+    file_out(out)
     ext = load_extractor(
         extractor,
         resolve_device(device or "auto"),
@@ -201,6 +204,7 @@ def eval_speed_cmd(
     from genbench.core.io import write_json_atomic
     from genbench.eval.throughput import describe_throughput, eval_speed
 
+    file_out(out)
     result, ext = eval_speed(
         resolve_device(device or "auto"),
         num_images=num_images,

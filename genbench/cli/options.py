@@ -124,3 +124,11 @@ def parse_checkpoints(values: list[str] | None) -> dict[str, Path]:
             raise SpecError(f"--checkpoint: expected MODEL=PATH, got {value!r}")
         out[model] = Path(path)
     return out
+
+
+def file_out(path: Path | None, option: str = "--out") -> Path | None:
+    """A file to write results to: refused up front when it is a directory, so no work is
+    lost to a write that cannot happen."""
+    if path is not None and path.is_dir():
+        raise SpecError(f"{option}: {path} is a directory; give the path of a file to write")
+    return path

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,14 +17,24 @@ from genbench.cli.options import (
     parse_checkpoints,
     split_list,
 )
+from genbench.core.errors import ModelsFailed
+
+if TYPE_CHECKING:  # loaded inside the commands (torch): see the comments there
+    from genbench.store.runs import RunResult
 
 RESUME_ACTIONS = {"kept": "kept", "evaluate": "evaluated from its checkpoint", "run": "run again"}
 
 
-def _print_run(run_dir: Path) -> None:
-    typer.echo((run_dir / "report.md").read_text(encoding="utf-8"))
-    typer.echo(f"report:  {run_dir / 'report.html'} (plots and sample grids)")
-    typer.echo(f"results: {run_dir}")
+def _print_run(result: RunResult) -> None:
+    """The run's report and where it is; ``ModelsFailed`` (exit 1) if a model failed."""
+    typer.echo((result.path / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"report:  {result.path / 'report.html'} (plots and sample grids)")
+    typer.echo(f"results: {result.path}")
+    if result.failed:
+        reasons = "; ".join(f"{name}: {why}" for name, why in result.failed.items())
+        raise ModelsFailed(
+            f"{len(result.failed)} of {len(result.models)} models failed ({reasons})"
+        )
 
 
 def run_cmd(
@@ -68,11 +78,12 @@ def run_cmd(
         inception_weights=inception_weights,
         checkpoints=parse_checkpoints(checkpoint),
     )
-    resolve_device(plan.benchmark.device)  # an unusable device fails a dry run too
+    where = "--device" if device is not None else "benchmark.device"
+    resolve_device(plan.benchmark.device, where)  # an unusable device fails a dry run too
     if dry_run:
         typer.echo(plan.to_toml(), nl=False)
         return
-    _print_run(api.run(plan, out).path)
+    _print_run(api.run(plan, out))
 
 
 def resume_cmd(
@@ -97,7 +108,7 @@ def resume_cmd(
         return
     for name, action in actions.items():
         typer.echo(f"resume: {name}: {RESUME_ACTIONS[action]}")
-    _print_run(result.path)
+    _print_run(result)
 
 
 def list_cmd() -> None:

@@ -12,18 +12,19 @@ from genbench.core.errors import GenbenchError
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an unknown or unavailable device is a usage error."""
+def resolve_device(name: str, where: str = "--device") -> torch.device:
+    """``auto`` picks CUDA when present; an unknown or unavailable device is a usage error
+    naming ``where`` the name came from (``--device``, ``benchmark.device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise GenbenchError(f"--device: unknown device {name!r}; valid: {DEVICE_CHOICES}") from None
+    except (RuntimeError, TypeError):
+        raise GenbenchError(f"{where}: unknown device {name!r}; valid: {DEVICE_CHOICES}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise GenbenchError("--device cuda: no CUDA device is available; use --device cpu")
+        raise GenbenchError(f"{where}: {name}: no CUDA device is available; use cpu")
     if device.type not in ("cpu", "cuda"):
-        raise GenbenchError(f"--device: unsupported device {name!r}; valid: {DEVICE_CHOICES}")
+        raise GenbenchError(f"{where}: unsupported device {name!r}; valid: {DEVICE_CHOICES}")
     return device
 
 

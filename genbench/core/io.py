@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -43,9 +44,27 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: strict JSON, which
+    ``json.dumps`` alone would not write (it writes bare ``NaN``, which strict parsers
+    reject). Where such a value means a failure, callers say so before writing."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON (see ``finite_json``)."""
+    return json.dumps(finite_json(obj), indent=indent, allow_nan=False)
+
+
 def write_json_atomic(path: Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically."""
+    return write_text_atomic(path, dumps(obj, indent=2) + "\n")
 
 
 def write_with_atomic(path: Path, writer: Callable[[Path], None]) -> Path:
@@ -55,7 +74,7 @@ def write_with_atomic(path: Path, writer: Callable[[Path], None]) -> Path:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line with one ``write`` call (never a torn line on SIGKILL)."""
-    line = (json.dumps(record) + "\n").encode("utf-8")
+    line = (dumps(record) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 import secrets
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from genbench.core import io
-from genbench.core.errors import StoreError
+from genbench.core.errors import Busy, StoreError
 from genbench.core.io import utc_now as utc_now  # re-exported: run records are stamped with it
 from genbench.store import versions
 from genbench.store.records import (
@@ -208,3 +210,61 @@ def read_speed_history(path: Path) -> list[SpeedResult]:
 
 def read_train_log(path: Path) -> list[TrainLogEntry]:
     return read_lines(path, TrainLogEntry)
+
+
+# --------------------------------------------------------------------------- ownership
+
+LOCK = ".lock"
+
+
+def inside(run_dir: Path, path: Path) -> Path:
+    """``path`` when it lies inside ``run_dir`` (after resolving links), else a
+    ``StoreError``: the store never writes or deletes anywhere else."""
+    root, target = Path(run_dir).resolve(), Path(path).resolve()
+    if target != root and root not in target.parents:
+        raise StoreError(f"{path}: outside the run directory {run_dir}; refusing to touch it")
+    return Path(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a live process of another user
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Own ``run_dir`` while the block runs: a ``.lock`` file holding this process's pid.
+    Another live owner is a ``Busy`` error (two processes writing one run would interleave
+    its files); the lock of a process that died (killed, out of time) is taken over."""
+    path = Path(run_dir) / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text(encoding="utf-8").strip() or "0")
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise Busy(
+                    f"{run_dir}: process {owner} is working in this run; wait for it to finish"
+                    " (or end it) before starting another"
+                ) from None
+            path.unlink(missing_ok=True)  # a dead owner's lock: take it over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise Busy(f"{run_dir}: another process took the run's lock; try again")
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            if path.read_text(encoding="utf-8").strip() == str(os.getpid()):
+                path.unlink()

@@ -200,6 +200,9 @@ class ModelMetrics(Record):
     extra: dict[str, MetricValue] = Field(default_factory=dict)
     """Model-specific measurements outside the protocol (``bits_per_dim``)."""
     protocol: Protocol | None = None
+    failure: str | None = None
+    """Why the model has no metrics: training diverged, samples were not finite. A failed
+    model's values are never a result."""
 
     def metric(self, name: str) -> MetricValue | None:
         """The stored result of one metric (or extra measurement), None when not computed."""
@@ -344,7 +347,8 @@ class TrainLogEntry(Strict):
     step: int
     time_s: float | None = None
     images_per_s: float | None = None
-    losses: dict[str, float] = Field(default_factory=dict)
+    losses: dict[str, float | None] = Field(default_factory=dict)
+    """Mean losses; None where a loss was NaN or infinite (strict JSON has no NaN)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -61,6 +61,11 @@ class RunResult:
     def complete(self) -> bool:
         return self.status.complete
 
+    @property
+    def failed(self) -> dict[str, str]:
+        """The models that failed (diverged, non-finite samples) and why."""
+        return {name: m.metrics.failure for name, m in self.models.items() if m.metrics.failure}
+
     def __getitem__(self, model: str) -> ModelResult:
         """The result of ``model``; a ``KeyError`` listing the finished models otherwise."""
         try:
