@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from genbench.benchmarks.spec import (
     IS_SPLITS,
+    RESOLVED_HEADER,
     BenchmarkSection,
     EvaluateSection,
     SampleSection,
@@ -35,7 +36,7 @@ from genbench.data.datasets import DATASETS
 from genbench.eval.extractors import EXTRACTORS
 from genbench.eval.metrics import METRICS
 from genbench.generators import GENERATORS, DataShape, Generator, GeneratorConfig, SampleSettings
-from genbench.store.files import check_name
+from genbench.store.files import check_model_name, check_name
 from genbench.store.records import SCHEMA_VERSION
 
 SETTING_KEYS = ("steps", "guidance")
@@ -121,7 +122,7 @@ class RunPlan:
         }
 
     def to_toml(self) -> str:
-        header = f"# genbench resolved spec (from {self.source}); every default filled in\n"
+        header = f"{RESOLVED_HEADER} (from {self.source}); every default filled in\n"
         return header + tomli_w.dumps(self.to_dict())
 
 
@@ -164,6 +165,10 @@ def _train_steps(train: TrainSection, dataset_size: int) -> TrainSection:
     return train
 
 
+def _absolute(path: str | Path | None) -> Path | None:
+    return None if path is None else Path(path).expanduser().absolute()
+
+
 def _lookup(registry: Registry, name: str, where: str) -> Any:
     """``registry.get(name)``, an unknown name being a ``SpecError`` naming ``where``."""
     try:
@@ -172,10 +177,10 @@ def _lookup(registry: Registry, name: str, where: str) -> Any:
         raise SpecError(str(exc)) from None
 
 
-def _checked_name(name: str, where: str) -> str:
+def _checked_name(name: str, where: str, model: bool = False) -> str:
     """A name that becomes a folder (benchmark or model), as a ``SpecError`` if unsafe."""
     try:
-        return check_name(name, where)
+        return check_model_name(name, where) if model else check_name(name, where)
     except StoreError as exc:
         raise SpecError(str(exc)) from None
 
@@ -227,6 +232,7 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         f"{source} (with the command-line overrides)",
     )
     _checked_name(bench.name, f"{source}: benchmark.name")
+    bench = bench.model_copy(update={"data_root": _absolute(bench.data_root)})
     dataset = _lookup(DATASETS, bench.dataset, f"{source}: benchmark.dataset")
     info = dataset.info
     shape = DataShape(info.channels, info.image_size, info.num_classes)
@@ -244,8 +250,18 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         evaluate = evaluate.model_copy(update={"weights": ov.inception_weights})
     if evaluate.weights is not None and not Path(evaluate.weights).is_file():
         raise SpecError(f"evaluate.weights: no such file: {evaluate.weights}")
+    evaluate = evaluate.model_copy(
+        update={
+            "weights": _absolute(evaluate.weights),
+            "reference_stats": _absolute(evaluate.reference_stats),
+        }
+    )
 
     names = list(spec.models)
+    folded = [n.lower() for n in names]
+    clash = next((n for n in names if folded.count(n.lower()) > 1), None)
+    if clash is not None:  # one folder on case-insensitive file systems (macOS, Windows)
+        raise SpecError(f"{source}: models.{clash}: another model differs only in case; rename one")
     if ov.models:
         names = select_models(spec, ov.models, GENERATORS)
     for key in ov.checkpoints:
@@ -277,18 +293,21 @@ def _resolve_model(
 ) -> ResolvedModel:
     entry = spec.models[name]
     where = ("models", name)
-    _checked_name(name, f"{source}: models.{name}")
+    _checked_name(name, f"{source}: models.{name}", model=True)
     gen_cls = _lookup(GENERATORS, entry.generator, f"{source}: models.{name}.generator")
     config = validate_section(gen_cls.Config, entry.config, (*where, "config"), source)
     checkpoint = ov.checkpoints.get(name, entry.checkpoint)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise SpecError(f"models.{name}.checkpoint: no such file: {checkpoint}")
     train_data = {**spec.train.model_dump(exclude_unset=True), **entry.train}
+    for own, other in (("steps", "epochs"), ("epochs", "steps")):
+        if own in entry.train and other not in entry.train:
+            train_data.pop(other, None)  # the model's own length replaces the global one
     sample_data = {**spec.sample.model_dump(exclude_unset=True), **entry.sample}
     if ov.train_steps is not None:
         train_data.update(steps=ov.train_steps)
         train_data.pop("epochs", None)
-    elif checkpoint is not None and "steps" not in entry.train:
+    elif checkpoint is not None and not {"steps", "epochs"} & entry.train.keys():
         # A checkpoint is evaluated as it is unless its entry asks for more training.
         train_data.update(steps=0)
         train_data.pop("epochs", None)
@@ -311,6 +330,7 @@ def _resolve_model(
         train=train,
         sample=sample.model_copy(update=dict.fromkeys(SETTING_KEYS)),
         settings=settings,
-        checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        # Absolute: the resolved spec must mean the same from any directory (bench resume).
+        checkpoint=_absolute(checkpoint),
         data_shape=shape,
     )

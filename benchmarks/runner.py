@@ -59,6 +59,9 @@ def run_model(
     training diverges or whose samples are not finite gets a ``metrics.json`` that says so
     (``failure``) and no metric: a NaN is never a result.
     """
+    # The reference statistics first, outside the model's failure: real images that are not
+    # finite are the data set's fault (a usage error), never a failed model.
+    inputs.stats  # noqa: B018 (a cached property: computed once, here)
     try:
         return _run_model(plan, model, out, device, inputs, trained)
     except NonFinite as exc:
@@ -221,8 +224,8 @@ def resume(plan: RunPlan, run_dir: Path) -> dict[str, Action]:
     """
     run_dir = Path(run_dir)
     device = resolve_device(plan.benchmark.device, where="benchmark.device")
-    inputs = RunInputs(plan, device)  # a missing data set fails before anything changes
-    with working_in(run_dir):
+    with working_in(run_dir):  # owned first: a busy run is refused before any work
+        inputs = RunInputs(plan, device)  # a missing data set fails before anything changes
         status = read_status(run_dir)
         actions, trained = plan_resumption(plan, run_dir)
         for partial in run_dir.glob("*" + files.PARTIAL_SUFFIX):

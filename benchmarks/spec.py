@@ -29,6 +29,8 @@ from genbench.store import versions
 from genbench.store.records import SCHEMA_VERSION
 
 SPECS_DIR = Path(__file__).parent / "specs"
+RESOLVED_HEADER = "# genbench resolved spec"
+"""The first line of every resolved spec (``RunPlan.to_toml``)."""
 IS_SPLITS = 10  # the Inception Score's splits (Salimans et al. 2016), fixed by the protocol
 
 
@@ -263,7 +265,8 @@ def read_spec(name_or_path: str, version: int | None = None) -> tuple[Spec, str]
     """
     path = find_spec(name_or_path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
@@ -271,7 +274,10 @@ def read_spec(name_or_path: str, version: int | None = None) -> tuple[Spec, str]
     except RecursionError:
         raise SpecError(f"{path}: nested too deeply to be a spec") from None
     declared = versions.version_of(data) if "schema_version" in data else version
-    declared = SCHEMA_VERSION if declared is None and "schema_version" not in data else declared
+    if declared is None and "schema_version" not in data:
+        # A resolved spec without a version was written by version 1 (version 2 writes
+        # one), even when copied out of its run; a spec someone wrote is in today's terms.
+        declared = 1 if text.startswith(RESOLVED_HEADER) else SCHEMA_VERSION
     if not versions.readable(declared):
         raise SpecError(
             f"{path}: schema_version: {data.get('schema_version')!r} is not one this genbench "

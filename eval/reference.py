@@ -125,6 +125,8 @@ class ReferenceStats:
         d = np.atleast_1d(mu).shape[0]
         if mu.shape != (d,) or sigma.shape != (d, d):
             raise GenbenchError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise GenbenchError(f"{path}: mu or sigma hold NaN or infinite values")
         return cls(mu, sigma, count, features, {"path": str(path)})
 
     def save(self, path: Path) -> None:

@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from genbench.core.errors import GenbenchError
-from genbench.data.datasets import DATASETS
+from genbench.data.datasets import DATASETS, SPLITS
 
 IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
 """pytorch-fid's image file extensions (matched case-insensitively here)."""
@@ -92,9 +92,11 @@ def read_rgb(source: Any, name: str) -> torch.Tensor:
     with PIL as RGB as pytorch-fid reads it; a file that is no image, is truncated or is
     larger than ``MAX_PIXELS`` is a one-line ``GenbenchError`` naming ``name``."""
     try:
-        with warnings.catch_warnings(), Image.open(source) as img:
+        with warnings.catch_warnings():
             # The size is checked here, against a tighter bound than PIL's own warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+        with img:
             width, height = img.size  # from the header: nothing decoded yet
             if width * height > MAX_PIXELS:
                 raise GenbenchError(
@@ -104,7 +106,14 @@ def read_rgb(source: Any, name: str) -> torch.Tensor:
             array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except GenbenchError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        zipfile.BadZipFile,  # a zip member that fails its CRC
+        RuntimeError,  # an encrypted zip member
+    ) as exc:
         raise GenbenchError(f"{name}: not a readable image ({exc})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
@@ -157,13 +166,23 @@ def _same_shape_runs(images: list[torch.Tensor]) -> Iterator[torch.Tensor]:
             start = i
 
 
+def _worker_message(exc: GenbenchError) -> str:
+    """The one-line message of an error raised in a DataLoader worker (torch re-raises it
+    with the worker's traceback folded into the message; its last line is the original)."""
+    last = str(exc).strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith("genbench.") and ": " in last else last
+
+
 def _loader_batches(dataset: Any) -> Batches:
     def batches(batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
         loader = DataLoader(
             dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
         )
-        for images in loader:
-            yield from _same_shape_runs(images)
+        try:
+            for images in loader:
+                yield from _same_shape_runs(images)
+        except GenbenchError as exc:
+            raise type(exc)(_worker_message(exc)) from None
 
     return batches
 
@@ -194,7 +213,8 @@ def check_images(array: np.ndarray | torch.Tensor, what: str) -> np.ndarray | to
         finite = torch.isfinite(array) if isinstance(array, torch.Tensor) else np.isfinite(array)
         if not bool(finite.all()):
             raise GenbenchError(f"{what}: float images hold NaN or infinite values")
-        if array.size and (float(array.min()) < -1 or float(array.max()) > 1):  # type: ignore[arg-type]
+        count = array.numel() if isinstance(array, torch.Tensor) else array.size
+        if count and (float(array.min()) < -1 or float(array.max()) > 1):
             raise GenbenchError(f"{what}: float images must lie in [-1, 1]")
     return array
 
@@ -231,10 +251,12 @@ def _array_batches(array: np.ndarray | torch.Tensor) -> Batches:
 
 def dataset_split(text: str) -> tuple[str, str] | None:
     """``("cifar10", "train")`` for ``cifar10:train`` when that names a registered data set
-    and no file of that name exists."""
+    and no file of that name exists; an unknown split is an error at once."""
     name, sep, split = text.partition(":")
     if not sep or Path(text).exists() or name not in DATASETS:
         return None
+    if split not in SPLITS:
+        raise GenbenchError(f"{text}: unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
     return DATASETS.canonical(name), split
 
 
@@ -254,7 +276,10 @@ def _open_path(text: str, what: str) -> Source:
     if path.is_file() and path.suffix.lower() == ".zip":
         try:
             with zipfile.ZipFile(path) as archive:
-                names = sorted(n for n in archive.namelist() if _is_image(n))
+                # macOS adds __MACOSX/._name resource forks: not images, whatever the suffix.
+                names = sorted(
+                    n for n in archive.namelist() if _is_image(n) and not n.startswith("__MACOSX/")
+                )
         except (zipfile.BadZipFile, OSError) as exc:
             raise GenbenchError(f"{what}: cannot read {path} ({exc})") from None
         if not names:

@@ -40,7 +40,7 @@ class SampleSettings(BaseModel):
     s = 1 + w in Ho & Salimans' terms (``genbench.generators.guidance``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def given(self) -> dict[str, Any]:
         """The settings that were set (for specs and result records)."""

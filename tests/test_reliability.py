@@ -27,6 +27,7 @@ from genbench.core.errors import Busy
 from genbench.store import files
 from tests.test_eval_cli import varied_images, write_pngs
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "schema_v1"
 DDPM = (
     '\n[models.ddpm]\ngenerator = "ddpm"\ntrain = { steps = 6 }\n'
     "config = { num_timesteps = 10, channels = 8, channel_mult = [1, 2], num_res_blocks = 1, "
@@ -106,7 +107,8 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_gives_the_uninterrupted_resul
         line = _last_line(ended.stderr)
         assert line == f"bench: interrupted; resume with: bench resume {run_dir}"
         assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
-        assert not (run_dir / files.LOCK).exists()  # released on the way out
+        with files.run_lock(run_dir):  # released on the way out
+            pass
         resumed = cli("resume", str(run_dir))
         assert resumed.code == 0, resumed.err
         assert _values(run_dir) == expected  # bits/dim included
@@ -146,6 +148,8 @@ def test_a_diverged_model_is_failed_not_a_result(cli, tiny_spec, tmp_path):
     report = (run_dir / "report.md").read_text()
     assert report.count("| failed |") == 2 and "Failed, no result: dcgan" in report
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    again = cli("resume", str(run_dir))  # complete, but not a success either
+    assert again.code == 1 and "models failed: dcgan, ddpm" in _one_line(again.err)
 
 
 def test_infinite_settings_are_spec_errors(cli, tiny_spec, tmp_path):
@@ -269,11 +273,13 @@ def test_bad_images_are_one_line_errors(cli, tmp_path):
         "bomb": "10000 x 10000 pixels is more than genbench reads",
         "objects": "objects.npz: cannot read its images",
     }
-    for name, fake in cases.items():
+    for i, (name, fake) in enumerate(cases.items()):
+        workers = str(i % 2)  # read in this process, or in a DataLoader worker
         result = cli("eval", str(real), str(fake), "--extractor", "digits", "--device", "cpu",
-                     "--num-workers", "0", "--out", str(tmp_path / "e.json"))  # fmt: skip
+                     "--num-workers", workers, "--out", str(tmp_path / "e.json"))  # fmt: skip
         assert result.code == 2, (name, result.err)
         assert messages[name] in _last_line(result.err), (name, result.err)
+        assert "Traceback" not in result.err and "worker" not in result.err
     assert os.path.getsize(cases["bomb"] / "zzz.png") < 200_000  # small file, huge image
 
 
@@ -313,19 +319,38 @@ def test_bad_checkpoints_are_refused_before_the_run_exists(cli, tiny_spec, tmp_p
 # --------------------------------------------------------------------------- one owner
 
 
+HOLD = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from genbench.store import files\n"
+    "with files.run_lock(Path(sys.argv[1])):\n"
+    "    (Path(sys.argv[1]) / 'held').write_text('yes')\n"
+    "    time.sleep(120)\n"
+)
+
+
+def _holder(run_dir: Path) -> subprocess.Popen:
+    """Another process that owns ``run_dir`` (once its 'held' file appears)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)])
+    while proc.poll() is None and not (run_dir / "held").exists():
+        time.sleep(0.01)
+    assert proc.poll() is None
+    return proc
+
+
 def test_a_run_directory_has_one_owner(tmp_path):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = _holder(tmp_path)
     try:
-        (tmp_path / files.LOCK).write_text(f"{other.pid}\n")
-        busy = pytest.raises(Busy, match=f"process {other.pid} is working in this run")
+        busy = pytest.raises(Busy, match=f"process {other.pid} on .* is working in this run")
         with busy, files.run_lock(tmp_path):
             pass
     finally:
-        other.kill()
+        other.kill()  # SIGKILL: no clean-up at all
         other.wait()
-    with files.run_lock(tmp_path):  # its owner is dead: the lock is taken over
-        assert (tmp_path / files.LOCK).read_text().strip() == str(os.getpid())
-    assert not (tmp_path / files.LOCK).exists()
+    with files.run_lock(tmp_path):  # the kernel released the dead owner's lock
+        assert f"process {os.getpid()}" in (tmp_path / files.LOCK).read_text()
+        with pytest.raises(Busy), files.run_lock(tmp_path):  # and this one holds it now
+            pass
 
 
 def test_a_second_resume_of_a_busy_run_is_refused(cli, tiny_spec, tmp_path):
@@ -334,9 +359,8 @@ def test_a_second_resume_of_a_busy_run_is_refused(cli, tiny_spec, tmp_path):
     (run_dir,) = out.iterdir()
     status = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**status, "status": "running"}))
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = _holder(run_dir)
     try:
-        (run_dir / files.LOCK).write_text(f"{other.pid}\n")
         before = (run_dir / "run.json").read_text()
         result = cli("resume", str(run_dir))
         assert result.code == 2 and "is working in this run" in _one_line(result.err)
@@ -415,3 +439,59 @@ def test_random_specs_give_exit_0_or_one_line_errors(cli, tiny_spec, tmp_path, c
             assert files.model_dir(run_dir, name).parent == run_dir
         assert files.check_name(plan["benchmark"]["name"], "benchmark.name")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def test_model_names_that_would_collide_are_refused(cli, tiny_spec, tmp_path):
+    text = tiny_spec().read_text()
+    second = '\n[models.DCGAN]\ngenerator = "dcgan"\n'
+    for variant, message in [
+        (text.replace("[models.dcgan]", '[models."report.md"]'), "name of a run's own file"),
+        (text + second, "another model differs only in case"),
+    ]:
+        path = tmp_path / "s.toml"
+        path.write_text(variant)
+        result = cli("run", str(path), "--out", str(tmp_path / "runs"))
+        assert result.code == 2 and message in _one_line(result.err), result.err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resolved_specs_hold_absolute_paths_and_model_lengths_win(tiny_spec, tmp_path, monkeypatch):
+    from genbench import api
+
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    text = tiny_spec().read_text().replace('device = "cpu"', 'device = "cpu"\ndata_root = "data"')
+    text += '\n[models.long]\ngenerator = "dcgan"\ntrain = { epochs = 2 }\n'
+    Path("s.toml").write_text(text)
+    plan = api.load_spec("s.toml")
+    assert plan.benchmark.data_root == tmp_path / "data"
+    assert plan.models["dcgan"].train.steps == 10  # the global [train] steps
+    assert plan.models["long"].train.steps == round(2 * 1437 / 32)  # its own epochs win
+
+
+def test_a_resolved_spec_without_a_version_was_written_by_version_1(tmp_path):
+    from genbench.benchmarks.spec import read_spec
+
+    old = (FIXTURES / "tiny-20261202-233147-5b5f" / "spec.toml").read_text()
+    copy = tmp_path / "copied.toml"
+    copy.write_text(old)  # copied out of its run: no run.json to say which version
+    spec, _ = read_spec(str(copy))
+    assert spec.models["ddpm"].sample["guidance"] == 1.5  # w = 0.5 read as s = 1.5
+    handwritten = tmp_path / "mine.toml"
+    handwritten.write_text(old.split("\n", 1)[1])  # the same, without the resolved header
+    spec, _ = read_spec(str(handwritten))
+    assert spec.models["ddpm"].sample["guidance"] == 0.5  # today's meaning: s = 0.5
+
+
+def test_statistics_files_must_be_finite(cli, tmp_path):
+    mu, sigma = np.zeros(64), np.eye(64)
+    sigma[3, 3] = np.inf
+    np.savez(tmp_path / "stats.npz", mu=mu, sigma=sigma)
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 1), dtype=np.uint8)
+    np.savez(tmp_path / "fake.npz", images)
+    args = ["--extractor", "digits", "--device", "cpu", "--out", str(tmp_path / "e.json")]
+    result = cli("eval", str(tmp_path / "stats.npz"), str(tmp_path / "fake.npz"), *args)
+    assert result.code == 2 and "mu or sigma hold NaN or infinite values" in result.err

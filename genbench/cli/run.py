@@ -105,6 +105,8 @@ def resume_cmd(
     )
     if not actions:
         typer.echo(f"resume: {run_dir} is already complete; nothing to do")
+        if result.failed:
+            raise ModelsFailed(f"{run_dir}: models failed: {', '.join(result.failed)}")
         return
     for name, action in actions.items():
         typer.echo(f"resume: {name}: {RESUME_ACTIONS[action]}")

@@ -23,13 +23,15 @@ become paths: a name is data, never a path.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
 import re
 import secrets
+import socket
 import tomllib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,18 +94,37 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+RUN_FILES = (SPEC, ENVIRONMENT, STATUS, "report.md", "report.html")
+"""The files of a run directory itself: no model may be named like one."""
+
+
+def check_model_name(model: str, what: str | None = None) -> str:
+    """``check_name`` for a model, which also must not take a run file's name."""
+    what = what or f"models.{model}"
+    check_name(model, what)
+    if model.lower() in RUN_FILES:
+        raise StoreError(f"{what}: {model!r} is the name of a run's own file; rename the model")
+    return model
+
+
 def model_dir(run_dir: Path, model: str) -> Path:
     """The folder of model ``model`` inside ``run_dir`` (the name is checked first)."""
-    return Path(run_dir) / check_name(model, f"models.{model}")
+    return Path(run_dir) / check_model_name(model)
 
 
 def new_run_dir(out: Path, name: str) -> Path:
     """Create ``out/<name>-<UTC timestamp>-<random>`` and return it."""
     check_name(name, "benchmark.name")
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
-    run = Path(out) / f"{name}-{stamp}-{secrets.token_hex(2)}"
-    run.mkdir(parents=True, exist_ok=False)
-    return run
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for _ in range(100):  # runs started in the same second (a job array) draw again
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+        run = Path(out) / f"{name}-{stamp}-{secrets.token_hex(2)}"
+        try:
+            run.mkdir()
+        except FileExistsError:
+            continue
+        return run
+    raise StoreError(f"{out}: no free run id for {name!r}; try again")
 
 
 # --------------------------------------------------------------------------- records
@@ -226,45 +247,29 @@ def inside(run_dir: Path, path: Path) -> Path:
     return Path(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a live process of another user
-        return True
-    return True
-
-
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Own ``run_dir`` while the block runs: a ``.lock`` file holding this process's pid.
-    Another live owner is a ``Busy`` error (two processes writing one run would interleave
-    its files); the lock of a process that died (killed, out of time) is taken over."""
+    """Own ``run_dir`` while the block runs: an exclusive ``flock`` on its ``.lock`` file,
+    which also names the owner (pid and host). Another owner is a ``Busy`` error (two
+    processes writing one run would interleave its files). The kernel releases the lock
+    when its process ends, however it ends, so a killed run never leaves a stale lock; the
+    file itself stays."""
     path = Path(run_dir) / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                owner = int(path.read_text(encoding="utf-8").strip() or "0")
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _alive(owner):
-                raise Busy(
-                    f"{run_dir}: process {owner} is working in this run; wait for it to finish"
-                    " (or end it) before starting another"
-                ) from None
-            path.unlink(missing_ok=True)  # a dead owner's lock: take it over
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
-        break
-    else:
-        raise Busy(f"{run_dir}: another process took the run's lock; try again")
+    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed below, after the block)
     try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            raise Busy(
+                f"{run_dir}: {owner} is working in this run; wait for it to finish (or end "
+                "it) before starting another"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
         yield
     finally:
-        with suppress(OSError):
-            if path.read_text(encoding="utf-8").strip() == str(os.getpid()):
-                path.unlink()
+        fh.close()  # closing the file releases the lock

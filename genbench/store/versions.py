@@ -26,7 +26,7 @@ from genbench.store.records import SCHEMA_VERSION
 
 OLDEST = 1
 _W_GENERATORS = ("ddpm", "vdpm")  # generators whose version-1 guidance was w
-_NO_SETTINGS = ("dcgan", "ddgan")  # version 1 ignored their steps and guidance (DDGAN: = T)
+_NO_SETTINGS = ("dcgan", "gan", "ddgan")  # version 1 ignored their steps and guidance
 _SECTIONS = re.compile(r"^\s*\d+(\s*,\s*\d+)+\s*$")
 
 
