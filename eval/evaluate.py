@@ -216,4 +216,20 @@ def metrics_table(result: EvalResult) -> str:
             lines.append(f"| {name} | {value.value:.6g} ± {value.std:.6g} |")
         else:
             lines.append(f"| {name} | {value.value:.6g} |")
-    return "\n".join(lines)
+    note = kid_note(result.protocol)
+    return "\n".join([*lines, *(["", f"note: {note}"] if note else [])])
+
+
+KID_FEW = 100
+"""Below this many images per subset, KID's unbiased estimate is noise (and can be < 0)."""
+
+
+def kid_note(protocol: Protocol) -> str | None:
+    """A warning when KID was computed from subsets too small to mean much."""
+    size = protocol.kid_subset_size
+    if size is None or size >= KID_FEW:
+        return None
+    return (
+        f"KID from subsets of {size} images is dominated by noise and may be negative "
+        f"(an unbiased estimate of a small number); use at least {KID_FEW}, ideally 1000"
+    )

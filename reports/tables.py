@@ -23,6 +23,10 @@ from genbench.reports.model import Cell, Column, Groups, Table, describe
 from genbench.store.records import Environment, MetricValue, SampleInfo, Timing
 from genbench.store.runs import ModelResult, RunResult
 
+KID_FEW = 100
+"""Below this many images per subset, KID is noise (``genbench.eval.evaluate.KID_FEW``; the
+reports may not import the evaluator)."""
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -237,6 +241,20 @@ def results_table(
         ]
         rows.append(cells)
     notes = [*protocol_notes(protocols), *timing_notes(models, timings)]
+    small = sorted(
+        {
+            m.metrics.protocol.kid_subset_size
+            for m in models
+            if m.metrics.protocol is not None
+            and m.metrics.protocol.kid_subset_size is not None
+            and m.metrics.protocol.kid_subset_size < KID_FEW
+        }
+    )
+    if small and any(m.metrics.metric("kid") for m in models):
+        notes.append(
+            f"KID here comes from subsets of {', '.join(map(str, small))} images: dominated by "
+            f"noise, it may be negative; at least {KID_FEW} images per subset are needed."
+        )
     notes += [
         f"Failed, no result: {label} ({m.run.run_id}): {m.metrics.failure}."
         for m, label in zip(models, labels, strict=True)
