@@ -126,7 +126,7 @@ def check_checkpoint(model: ResolvedModel) -> None:
 
 def finished_training(model: ResolvedModel, model_dir: Path) -> dict[str, Any] | None:
     """The train info of ``model_dir``'s checkpoint when it holds the finished training of
-    ``model`` (written after the last update), else None."""
+    ``model`` (it is written after the last update), else None."""
     path = model_dir / "checkpoint.safetensors"
     if not path.is_file():
         return None
@@ -135,8 +135,9 @@ def finished_training(model: ResolvedModel, model_dir: Path) -> dict[str, Any] |
         info = json.loads(meta["train_info"])
     except (CheckpointError, KeyError, ValueError):
         return None  # unreadable, or from a version that did not record its training
-    if meta.get("generator") != model.generator or info.get("train_steps") != (
-        model.train.steps or 0
-    ):
+    if meta.get("generator") != model.generator or not isinstance(info, dict):
+        return None
+    steps = info.get("train_steps")
+    if model.train.time_budget is None and steps != (model.train.steps or 0):
         return None
     return info

@@ -52,6 +52,23 @@ class EMA:
                 else:
                     shadow[key].copy_(value)
 
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The averaged tensors by network (saved in training states)."""
+        return {
+            name: {k: v.detach().cpu() for k, v in sd.items()} for name, sd in self.shadow.items()
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Inverse of ``state_dict``; the networks and tensor names must match."""
+        if set(state) != set(self.shadow):
+            raise KeyError(f"EMA of networks {sorted(state)}, expected {sorted(self.shadow)}")
+        for name, shadow in self.shadow.items():
+            if set(state[name]) != set(shadow):
+                raise KeyError(f"EMA of {name}: tensor names differ")
+            for key, value in shadow.items():
+                value.copy_(state[name][key])
+
     @torch.no_grad()
     def copy_to_modules(self) -> None:
         """Load the averaged weights into the live networks (used for sampling from then on)."""

@@ -12,6 +12,7 @@ from genbench.benchmarks.checkpoints import check_checkpoint
 from genbench.benchmarks.plan import RunPlan
 from genbench.benchmarks.sampling import has_likelihood
 from genbench.benchmarks.spec import IS_SPLITS, EvaluateSection
+from genbench.benchmarks.trainer import check_micro_batches
 from genbench.core.errors import GenbenchError
 from genbench.core.progress import counting
 from genbench.data.datasets import DATASETS
@@ -84,11 +85,11 @@ class RunInputs:
         bench, evaluate = plan.benchmark, plan.evaluate
         self.plan = plan
         self.dataset = DATASETS.get(bench.dataset, where="benchmark.dataset")
-        needs_train = any(m.train.steps for m in plan.models.values())
+        needs_train = any(m.train.trains for m in plan.models.values())
         self.train = self.dataset.load("train", bench.data_root) if needs_train else None
         size = len(self.train) if self.train is not None else 0  # type: ignore[arg-type]
         for model in plan.models.values():
-            if model.train.steps and model.train.batch_size > size:
+            if model.train.trains and model.train.batch_size > size:
                 raise GenbenchError(
                     f"models.{model.name}.train.batch_size: {model.train.batch_size} exceeds "
                     f"the {size} training images of {bench.dataset}; lower it"
@@ -110,6 +111,8 @@ class RunInputs:
         check_evaluation(plan)
         for model in plan.models.values():  # a bad --checkpoint fails before the run exists
             check_checkpoint(model)
+            if model.train.trains:
+                check_micro_batches(model)
         if evaluate.reference_stats is not None:
             # Read now: a wrong file is a usage error before any run directory exists.
             self.stats = reference_from_file(evaluate, self.extractor)

@@ -28,6 +28,7 @@ from genbench.benchmarks.spec import (
     Spec,
     TimingSection,
     TrainSection,
+    parse_images,
     validate_section,
 )
 from genbench.core.errors import SpecError, StoreError, UnknownNameError
@@ -38,6 +39,9 @@ from genbench.eval.metrics import METRICS
 from genbench.generators import GENERATORS, DataShape, Generator, GeneratorConfig, SampleSettings
 from genbench.store.files import check_model_name, check_name
 from genbench.store.records import SCHEMA_VERSION
+
+LENGTH_KEYS = frozenset({"steps", "epochs", "images_budget"})
+"""``[train]`` keys that give a model's training length: a model's own replaces the global."""
 
 SETTING_KEYS = ("steps", "guidance")
 """``[sample]`` keys that are the generator's typed sampling settings, not the harness's."""
@@ -51,6 +55,7 @@ class Overrides:
     device: str | None = None
     seed: int | None = None
     train_steps: int | None = None
+    time_budget: str | None = None
     num_samples: int | None = None
     data_root: Path | None = None
     inception_weights: Path | None = None
@@ -155,14 +160,18 @@ def select_models(spec: Spec, wanted: list[str], generators: Registry) -> list[s
 
 
 def _train_steps(train: TrainSection, dataset_size: int) -> TrainSection:
-    """Turn ``epochs`` into ``steps`` so the plan states exactly what runs."""
-    if train.steps is not None and train.epochs is not None:
-        raise SpecError("train: give steps or epochs, not both")
-    if train.steps is None:
-        epochs = train.epochs if train.epochs is not None else 1.0
-        steps = max(1, round(epochs * dataset_size / train.batch_size))  # epochs <= 1e6
+    """Turn ``epochs`` or ``images_budget`` into ``steps`` so the plan states exactly what
+    runs; with only a ``time_budget`` the steps stay open (None)."""
+    if train.steps is not None:
+        return train
+    if train.images_budget is not None:
+        steps = -(-parse_images(train.images_budget) // train.batch_size)
         return train.model_copy(update={"steps": steps})
-    return train
+    if train.epochs is None and train.time_budget is not None:
+        return train
+    epochs = train.epochs if train.epochs is not None else 1.0
+    steps = max(1, round(epochs * dataset_size / train.batch_size))  # epochs <= 1e6
+    return train.model_copy(update={"steps": steps})
 
 
 def _absolute(path: str | Path | None) -> Path | None:
@@ -300,17 +309,24 @@ def _resolve_model(
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise SpecError(f"models.{name}.checkpoint: no such file: {checkpoint}")
     train_data = {**spec.train.model_dump(exclude_unset=True), **entry.train}
-    for own, other in (("steps", "epochs"), ("epochs", "steps")):
-        if own in entry.train and other not in entry.train:
-            train_data.pop(other, None)  # the model's own length replaces the global one
+    own = LENGTH_KEYS & entry.train.keys()
+    if own:  # the model's own length replaces the global one
+        for key in LENGTH_KEYS - own:
+            train_data.pop(key, None)
     sample_data = {**spec.sample.model_dump(exclude_unset=True), **entry.sample}
+    if ov.time_budget is not None:  # the budget replaces the length (--train-steps adds one)
+        for key in LENGTH_KEYS:
+            train_data.pop(key, None)
+        train_data.update(time_budget=ov.time_budget)
     if ov.train_steps is not None:
+        for key in LENGTH_KEYS:
+            train_data.pop(key, None)
         train_data.update(steps=ov.train_steps)
-        train_data.pop("epochs", None)
-    elif checkpoint is not None and not {"steps", "epochs"} & entry.train.keys():
+    elif checkpoint is not None and not (LENGTH_KEYS | {"time_budget"}) & entry.train.keys():
         # A checkpoint is evaluated as it is unless its entry asks for more training.
+        for key in LENGTH_KEYS | {"time_budget"}:
+            train_data.pop(key, None)
         train_data.update(steps=0)
-        train_data.pop("epochs", None)
     if ov.num_samples is not None:
         sample_data.update(num_samples=ov.num_samples)
     train = validate_section(TrainSection, train_data, (*where, "train"), source)

@@ -10,6 +10,7 @@ finishes an interrupted run in place. The layout of a run directory is
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +26,10 @@ from genbench.benchmarks.inputs import RunInputs
 from genbench.benchmarks.plan import ResolvedModel, RunPlan
 from genbench.benchmarks.sampling import bits_per_dim, has_likelihood, sample_and_evaluate
 from genbench.benchmarks.timing import measure_speed
-from genbench.benchmarks.training import train
+from genbench.benchmarks.trainer import Trainer, state_files
 from genbench.core.device import resolve_device
 from genbench.core.errors import Interrupted, NonFinite, StoreError
+from genbench.generators import Generator
 from genbench.reports.report import write_run_reports
 from genbench.store import files
 from genbench.store.records import (
@@ -74,6 +76,8 @@ def run_model(
             failure=str(exc),
         )
         files.write_record(out / files.METRICS, failed)
+        # One line now, not only in the report at the end: the other models go on.
+        print(f"bench: {model.name} failed: {exc}", file=sys.stderr, flush=True)
         return failed
 
 
@@ -93,10 +97,8 @@ def _run_model(
         train_info = trained
     else:
         train_info = {"train_steps": 0, "train_time_s": 0.0, "ema": None}
-        if model.train.steps:
-            assert inputs.train is not None  # RunInputs loads it whenever a model trains
-            data = batches(inputs.train, model, plan.benchmark.seed, gen.image_size, device)
-            train_info = train(gen, data, model, out / files.TRAIN_LOG)
+        if model.train.trains:
+            train_info = train_model(plan, model, gen, out, device, inputs)
         save_checkpoint(gen, ckpt, model, train_info["train_steps"], train_info)
 
     evaluator = inputs.evaluator()
@@ -135,6 +137,31 @@ def _run_model(
     )
     files.write_record(out / files.METRICS, metrics)
     return metrics
+
+
+def train_model(
+    plan: RunPlan,
+    model: ResolvedModel,
+    gen: Generator,
+    out: Path,
+    device: torch.device,
+    inputs: RunInputs,
+) -> dict[str, Any]:
+    """Train ``gen`` with the harness's ``Trainer``, continuing from the newest training
+    state in ``out/training`` when an interrupted attempt left one; returns the train info."""
+    assert inputs.train is not None  # RunInputs loads it whenever a model trains
+    trainer = Trainer(gen, model.train)
+    states = out / files.TRAINING
+    log = out / files.TRAIN_LOG
+    if trainer.resume(states) is not None:
+        # The log goes on from the state: lines an interrupted attempt wrote after it go.
+        files.truncate_train_log(log, trainer.step)
+    elif log.exists():
+        files.inside(out, log).unlink()
+    data = batches(
+        inputs.train, model, plan.benchmark.seed, gen.image_size, device, start=trainer.step
+    )
+    return trainer.fit(data, model.name, log, states)
 
 
 @contextmanager
@@ -180,8 +207,9 @@ def finish_run(run_dir: Path, status: RunStatus) -> None:
 
 def _clear_incomplete(run_dir: Path, model_dir: Path, keep_checkpoint: bool) -> None:
     """Remove what an interrupted attempt left of a model that has no valid metrics.json:
-    only the files a run writes, inside the run, never anything else in the folder."""
-    keep = {files.CHECKPOINT, files.TRAIN_LOG} if keep_checkpoint else set()
+    only the files a run writes, inside the run, never anything else in the folder. The
+    training states and their log stay: training continues from the newest state."""
+    keep = {files.CHECKPOINT, files.TRAIN_LOG} if keep_checkpoint else {files.TRAIN_LOG}
     for name in files.MODEL_FILES:
         for path in (model_dir / name, model_dir / (name + files.PARTIAL_SUFFIX)):
             if name not in keep and path.is_file() and not path.is_symlink():
@@ -208,7 +236,12 @@ def plan_resumption(plan: RunPlan, run_dir: Path) -> tuple[dict[str, Action], di
             actions[name] = "kept"
             continue
         info = finished_training(model, model_dir)
-        actions[name] = "run" if info is None else "evaluate"
+        if info is not None:
+            actions[name] = "evaluate"
+        elif state_files(model_dir / files.TRAINING):
+            actions[name] = "continue"
+        else:
+            actions[name] = "run"
         if info is not None:
             trained[name] = info
     return actions, trained
@@ -218,9 +251,10 @@ def resume(plan: RunPlan, run_dir: Path) -> dict[str, Action]:
     """Finish the interrupted run ``run_dir`` in place; returns what it did with each model.
 
     Models with a readable metrics.json are kept untouched; a model whose training had
-    finished is evaluated from its checkpoint; every other model is run again from the
-    start (the same seeds, so the same result as an uninterrupted run on the same
-    machine). The reports are written again at the end, then the run is marked complete.
+    finished is evaluated from its checkpoint; every other model continues training from
+    its newest training state (or from the start without one): with the same seeds, data
+    order and RNG states, the same result as an uninterrupted run on the same machine.
+    The reports are written again at the end, then the run is marked complete.
     """
     run_dir = Path(run_dir)
     device = resolve_device(plan.benchmark.device, where="benchmark.device")

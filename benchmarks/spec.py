@@ -9,6 +9,7 @@ the valid choices.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -49,14 +50,80 @@ class BenchmarkSection(StrictModel):
     data_root: Path | None = Field(None, description="directory holding the data set")
 
 
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d*)?)h)?\s*(?:(\d+(?:\.\d*)?)m)?\s*(?:(\d+(?:\.\d*)?)s)?\s*$"
+)
+_IMAGES = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kKM]?)img\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``"20s"``, ``"30m"``, ``"1.5h"`` or ``"1h30m"``;
+    ``ValueError`` naming the accepted forms otherwise."""
+    match = _DURATION.match(text)
+    if not text.strip() or match is None or not any(match.groups()):
+        raise ValueError(f'{text!r} is not a duration; write e.g. "20s", "30m", "1h30m"')
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if not 0 < total <= 10**8:
+        raise ValueError(f"{text!r}: a duration must be positive and at most 10^8 s")
+    return total
+
+
+def parse_images(value: int | str) -> int:
+    """Training images in ``5_000_000``, ``"5Mimg"``, ``"500kimg"`` or ``"64img"``."""
+    if isinstance(value, int):
+        count = value
+    else:
+        match = _IMAGES.match(value)
+        if match is None:
+            raise ValueError(f'{value!r} is not an image count; write e.g. "5Mimg", "500kimg"')
+        scale = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6}[match.group(2)]
+        count = round(float(match.group(1)) * scale)
+    if not 1 <= count <= 10**13:
+        raise ValueError(f"{value!r}: an image budget must be between 1 and 10^13 images")
+    return count
+
+
 class TrainSection(StrictModel):
+    """How a model trains: its length (``steps``, ``epochs`` or ``images_budget``, and/or a
+    ``time_budget``), batch, accumulation, precision, schedule overrides, EMA, logging and
+    training-state checkpoints."""
+
     steps: StrictInt | None = Field(
         None, ge=0, le=10**10, description="optimiser updates (0 = untrained)"
     )
     epochs: float | None = Field(None, gt=0, le=10**6, description="alternative to steps")
-    batch_size: StrictInt = Field(64, ge=1)
+    images_budget: StrictInt | str | None = Field(
+        None, description='training images instead of steps: 5000000, "5Mimg", "500kimg"'
+    )
+    time_budget: str | None = Field(
+        None, description='stop training after this long: "20s", "30m", "2h" (training time)'
+    )
+    batch_size: StrictInt = Field(64, ge=1, description="global batch of one optimiser update")
+    grad_accum: StrictInt = Field(
+        1, ge=1, le=4096, description="micro-batches per update (same gradient as one batch)"
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 = autocast the forward passes to bfloat16"
+    )
+    lr_schedule: Literal["constant", "cosine"] | None = Field(
+        None, description="override the generator's schedule (None = its recipe)"
+    )
+    lr_warmup_steps: StrictInt | None = Field(
+        None, ge=0, description="override the linear warm-up, in updates"
+    )
+    lr_floor: float | None = Field(None, ge=0, description="where a cosine decay ends")
+    grad_clip: float | None = Field(
+        None, ge=0, description="override the largest gradient norm (0 = no clipping)"
+    )
     log_every: StrictInt = Field(50, ge=1, description="steps between training-log lines")
     num_workers: StrictInt = Field(0, ge=0, description="data-loader worker processes")
+    checkpoint_every: StrictInt | str | list[StrictInt | str] | None = Field(
+        None,
+        description="save the full training state every N steps and/or after a duration: "
+        '500, "30m" or [500, "30m"]',
+    )
+    keep_states: StrictInt = Field(2, ge=1, le=1000, description="training states kept")
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="EMA of the sampling networks: fixed decay per update"
     )
@@ -67,18 +134,83 @@ class TrainSection(StrictModel):
         None, gt=0, description="cap the EMA half-life at this fraction of images seen (EDM)"
     )
 
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("images_budget")
+    @classmethod
+    def _images(cls, value: int | str | None) -> int | str | None:
+        if value is not None:
+            parse_images(value)
+        return value
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _every(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        items = value if isinstance(value, list) else [value]
+        steps = [v for v in items if isinstance(v, int)]
+        times = [v for v in items if isinstance(v, str)]
+        if not items or len(steps) > 1 or len(times) > 1:
+            raise ValueError('give N steps, a duration, or [N, "duration"]')
+        if steps and steps[0] < 1:
+            raise ValueError("a checkpoint interval in steps must be >= 1")
+        for text in times:
+            parse_duration(text)
+        return value
+
     @model_validator(mode="after")
-    def _one_ema(self) -> TrainSection:
+    def _consistent(self) -> TrainSection:
         if self.ema_decay is not None and self.ema_halflife_kimg is not None:
             raise ValueError("give ema_decay or ema_halflife_kimg, not both")
         if self.ema_rampup_ratio is not None and self.ema_halflife_kimg is None:
             raise ValueError("ema_rampup_ratio needs ema_halflife_kimg")
+        lengths = [k for k in ("steps", "epochs", "images_budget") if getattr(self, k) is not None]
+        if len(lengths) > 1:
+            raise ValueError(
+                f"give one of steps, epochs and images_budget, not {' and '.join(lengths)}"
+            )
         return self
 
     @property
     def ema(self) -> bool:
         """Whether sampling uses an EMA of the weights."""
         return self.ema_decay is not None or self.ema_halflife_kimg is not None
+
+    @property
+    def time_budget_s(self) -> float | None:
+        """``time_budget`` in seconds (None = no time limit)."""
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the model trains at all (steps > 0 or a time budget)."""
+        return bool(self.steps) or self.time_budget is not None
+
+    @property
+    def checkpoint_steps(self) -> int | None:
+        """Steps between training states (None = not by steps)."""
+        items = (
+            self.checkpoint_every
+            if isinstance(self.checkpoint_every, list)
+            else [self.checkpoint_every]
+        )
+        return next((v for v in items if isinstance(v, int)), None)
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        """Training seconds between training states (None = not by time)."""
+        items = (
+            self.checkpoint_every
+            if isinstance(self.checkpoint_every, list)
+            else [self.checkpoint_every]
+        )
+        return next((parse_duration(v) for v in items if isinstance(v, str)), None)
 
 
 class SampleSection(StrictModel):

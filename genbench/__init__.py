@@ -8,6 +8,7 @@ The Python API, as torch-fidelity's and clean-fid's, is a few calls::
     plan = genbench.load_spec("smoke", models=["gan"], train_steps=200)
     run = genbench.run(plan)                       # or genbench.load_run("runs/<run-id>")
     gen = genbench.build("ddpm", config={...}, data="digits")
+    trainer = genbench.trainer(gen, batch_size=64, steps=100)  # .train_step(batch)
 
 ``evaluate`` returns an ``EvalResult``, ``run`` / ``load_run`` a ``RunResult`` (typed
 records of ``genbench.store``). The ``bench`` command line is a shell over these.
@@ -29,6 +30,7 @@ _EXPORTS = {
     "run": "genbench.api",
     "resume": "genbench.api",
     "build": "genbench.api",
+    "trainer": "genbench.api",
     "load_run": "genbench.store.runs",
     "RunResult": "genbench.store.runs",
     "ModelResult": "genbench.store.runs",

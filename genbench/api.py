@@ -15,7 +15,8 @@ import torch
 
 from genbench.benchmarks import runner
 from genbench.benchmarks.plan import Overrides, RunPlan, resolve
-from genbench.benchmarks.spec import read_spec
+from genbench.benchmarks.spec import TrainSection, read_spec
+from genbench.benchmarks.trainer import Trainer
 from genbench.core.device import resolve_device
 from genbench.core.errors import GenbenchError
 from genbench.data.datasets import DATASETS
@@ -32,6 +33,7 @@ def load_spec(
     device: str | None = None,
     seed: int | None = None,
     train_steps: int | None = None,
+    time_budget: str | None = None,
     num_samples: int | None = None,
     data_root: str | Path | None = None,
     inception_weights: str | Path | None = None,
@@ -46,6 +48,7 @@ def load_spec(
         device=device,
         seed=seed,
         train_steps=train_steps,
+        time_budget=time_budget,
         num_samples=num_samples,
         data_root=Path(data_root) if data_root is not None else None,
         inception_weights=Path(inception_weights) if inception_weights is not None else None,
@@ -106,8 +109,8 @@ def build(
     ``config``: its ``Config`` or a dict of fields (defaults: the published CIFAR-10
     setting, large; the shipped ``smoke`` spec holds tiny ones); ``data``: a registered
     data set's name or a ``DataShape``; the weights are initialised from ``seed``. Train
-    with ``gen.train_step(Batch(images, labels))``; sample with ``gen.sample(seeds,
-    labels, gen.Settings(...))``.
+    it with ``trainer(gen, ...)``; sample with ``gen.sample(seeds, labels,
+    gen.Settings(...))``.
     """
     cls = GENERATORS.get(generator, where="generator")
     if config is None or isinstance(config, Mapping):
@@ -123,3 +126,23 @@ def build(
     dev = resolve_device(device) if isinstance(device, str) else device
     torch.manual_seed(seed)
     return cls(config, data, dev)
+
+
+def trainer(gen: Generator, **train: Any) -> Trainer:
+    """The harness's ``Trainer`` for ``gen`` under ``[train]`` settings given as keywords
+    (``batch_size``, ``steps``, ``grad_accum``, ``precision``, ``lr_schedule``, ...; see
+    docs/spec.md). ``t.train_step(Batch(images, labels))`` is one training step on a batch
+    of ``batch_size`` images, ``t.read_logs()`` the mean losses since the last call,
+    ``t.save(folder)`` / ``t.resume(folder)`` the full training state."""
+    from pydantic import ValidationError
+
+    try:
+        section = TrainSection.model_validate(train)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "train"
+        raise GenbenchError(f"train.{where}: {err['msg']}") from None
+    try:
+        return Trainer(gen, section)
+    except ValueError as exc:
+        raise GenbenchError(str(exc)) from None

@@ -2,9 +2,11 @@
 
 A generator is one class: a pydantic ``Config`` of its hyper-parameters (defaults = the
 published CIFAR-10 setting), typed sampling ``Settings`` (checked when a spec loads),
-``train_step`` (one optimiser update), ``sample`` (images in [-1, 1] where every random draw
+``training`` (its optimisers and the phases of a step as data,
+``genbench.generators.training``), ``sample`` (images in [-1, 1] where every random draw
 comes from the sample's own seed, ``genbench.core.noise``), ``nfe`` and state dicts. The
-harness owns everything around it: data, the loop, checkpoints, timing, evaluation.
+harness owns everything around it: data, the training loop, checkpoints, timing,
+evaluation.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from genbench.core.registry import Registry
+from genbench.generators.training import Training
 
 
 class GeneratorConfig(BaseModel):
@@ -66,21 +69,9 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def split(self, parts: int) -> list[Batch]:
-        """``parts`` micro-batches for gradient accumulation (sizes differ by at most one).
-
-        Weight each micro-batch's loss by ``len(micro) / len(batch)`` so the accumulated
-        gradient equals the full batch's.
-        """
-        if not 1 <= parts <= len(self):
-            raise ValueError(f"cannot split a batch of {len(self)} into {parts} micro-batches")
-        images = self.images.tensor_split(parts)
-        labels = self.labels.tensor_split(parts) if self.labels is not None else [None] * parts
-        return [Batch(x, y) for x, y in zip(images, labels, strict=True)]
-
 
 class Generator(ABC):
-    """One generative model: build from a config, train one step at a time, sample by seed."""
+    """One generative model: build from a config, declare its training, sample by seed."""
 
     Config: ClassVar[type[GeneratorConfig]]
     Settings: ClassVar[type[SampleSettings]] = SampleSettings
@@ -126,8 +117,9 @@ class Generator(ABC):
         return settings
 
     @abstractmethod
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimiser update on ``batch``; returns losses for logging."""
+    def training(self) -> Training:
+        """The optimisers and the phases of one training step; the harness's ``Trainer``
+        runs them (the generator never calls ``backward`` or ``step`` itself)."""
 
     @abstractmethod
     def sample(
@@ -147,6 +139,16 @@ class Generator(ABC):
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
         """The networks, by name; checkpoints and parameter counts are built from these."""
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Training state beyond the networks and optimisers (a loss-aware timestep
+        sampler's history), saved in the harness's training states; none by default."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``extra_state``."""
+        if state:
+            raise KeyError(f"{type(self).__name__} has no extra state, got {sorted(state)}")
 
     def bits_per_dim(self, batch: Batch) -> torch.Tensor | None:
         """Per-image upper bound on the negative log-likelihood of ``batch`` in bits per
@@ -197,14 +199,6 @@ def random_hflip(images: torch.Tensor) -> torch.Tensor:
     return torch.where(flip.view(-1, *([1] * (images.dim() - 1))), images.flip(-1), images)
 
 
-def set_warmup_lr(opt: torch.optim.Optimizer, lr: float, step: int, warmup_steps: int) -> None:
-    """Linear learning-rate warm-up: ``lr`` x min(1, step / warmup_steps) on every group
-    (Ho et al. 2020, appendix B); ``warmup_steps`` = 0 means the full rate at once."""
-    factor = min(1.0, step / warmup_steps) if warmup_steps else 1.0
-    for group in opt.param_groups:
-        group["lr"] = lr * factor
-
-
 @contextlib.contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Run the block with ``modules`` in eval mode and give each its own mode back after.
@@ -220,22 +214,6 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)
-
-
-@contextlib.contextmanager
-def gradient_sync(modules: Sequence[nn.Module], sync: bool) -> Iterator[None]:
-    """Run a backward pass with (``sync``) or without DDP's gradient all-reduce.
-
-    Accumulating micro-batches call this with ``sync=False`` for all but the last one, so
-    a DDP-wrapped network all-reduces once per optimiser update. Plain modules ignore it.
-    """
-    with contextlib.ExitStack() as stack:
-        if not sync:
-            for mod in modules:
-                no_sync = getattr(mod, "no_sync", None)
-                if no_sync is not None:
-                    stack.enter_context(no_sync())
-        yield
 
 
 GENERATORS: Registry[type[Generator]] = Registry("generator", base=Generator)

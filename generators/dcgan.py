@@ -9,8 +9,10 @@ non-saturating generator loss.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -28,6 +30,7 @@ from genbench.generators.base import (
     SampleSettings,
     eval_mode,
 )
+from genbench.generators.training import Loss, Nets, OptimizerSpec, Phase, Training
 
 SUPPORTED_SIZES = (16, 32, 64)
 
@@ -113,6 +116,14 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+@dataclass(frozen=True)
+class LatentDraws:
+    """A D update's draws: the real images and G's latents."""
+
+    real: torch.Tensor
+    z: torch.Tensor
+
+
 @GENERATORS.register("dcgan", aliases=("gan",))
 class DCGAN(Generator):
     """Unconditional DCGAN: one generator pass per image, so it has no sampling settings
@@ -129,9 +140,6 @@ class DCGAN(Generator):
         self.D = DCGANDiscriminator(config.ndf, data.channels, self.image_size).to(self.device)
         self.G.apply(_init_weights)
         self.D.apply(_init_weights)
-        betas = (config.beta1, config.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.g_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.d_lr, betas=betas)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"G": self.G, "D": self.D}
@@ -139,34 +147,54 @@ class DCGAN(Generator):
     def sampling_modules(self) -> list[str]:
         return ["G"]
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        real = batch.images.to(self.device)
-        n = real.shape[0]
-        # Training latents come from the global torch RNG (seeded by the harness).
-        z = torch.randn(n, self.config.nz, 1, 1, device=self.device)
-        fake = self.G(z)
+    # ------------------------------------------------------------------ training
 
-        self.opt_d.zero_grad(set_to_none=True)
-        logits_real = self.D(real)
-        logits_fake = self.D(fake.detach())
-        loss_d = F.binary_cross_entropy_with_logits(
-            logits_real, torch.ones_like(logits_real)
-        ) + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
-        loss_d.backward()
-        self.opt_d.step()
+    def training(self) -> Training:
+        """Adam for D and for G (beta1 0.5, paper section 4); per step a D update on real
+        images and G's images, then a G update with the non-saturating loss. Each phase
+        draws its own latents from the global torch RNG (seeded by the harness), as
+        StyleGAN2-ADA's loop does."""
+        c = self.config
+        adam = functools.partial(torch.optim.Adam, betas=(c.beta1, c.beta2))
+        return Training(
+            optimizers={
+                "D": OptimizerSpec(("D",), functools.partial(adam, lr=c.d_lr), c.d_lr),
+                "G": OptimizerSpec(("G",), functools.partial(adam, lr=c.g_lr), c.g_lr),
+            },
+            phases=[
+                Phase("D", "D", self._draw, self._d_loss),
+                Phase("G", "G", self._draw_latents, self._g_loss),
+            ],
+        )
 
-        self.opt_g.zero_grad(set_to_none=True)
-        logits_gen = self.D(fake)
+    def _draw(self, batch: Batch) -> LatentDraws:
+        z = torch.randn(len(batch), self.config.nz, 1, 1, device=self.device)
+        return LatentDraws(batch.images.to(self.device), z)
+
+    def _draw_latents(self, batch: Batch) -> torch.Tensor:
+        return torch.randn(len(batch), self.config.nz, 1, 1, device=self.device)
+
+    def _d_loss(self, nets: Nets, d: LatentDraws) -> Loss:
+        with torch.no_grad():
+            fake = nets["G"](d.z)
+        logits_real, logits_fake = nets["D"](d.real), nets["D"](fake)
+        # -log D(x) - log(1 - D(G(z))) per sample, as BCE with logits: softplus(-l), softplus(l).
+        value = F.softplus(-logits_real) + F.softplus(logits_fake)
+        return Loss(
+            value,
+            {
+                "loss_d": value.detach(),
+                "d_real": torch.sigmoid(logits_real).detach(),
+                "d_fake": torch.sigmoid(logits_fake).detach(),
+            },
+        )
+
+    def _g_loss(self, nets: Nets, z: torch.Tensor) -> Loss:
         # Non-saturating loss: maximise log D(G(z)) (Goodfellow et al. 2014, section 3).
-        loss_g = F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
-        loss_g.backward()
-        self.opt_g.step()
-        return {
-            "loss_d": loss_d.item(),
-            "loss_g": loss_g.item(),
-            "d_real": torch.sigmoid(logits_real).mean().item(),
-            "d_fake": torch.sigmoid(logits_fake).mean().item(),
-        }
+        value = F.softplus(-nets["D"](nets["G"](z)))
+        return Loss(value, {"loss_g": value.detach()})
+
+    # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
     def sample(

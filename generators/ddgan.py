@@ -1,4 +1,4 @@
-"""DDGAN: denoising diffusion GAN (Xiao, Kreis, Vahdat 2022), with gradient accumulation.
+"""DDGAN: denoising diffusion GAN (Xiao, Kreis, Vahdat 2022).
 
 A diffusion process of only T steps (4 on CIFAR-10) whose reverse steps are too large to be
 Gaussian, so each is modelled by a conditional GAN: G(x_t, z, t) predicts x_0, a fake
@@ -7,20 +7,24 @@ conditional discriminator D(x_{t-1}, x_t, t) tells real pairs from fake ones (pa
 section 3, eq. 4 and 5). Sampling runs the T steps from pure noise: T generator calls.
 
 Training follows the official recipe: non-saturating losses, an R1 penalty on real pairs
-every ``lazy_reg`` D updates, separate Adam optimisers (beta1 0.5, beta2 0.9). The harness
-keeps the EMA of G. Added here (the official code has none): gradient accumulation. Every
-random tensor of an update is drawn for the whole batch before it is cut into ``grad_accum``
-micro-batches of whole minibatch-std groups of D, each micro-loss is weighted by its share
-of the batch, and R1 is a per-sample mean too, so one accumulated update equals one
-full-batch update.
+joining every ``lazy_reg``-th D update, separate Adam optimisers (beta1 0.5, beta2 0.9)
+whose rates decay along a cosine to 1e-5 over the run, random horizontal flips. The
+harness keeps the EMA of G and does gradient accumulation (absent from the official code):
+every random tensor of an update is drawn for the whole batch, which is cut into
+micro-batches of whole minibatch-std groups of D, and every loss (R1 included) is a
+per-sample mean, so one accumulated update equals one full-batch update.
+
+Deviations from the official code: the cosine decay is stepped per update, not per epoch;
+the R1 penalty is computed on its own real pairs (a second D pass on real data every
+``lazy_reg`` steps) instead of on the pairs of D's main loss.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +40,10 @@ from genbench.generators.base import (
     GeneratorConfig,
     SampleSettings,
     eval_mode,
-    gradient_sync,
+    random_hflip,
 )
 from genbench.generators.ddgan_nets import DDGANDiscriminatorNet, DDGANGeneratorNet, norm_groups
+from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
 
 
 class DDGANConfig(GeneratorConfig):
@@ -62,9 +67,13 @@ class DDGANConfig(GeneratorConfig):
     lazy_reg: int = Field(15, ge=1, description="apply R1 every this many D updates")
     lr_g: float = Field(1.6e-4, gt=0)
     lr_d: float = Field(1.25e-4, gt=0)
+    lr_decay: Literal["cosine", "constant"] = Field(
+        "cosine", description="cosine decay of both rates to lr_floor over the run"
+    )
+    lr_floor: float = Field(1e-5, ge=0, description="where the cosine decay ends")
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.9, ge=0, lt=1)
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser update")
+    hflip: bool = Field(True, description="random horizontal flips of training images")
 
     @model_validator(mode="after")
     def _valid_widths(self) -> DDGANConfig:
@@ -131,46 +140,14 @@ class VPSchedule:
 
 @dataclass(frozen=True)
 class Draws:
-    """Every random tensor of one G or D update, drawn for the whole batch at once."""
+    """The real images and every random tensor of one update, for the whole batch."""
 
+    real: torch.Tensor  # training images (flipped when hflip)
     t: torch.Tensor  # (N,) time steps in 1..T
     noise_prev: torch.Tensor  # x_{t-1} ~ q(x_{t-1} | x_0)
     noise_step: torch.Tensor  # x_t ~ q(x_t | x_{t-1})
-    z: torch.Tensor  # generator latents
-    noise_post: torch.Tensor  # fake x_{t-1} ~ q(x_{t-1} | x_t, G(x_t, z, t))
-
-    def __getitem__(self, rows: slice) -> Draws:
-        return Draws(*(getattr(self, f.name)[rows] for f in fields(self)))
-
-
-def group_slices(n: int, parts: int, group: int) -> list[slice]:
-    """``parts`` consecutive micro-batches of ``n`` samples made of whole groups of ``group``
-    (the last group may be smaller), as even as possible: D's minibatch-std groups are then
-    the same in every micro-batch as in the full batch."""
-    groups = -(-n // group)
-    if not 1 <= parts <= groups:
-        raise ValueError(
-            f"grad_accum {parts} needs at least {parts} groups of d_stddev_group = {group} "
-            f"images; the batch has {n}"
-        )
-    base, extra = divmod(groups, parts)
-    bounds = [min(n, group * (i * base + min(i, extra))) for i in range(parts + 1)]
-    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """No parameter gradients for ``module`` (D during G's update), restored afterwards."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-
-
-MicroLoss = Callable[[torch.Tensor, Draws], tuple[torch.Tensor, dict[str, float]]]
+    z: torch.Tensor | None = None  # generator latents
+    noise_post: torch.Tensor | None = None  # fake x_{t-1} ~ q(x_{t-1} | x_t, G(x_t, z, t))
 
 
 @GENERATORS.register("ddgan")
@@ -201,10 +178,6 @@ class DDGAN(Generator):
         self.D = DDGANDiscriminatorNet(
             data.channels, config.d_channels, config.d_channel_mult, config.d_stddev_group
         ).to(self.device)
-        betas = (config.beta1, config.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas)
-        self.d_updates = 0  # drives the lazy R1 schedule
 
     def modules(self) -> dict[str, nn.Module]:
         return {"G": self.G, "D": self.D}
@@ -214,10 +187,40 @@ class DDGAN(Generator):
 
     # ------------------------------------------------------------------ training
 
-    def _draws(self, images: torch.Tensor) -> Draws:
-        # Training randomness comes from the global torch RNG (seeded by the harness).
-        n, shape = images.shape[0], images.shape[1:]
+    def training(self) -> Training:
+        """Adam for D and G (beta1 0.5, beta2 0.9), both decayed along a cosine to
+        ``lr_floor`` over the run (the official ``CosineAnnealingLR``, stepped per update
+        here instead of per epoch). Per step: D's update on real and fake pairs, with the
+        R1 penalty joining it every ``lazy_reg`` steps, then G's update."""
+        c = self.config
+        adam = functools.partial(torch.optim.Adam, betas=(c.beta1, c.beta2))
+        schedule = LRSchedule(decay=c.lr_decay, floor=c.lr_floor if c.lr_decay == "cosine" else 0)
+        group = c.d_stddev_group  # micro-batches keep D's minibatch-std groups whole
+        phases = [Phase("D", "D", self._draw, self._d_loss, group=group)]
+        if c.r1_gamma > 0:
+            phases.append(
+                Phase("R1", "D", self._draw_real, self._r1_loss, interval=c.lazy_reg, group=group)
+            )
+        phases.append(Phase("G", "G", self._draw, self._g_loss, group=group))
+        return Training(
+            optimizers={
+                "D": OptimizerSpec(("D",), functools.partial(adam, lr=c.lr_d), c.lr_d, schedule),
+                "G": OptimizerSpec(("G",), functools.partial(adam, lr=c.lr_g), c.lr_g, schedule),
+            },
+            phases=phases,
+        )
+
+    def _real(self, batch: Batch) -> torch.Tensor:
+        real = batch.images.to(self.device)
+        return random_hflip(real) if self.config.hflip else real
+
+    def _draw(self, batch: Batch) -> Draws:
+        """Every random tensor of a D or G update for the whole batch (global torch RNG,
+        seeded by the harness)."""
+        real = self._real(batch)
+        n, shape = real.shape[0], real.shape[1:]
         return Draws(
+            real=real,
             t=torch.randint(1, self.config.num_timesteps + 1, (n,), device=self.device),
             noise_prev=torch.randn(n, *shape, device=self.device),
             noise_step=torch.randn(n, *shape, device=self.device),
@@ -225,61 +228,48 @@ class DDGAN(Generator):
             noise_post=torch.randn(n, *shape, device=self.device),
         )
 
-    def _fake_prev(self, x_t: torch.Tensor, d: Draws) -> torch.Tensor:
+    def _draw_real(self, batch: Batch) -> Draws:
+        """The real pairs of an R1 update: no latents or posterior noise."""
+        real = self._real(batch)
+        n, shape = real.shape[0], real.shape[1:]
+        return Draws(
+            real=real,
+            t=torch.randint(1, self.config.num_timesteps + 1, (n,), device=self.device),
+            noise_prev=torch.randn(n, *shape, device=self.device),
+            noise_step=torch.randn(n, *shape, device=self.device),
+        )
+
+    def _fake_prev(self, G: nn.Module, x_t: torch.Tensor, d: Draws) -> torch.Tensor:
         """Fake x_{t-1} from the posterior at G's x_0 prediction (paper, eq. 5)."""
-        return self.schedule.posterior_sample(self.G(x_t, d.z, d.t), x_t, d.t, d.noise_post)
+        return self.schedule.posterior_sample(G(x_t, d.z, d.t), x_t, d.t, d.noise_post)
 
-    def _d_loss(self, real: torch.Tensor, d: Draws, r1: bool) -> tuple[torch.Tensor, dict]:
-        x_prev, x_t = self.schedule.q_pair(real, d.t, d.noise_prev, d.noise_step)
-        x_prev.requires_grad_(r1)
-        logits_real = self.D(x_prev, x_t, d.t)
+    def _d_loss(self, nets: Nets, d: Draws) -> Loss:
+        x_prev, x_t = self.schedule.q_pair(d.real, d.t, d.noise_prev, d.noise_step)
+        logits_real = nets["D"](x_prev, x_t, d.t)
         with torch.no_grad():
-            fake = self._fake_prev(x_t, d)
-        logits_fake = self.D(fake, x_t, d.t)
+            fake = self._fake_prev(nets["G"], x_t, d)
+        logits_fake = nets["D"](fake, x_t, d.t)
         # Non-saturating GAN loss for D: softplus(-D(real)) + softplus(D(fake)).
-        loss = F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
-        logs = {"loss_d": loss.item(), "d_real": torch.sigmoid(logits_real).mean().item()}
-        if r1:
-            (grad,) = torch.autograd.grad(logits_real.sum(), x_prev, create_graph=True)
-            penalty = grad.flatten(1).square().sum(1).mean()
-            # R1 = gamma / 2 * E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018, eq. 9).
-            loss = loss + 0.5 * self.config.r1_gamma * penalty
-            logs["r1"] = penalty.item()
-        return loss, logs
+        value = F.softplus(-logits_real) + F.softplus(logits_fake)
+        return Loss(
+            value, {"loss_d": value.detach(), "d_real": torch.sigmoid(logits_real).detach()}
+        )
 
-    def _g_loss(self, real: torch.Tensor, d: Draws) -> tuple[torch.Tensor, dict]:
-        _, x_t = self.schedule.q_pair(real, d.t, d.noise_prev, d.noise_step)
-        logits = self.D(self._fake_prev(x_t, d), x_t, d.t)
+    def _r1_loss(self, nets: Nets, d: Draws) -> Loss:
+        x_prev, x_t = self.schedule.q_pair(d.real, d.t, d.noise_prev, d.noise_step)
+        x_prev.requires_grad_(True)
+        logits = nets["D"](x_prev, x_t, d.t)
+        (grad,) = torch.autograd.grad(logits.sum(), x_prev, create_graph=True)
+        penalty = grad.flatten(1).square().sum(1)
+        # R1 = gamma / 2 * E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018, eq. 9).
+        return Loss(0.5 * self.config.r1_gamma * penalty, {"r1": penalty.detach()})
+
+    def _g_loss(self, nets: Nets, d: Draws) -> Loss:
+        _, x_t = self.schedule.q_pair(d.real, d.t, d.noise_prev, d.noise_step)
+        logits = nets["D"](self._fake_prev(nets["G"], x_t, d), x_t, d.t)
         # Non-saturating generator loss: softplus(-D(fake)) (Goodfellow et al. 2014, sec. 3).
-        loss = F.softplus(-logits).mean()
-        return loss, {"loss_g": loss.item()}
-
-    def _accumulate(
-        self, batch: Batch, loss_fn: MicroLoss, net: nn.Module, opt: torch.optim.Optimizer
-    ) -> dict[str, float]:
-        """One update of ``net`` from ``grad_accum`` micro-batches; returns weighted logs."""
-        n = len(batch)
-        slices = group_slices(n, self.config.grad_accum, self.config.d_stddev_group)
-        draws = self._draws(batch.images)  # the whole batch first: independent of the split
-        opt.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
-        for i, rows in enumerate(slices):
-            weight = (rows.stop - rows.start) / n  # micro-batch means -> the full-batch mean
-            loss, micro_logs = loss_fn(batch.images[rows].to(self.device), draws[rows])
-            with gradient_sync([net], sync=i == len(slices) - 1):
-                (loss * weight).backward()
-            for key, value in micro_logs.items():
-                logs[key] = logs.get(key, 0.0) + weight * value
-        opt.step()
-        return logs
-
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        r1 = self.config.r1_gamma > 0 and self.d_updates % self.config.lazy_reg == 0
-        logs = self._accumulate(batch, lambda x, d: self._d_loss(x, d, r1), self.D, self.opt_d)
-        self.d_updates += 1
-        with frozen(self.D):
-            logs.update(self._accumulate(batch, self._g_loss, self.G, self.opt_g))
-        return logs
+        value = F.softplus(-logits)
+        return Loss(value, {"loss_g": value.detach()})
 
     # ------------------------------------------------------------------ sampling
 

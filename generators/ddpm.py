@@ -17,7 +17,9 @@ paper's FID 3.17 model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,9 +37,7 @@ from genbench.generators.base import (
     Generator,
     GeneratorConfig,
     eval_mode,
-    gradient_sync,
     random_hflip,
-    set_warmup_lr,
 )
 from genbench.generators.diffusion import (
     STEPS_GRAMMAR,
@@ -55,6 +55,7 @@ from genbench.generators.guidance import (
     is_guided,
     net_labels,
 )
+from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
 from genbench.generators.unet import build_unet, unet_apply
 
 #: Backbone fields that a ``pretrained`` directory supplies instead.
@@ -108,7 +109,6 @@ class DDPMConfig(GeneratorConfig):
     lr: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(5000, ge=0, description="linear learning-rate warm-up")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = no clipping")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser update")
     hflip: bool = Field(True, description="random horizontal flips of training images")
     # default sampler
     sample_steps: int | str | None = Field(
@@ -155,6 +155,17 @@ def load_pretrained_unet(path: Path) -> UNet2DModel:
     return net
 
 
+@dataclass(frozen=True)
+class TrainingDraws:
+    """Everything random in one training update, for the whole batch."""
+
+    x0: torch.Tensor  # training images (flipped when hflip)
+    labels: torch.Tensor | None  # after label dropout; None for an unconditional model
+    t: torch.Tensor  # (N,) timestep indices
+    weights: torch.Tensor  # (N,) importance weights of the timestep sampler
+    noise: torch.Tensor  # epsilon of q(x_t | x_0)
+
+
 class DDPMSettings(GuidedSettings):
     """The sampler (default: the config's ``sample_steps``, else the full chain) and the
     classifier-free guidance scale (default: 1, the conditional model)."""
@@ -187,8 +198,6 @@ class DDPM(Generator):
         self.unet = self._build_unet().to(self.device)
         self.diffusion = GaussianDiffusion.from_schedule(config.schedule, config.num_timesteps)
         self.timesteps = TIMESTEP_SAMPLERS[config.timestep_sampler](config.num_timesteps)
-        self.opt = torch.optim.Adam(self.unet.parameters(), lr=config.lr)
-        self.step = 0
         self._respaced: dict[tuple[int, ...], GaussianDiffusion] = {}
 
     @classmethod
@@ -246,14 +255,20 @@ class DDPM(Generator):
         return net_labels(labels, n, self.null_label, self.device)
 
     def _apply(
-        self, x: torch.Tensor, t: torch.Tensor, diffusion: GaussianDiffusion, labels: Any
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        diffusion: GaussianDiffusion,
+        labels: Any,
+        net: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """eps and (learned-range) v for step indices ``t`` of ``diffusion``."""
+        """eps and (learned-range) v for step indices ``t`` of ``diffusion``, through
+        ``net`` (default: the generator's UNet)."""
         # Original timesteps scaled to [0, 1000) whatever T is (improved-diffusion's
         # rescale_timesteps), so the time embedding sees the DDPM range.
         scale = 1000.0 / self.config.num_timesteps
         t_net = diffusion.table(diffusion.timestep_map, x.device)[t].float() * scale
-        out = unet_apply(self.unet, x, t_net, labels)
+        out = unet_apply(self.unet if net is None else net, x, t_net, labels)
         if self.config.variance != "learned_range":
             return out, None
         eps, raw = out.chunk(2, dim=1)
@@ -261,60 +276,68 @@ class DDPM(Generator):
 
     # ----------------------------------------------------------------- training
 
-    def _train_inputs(self, micro: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x0 = micro.images.to(self.device)
+    def training(self) -> Training:
+        """Adam with a linear warm-up over ``warmup_steps`` and gradient clipping at
+        ``grad_clip`` (Ho et al. appendix B; improved-diffusion's CIFAR-10 flags use
+        neither); one phase: the configured loss on importance-weighted timesteps."""
+        c = self.config
+        adam = functools.partial(torch.optim.Adam, lr=c.lr)
+        schedule = LRSchedule(warmup_steps=c.warmup_steps)
+        return Training(
+            optimizers={"unet": OptimizerSpec(("unet",), adam, c.lr, schedule, c.grad_clip)},
+            phases=[Phase("main", "unet", self.draw, self.loss, observe=self._observe)],
+        )
+
+    def draw(self, batch: Batch) -> TrainingDraws:
+        """Flips, label dropout, timesteps (with importance weights) and noise for the
+        whole batch, from the global torch RNG (seeded by the harness)."""
+        x0 = batch.images.to(self.device)
         n = x0.shape[0]
         if self.config.hflip:
             x0 = random_hflip(x0)
-        labels = self._net_labels(micro.labels, n)
+        labels = self._net_labels(batch.labels, n)
         if labels is not None:
             labels = drop_labels(labels, self.config.p_uncond, self.null_label)
-        return x0, labels
+        t, weights = self.timesteps.sample(n, self.device)
+        return TrainingDraws(x0, labels, t, weights, torch.randn_like(x0))
 
-    def losses(self, micro: Batch) -> dict[str, torch.Tensor]:
-        """Per-image losses of one micro-batch: ``loss`` (the importance-weighted objective)
-        plus its parts ``mse`` (L_simple) and ``vlb`` (L_t in bits/dim) where used."""
-        c, d = self.config, self.diffusion
-        x0, labels = self._train_inputs(micro)
-        t, weights = self.timesteps.sample(x0.shape[0], self.device)
-        noise = torch.randn_like(x0)  # training noise: global RNG, seeded by the harness
-        xt = d.q_sample(x0, t, noise)
-        eps, v = self._apply(xt, t, d, labels)
+    def losses(self, d: TrainingDraws, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Per-image losses of (a micro-batch of) draws: ``total`` (the objective before
+        importance weighting) and its parts ``mse`` (L_simple) and ``vlb`` (L_t in
+        bits/dim) where used."""
+        c, diff = self.config, self.diffusion
+        xt = diff.q_sample(d.x0, d.t, d.noise)
+        eps, v = self._apply(xt, d.t, diff, d.labels, net)
         terms: dict[str, torch.Tensor] = {}
         if c.loss in ("simple", "hybrid"):
-            terms["mse"] = mean_flat((noise - eps) ** 2)  # Ho et al. eq. 14
+            terms["mse"] = mean_flat((d.noise - eps) ** 2)  # Ho et al. eq. 14
         if c.loss in ("vlb", "hybrid"):
             # iDDPM section 3.1: in the hybrid loss L_vlb trains only the variance
             # (stop-gradient on the mean); T · L_t is an unbiased estimate of L_vlb.
             mean_eps = eps.detach() if c.loss == "hybrid" else eps
-            pred = d.p_mean_variance(mean_eps, xt, t, c.variance, v, clip=False)
-            terms["vlb"] = d.vlb_terms(x0, xt, t, pred)
+            pred = diff.p_mean_variance(mean_eps, xt, d.t, c.variance, v, clip=False)
+            terms["vlb"] = diff.vlb_terms(d.x0, xt, d.t, pred)
         scale = {"simple": 0.0, "vlb": 1.0, "hybrid": c.hybrid_lambda}[c.loss]
-        total = terms.get("mse", 0.0) + scale * d.num_timesteps * terms.get("vlb", 0.0)
-        self.timesteps.update(t, total.detach())
-        return {"loss": total * weights, **terms}
+        total = terms.get("mse", 0.0) + scale * diff.num_timesteps * terms.get("vlb", 0.0)
+        return {"total": total, **terms}
 
-    def _set_lr(self) -> None:
-        set_warmup_lr(self.opt, self.config.lr, self.step, self.config.warmup_steps)
+    def loss(self, nets: Nets, d: TrainingDraws) -> Loss:
+        terms = self.losses(d, nets["unet"])
+        value = terms["total"] * d.weights
+        logs = {
+            "loss": value.detach(),
+            **{k: terms[k].detach() for k in ("mse", "vlb") if k in terms},
+        }
+        return Loss(value, logs, observed=terms["total"].detach())
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        parts = batch.split(min(self.config.grad_accum, len(batch)))
-        self.opt.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
-        for i, micro in enumerate(parts):
-            share = len(micro) / len(batch)
-            with gradient_sync([self.unet], sync=i == len(parts) - 1):
-                terms = self.losses(micro)
-                (terms["loss"].mean() * share).backward()
-            for key, value in terms.items():
-                logs[key] = logs.get(key, 0.0) + value.mean().item() * share
-        self.step += 1
-        self._set_lr()
-        if self.config.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(self.unet.parameters(), self.config.grad_clip)
-            logs["grad_norm"] = float(norm)
-        self.opt.step()
-        return logs
+    def _observe(self, d: TrainingDraws, total: torch.Tensor) -> None:
+        self.timesteps.update(d.t, total)  # the loss-aware sampler learns E[L_t^2]
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {f"timesteps.{k}": v for k, v in self.timesteps.state_dict().items()}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.timesteps.load_state_dict({k.removeprefix("timesteps."): v for k, v in state.items()})
 
     # ----------------------------------------------------------------- sampling
 

@@ -393,6 +393,14 @@ class UniformTimesteps:
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Uniform sampling ignores the losses."""
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the sampler has learnt (saved with the training state); none here."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise KeyError(f"uniform timestep sampling has no state, got {sorted(state)}")
+
 
 class LossAwareTimesteps(UniformTimesteps):
     """iDDPM eq. 18: p_t ∝ sqrt(E[L_t²]) over the last ``history`` losses of each t, uniform
@@ -425,6 +433,15 @@ class LossAwareTimesteps(UniformTimesteps):
         for step, loss in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
             self.history[step, self.counts[step] % size] = loss
             self.counts[step] += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"history": self.history.clone(), "counts": self.counts.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != {"history", "counts"} or state["history"].shape != self.history.shape:
+            raise KeyError("not the state of this loss-aware timestep sampler")
+        self.history = state["history"].to(torch.float64).cpu().clone()
+        self.counts = state["counts"].to(torch.long).cpu().clone()
 
 
 TIMESTEP_SAMPLERS: dict[str, type[UniformTimesteps]] = {

@@ -42,7 +42,6 @@ from genbench.generators.base import (
     Generator,
     GeneratorConfig,
     eval_mode,
-    gradient_sync,
 )
 from genbench.generators.guidance import (
     GuidedSettings,
@@ -52,6 +51,7 @@ from genbench.generators.guidance import (
     is_guided,
     net_labels,
 )
+from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
 from genbench.generators.unet import build_unet, unet_apply
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
@@ -187,10 +187,12 @@ def loss_per_sample(
     D: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     precond: Preconditioning,
     y: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
 ) -> torch.Tensor:
-    """lambda(sigma) ||D(y + n; sigma) - y||^2 averaged over pixels, per image (eq. 8)."""
-    sigma = precond.sample_sigma(y.shape[0], y.device)
-    n = torch.randn_like(y) * _per_row(sigma, y)
+    """lambda(sigma) ||D(y + n; sigma) - y||^2 averaged over pixels, per image (eq. 8),
+    with n = sigma * ``noise`` (``noise`` standard normal)."""
+    n = noise * _per_row(sigma, y)
     err = (D(y + n, sigma) - y).square().flatten(1).mean(1)
     return precond.loss_weight(sigma) * err
 
@@ -284,6 +286,16 @@ def sampler_nfe(steps: int, order: int) -> int:
 # --------------------------------------------------------------------------- the generator
 
 
+@dataclass(frozen=True)
+class TrainingDraws:
+    """Everything random in one training update, for the whole batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None  # after label dropout; None for an unconditional model
+    sigma: torch.Tensor  # (N,) noise levels from p_train
+    noise: torch.Tensor  # standard normal, the image's shape
+
+
 class EDMConfig(GeneratorConfig):
     """EDM hyper-parameters; defaults are the paper's class-conditional CIFAR-10 setting
     (DDPM++ network and training settings of its appendix), plus label dropout for
@@ -316,7 +328,6 @@ class EDMConfig(GeneratorConfig):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     adam_eps: float = Field(1e-8, gt=0)
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser update")
     # sampler (EDM's CIFAR-10 setting: deterministic Heun, 18 steps = 35 NFE)
     sampler: Literal["heun", "euler"] = "heun"
     steps: int = Field(18, ge=1, description="default number of sampling steps N")
@@ -372,13 +383,6 @@ class EDM(Generator):
             freq_shift=1,
             time_embedding_dim=config.time_embed_dim,
         ).to(self.device)
-        self.opt = torch.optim.Adam(
-            self.net.parameters(),
-            lr=config.lr,
-            betas=(config.beta1, config.beta2),
-            eps=config.adam_eps,
-        )
-        self.images_seen = 0  # drives the lr warm-up
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
@@ -386,12 +390,17 @@ class EDM(Generator):
     # ---------------------------------------------------------------- denoiser
 
     def denoise(
-        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        labels: torch.Tensor | None,
+        net: nn.Module | None = None,
     ) -> torch.Tensor:
-        """D(x; sigma, label) = c_skip x + c_out F(c_in x; c_noise, label) (eq. 7)."""
+        """D(x; sigma, label) = c_skip x + c_out F(c_in x; c_noise, label) (eq. 7), through
+        ``net`` (default: the generator's own network)."""
         c = self.precond.coefficients(sigma)
         out = unet_apply(
-            self.net,
+            self.net if net is None else net,
             _per_row(c.c_in, x) * x,
             c.c_noise * self.config.c_noise_scale,
             labels if self.conditional else None,
@@ -438,33 +447,33 @@ class EDM(Generator):
         labels = net_labels(labels, n, self.null_label, self.device)
         return drop_labels(labels, self.config.label_dropout, self.null_label)
 
-    def _learning_rate(self, images: int) -> float:
-        """EDM's linear warm-up: lr * min(images / ramp-up images, 1).
+    def training(self) -> Training:
+        """Adam with EMA's linear warm-up over ``lr_rampup_kimg`` thousand images (counting
+        the current batch; EDM counts it after the step, so its very first update is a
+        no-op at lr 0); one phase: the denoising loss of eq. 8."""
+        c = self.config
+        adam = functools.partial(
+            torch.optim.Adam, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.adam_eps
+        )
+        schedule = LRSchedule(warmup_images=c.lr_rampup_kimg * 1000)
+        return Training(
+            optimizers={"net": OptimizerSpec(("net",), adam, c.lr, schedule)},
+            phases=[Phase("main", "net", self.draw, self.loss)],
+        )
 
-        ``images`` counts the current batch too (EDM counts it after the step, which makes
-        its very first update a no-op with lr = 0).
-        """
-        ramp = self.config.lr_rampup_kimg * 1000
-        return self.config.lr * (min(images / ramp, 1.0) if ramp > 0 else 1.0)
+    def draw(self, batch: Batch) -> TrainingDraws:
+        """Label dropout, noise levels and noise for the whole batch (global torch RNG,
+        seeded by the harness)."""
+        y = batch.images.to(self.device)
+        labels = self._train_labels(batch.labels, y.shape[0])
+        sigma = self.precond.sample_sigma(y.shape[0], self.device)
+        return TrainingDraws(y, labels, sigma, torch.randn_like(y))
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        lr = self._learning_rate(self.images_seen + len(batch))
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        micro = batch.split(self.config.grad_accum)
-        total = 0.0
-        for i, mb in enumerate(micro):
-            labels = self._train_labels(mb.labels, len(mb))
-            D = functools.partial(self.denoise, labels=labels)
-            loss = loss_per_sample(D, self.precond, mb.images.to(self.device)).mean()
-            loss = loss * (len(mb) / len(batch))
-            with gradient_sync([self.net], sync=i == len(micro) - 1):
-                loss.backward()
-            total += loss.item()
-        self.opt.step()
-        self.images_seen += len(batch)
-        return {"loss": total, "lr": lr}
+    def loss(self, nets: Nets, d: TrainingDraws) -> Loss:
+        """Eq. 8 per image through the network ``nets["net"]``."""
+        D = functools.partial(self.denoise, labels=d.labels, net=nets["net"])
+        value = loss_per_sample(D, self.precond, d.images, d.sigma, d.noise)
+        return Loss(value, {"loss": value.detach()})
 
     # ---------------------------------------------------------------- sampling
 

@@ -132,14 +132,19 @@ def test_build_gives_a_generator_to_train_and_sample():
     assert gen.data.image_size == 16 and gen.config.num_timesteps == 20
     images, labels = Digits.tensors("train")
     before = gen.sample(range(4), settings=gen.Settings(steps="ddim5"))
-    losses = gen.train_step(Batch(images[:16], labels[:16]))
-    assert np.isfinite(losses["loss"])
+    trainer = genbench.trainer(gen, batch_size=16, steps=1)
+    trainer.train_step(Batch(images[:16], labels[:16]))
+    assert np.isfinite(trainer.read_logs()["loss"]) and trainer.finished()
     after = gen.sample(range(4), settings=gen.Settings(steps="ddim5"))
     assert after.shape == (4, 1, 16, 16) and not torch.equal(before, after)
     same = genbench.build("ddpm", config={**config, "num_timesteps": 20, "warmup_steps": 0})
     torch.testing.assert_close(same.sample(range(4), settings=same.Settings(steps="ddim5")), before)
     with pytest.raises(genbench.GenbenchError, match="unknown generator 'vae'"):
         genbench.build("vae")
+    with pytest.raises(genbench.GenbenchError, match=r"train\.grad_accum: .*greater than or"):
+        genbench.trainer(gen, batch_size=16, grad_accum=0)
+    with pytest.raises(genbench.GenbenchError, match="cannot be cut into 32 micro-batches"):
+        genbench.trainer(gen, batch_size=16, grad_accum=32)
 
 
 def test_load_spec_applies_overrides_and_checks_settings():
@@ -147,6 +152,6 @@ def test_load_spec_applies_overrides_and_checks_settings():
     assert list(plan.models) == ["ddpm", "dcgan"]
     assert {m.train.steps for m in plan.models.values()} == {7}
     assert plan.models["ddpm"].settings.steps is None  # the config's sample_steps
-    assert "schema_version = 2" in plan.to_toml()
+    assert "schema_version = 3" in plan.to_toml()
     with pytest.raises(genbench.GenbenchError, match="unknown model 'vae'"):
         genbench.load_spec("smoke", models=["vae"])

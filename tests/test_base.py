@@ -1,48 +1,11 @@
-"""Shared generator helpers: micro-batches, gradient sync and the diffusers UNet builder."""
+"""Shared generator helpers: the diffusers UNet builder and eval mode."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from torch import nn
 
-from genbench.generators import Batch
-from genbench.generators.base import gradient_sync
 from genbench.generators.unet import build_unet, unet_apply
-
-
-def test_batch_split_covers_the_batch_in_order():
-    images = torch.arange(10.0).view(10, 1, 1, 1)
-    batch = Batch(images, torch.arange(10))
-    parts = batch.split(3)
-    assert [len(p) for p in parts] == [4, 3, 3]
-    torch.testing.assert_close(torch.cat([p.images for p in parts]), images)
-    torch.testing.assert_close(torch.cat([p.labels for p in parts]), torch.arange(10))
-    assert Batch(images).split(2)[1].labels is None
-    with pytest.raises(ValueError, match="micro-batches"):
-        batch.split(11)
-
-
-class _FakeDDP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = 0
-
-    @contextlib.contextmanager
-    def no_sync(self):
-        self.entered += 1
-        yield
-
-
-def test_gradient_sync_skips_all_reduce_except_when_syncing():
-    ddp, plain = _FakeDDP(), nn.Linear(1, 1)
-    with gradient_sync([ddp, plain], sync=False):
-        pass
-    with gradient_sync([ddp, plain], sync=True):
-        pass
-    assert ddp.entered == 1
 
 
 def test_ddpm_cifar10_unet_has_the_published_size():

@@ -32,7 +32,12 @@ def test_paper_settings_are_the_defaults():
     c = DCGANConfig()
     assert (c.nz, c.ngf, c.ndf, c.beta1) == (100, 64, 64, 0.5)
     gan = GENERATORS.get("gan")(c, DataShape(3, 32), torch.device("cpu"))
-    assert gan.opt_g.defaults["betas"][0] == 0.5 and gan.opt_d.defaults["lr"] == 1.25e-4
+    opts = gan.training().optimizers
+    param = [torch.nn.Parameter(torch.zeros(1))]
+    adam_g, adam_d = opts["G"].build(param), opts["D"].build(param)
+    assert adam_g.defaults["betas"][0] == 0.5 and adam_d.defaults["lr"] == 1.25e-4
+    assert (opts["G"].lr, opts["D"].lr) == (c.g_lr, 1.25e-4)
+    assert opts["G"].schedule.decay == "constant" and opts["G"].grad_clip == 0
     weights = [m.weight for m in gan.G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     std = torch.cat([w.flatten() for w in weights]).std().item()
     assert std == pytest.approx(0.02, rel=0.05)  # N(0, 0.02) initialisation

@@ -11,7 +11,9 @@ from pydantic import ValidationError
 
 from genbench.data.datasets import Digits
 from genbench.generators import GENERATORS, Batch, DataShape
-from genbench.generators.ddgan import DDGAN, DDGANConfig, VPSchedule, group_slices
+from genbench.generators.ddgan import DDGAN, DDGANConfig, VPSchedule
+from genbench.generators.training import LRSchedule, group_slices
+from tests.trainkit import trainer
 
 CPU = torch.device("cpu")
 SHAPE = DataShape(channels=1, image_size=8, num_classes=10)  # digits at 8x8: fast tests
@@ -115,11 +117,12 @@ def _grads(gen: DDGAN) -> dict[str, torch.Tensor]:
 
 def _updates(parts: int, steps: int, **overrides) -> list[tuple[dict, dict]]:
     """(parameters, gradients) after each of ``steps`` updates with the same random draws."""
-    gen = _tiny(seed=0, awake=True, grad_accum=parts, lazy_reg=2, **overrides)
+    gen = _tiny(seed=0, awake=True, lazy_reg=2, **overrides)
+    run = trainer(gen, 22, grad_accum=parts)
     batch, out = _batch(22), []  # 6 minibatch-std groups of D: 5 of 4 images, 1 of 2
     for i in range(steps):
         torch.manual_seed(11 + i)  # the same draws for every accumulation setting
-        gen.train_step(batch)
+        run.train_step(batch)
         out.append((_params(gen), _grads(gen)))
     return out
 
@@ -145,10 +148,11 @@ def test_r1_step_adds_exactly_the_penalty_gradient():
     gamma = 1.0
     ((_, with_r1),) = _updates(1, steps=1, r1_gamma=gamma)
     ((_, without),) = _updates(1, steps=1, r1_gamma=0.0)
-    gen, images = _tiny(seed=0, awake=True), _batch(22).images
+    gen, batch = _tiny(seed=0, awake=True, lazy_reg=2, r1_gamma=gamma), _batch(22)
     torch.manual_seed(11)
-    draws = gen._draws(images)  # the D update's draws: the first thing it takes from the RNG
-    x_prev, x_t = gen.schedule.q_pair(images, draws.t, draws.noise_prev, draws.noise_step)
+    gen._draw(batch)  # the D phase draws first, then R1 its own real pairs
+    draws = gen._draw_real(batch)
+    x_prev, x_t = gen.schedule.q_pair(draws.real, draws.t, draws.noise_prev, draws.noise_step)
     x_prev.requires_grad_(True)
     logits = gen.D(x_prev, x_t, draws.t)
     (grad_x,) = torch.autograd.grad(logits.sum(), x_prev, create_graph=True)
@@ -166,25 +170,23 @@ def test_r1_step_adds_exactly_the_penalty_gradient():
     assert (diff - expected).norm() < 1e-3 * expected.norm()
 
 
-def test_lazy_r1_runs_every_lazy_reg_updates_and_only_the_last_micro_batch_syncs(monkeypatch):
-    import genbench.generators.ddgan as ddgan_module
-
-    calls: list[tuple[str, bool]] = []
-    real_sync = ddgan_module.gradient_sync
-
-    def record(modules, sync):
-        calls.append((type(modules[0]).__name__, sync))
-        return real_sync(modules, sync)
-
-    monkeypatch.setattr(ddgan_module, "gradient_sync", record)
-    gen = _tiny(grad_accum=3, lazy_reg=2)
-    logs = [gen.train_step(_batch(9)) for _ in range(3)]
+def test_lazy_r1_joins_the_d_update_every_lazy_reg_steps():
+    gen = _tiny(lazy_reg=2)
+    phases = gen.training().phases
+    assert [(p.name, p.optimizer, p.interval) for p in phases] == [
+        ("D", "D", 1),
+        ("R1", "D", 2),
+        ("G", "G", 1),
+    ]
+    run = trainer(gen, 9, grad_accum=3)
+    logs = []
+    for _ in range(3):
+        run.train_step(_batch(9))
+        logs.append(run.read_logs())
     assert ["r1" in log for log in logs] == [True, False, True]
-    d, g = "DDGANDiscriminatorNet", "DDGANGeneratorNet"
-    update = [(d, False), (d, False), (d, True), (g, False), (g, False), (g, True)]
-    assert calls == update * 3
-    with pytest.raises(ValueError, match="grad_accum 3 needs at least 3 groups"):
-        gen.train_step(_batch(8))  # two groups of 4 cannot make three micro-batches
+    assert all({"loss_d", "loss_g", "grad_norm_D", "grad_norm_G"} <= log.keys() for log in logs)
+    with pytest.raises(ValueError, match=r"cannot be cut into 3 micro-batches .* groups of 4"):
+        trainer(gen, 8, grad_accum=3)  # two groups of 4 cannot make three micro-batches
 
 
 @pytest.mark.parametrize(
@@ -211,7 +213,7 @@ def test_discriminator_couples_only_samples_of_one_stddev_group():
 
 def test_sampling_is_independent_of_batch_size():
     gen = _tiny()
-    gen.train_step(_batch(8))
+    trainer(gen, 8).train_step(_batch(8))
     seeds = list(range(100, 116))
     together = gen.sample(seeds)
     alone = torch.cat([gen.sample([s]) for s in seeds])
@@ -252,7 +254,11 @@ def test_cifar10_defaults_are_the_published_settings():
     meta = torch.device("meta")
     with meta:  # shapes and counts only: skip initialising 60M parameters
         gen = GENERATORS.get("ddgan")(c, DataShape(3, 32), meta)
-    assert gen.opt_d.defaults["lr"] == 1.25e-4 and gen.opt_g.defaults["lr"] == 1.6e-4
+    opts = gen.training().optimizers
+    assert (opts["D"].lr, opts["G"].lr) == (1.25e-4, 1.6e-4)
+    # Cosine decay to 1e-5 over the run and random flips, as the official CIFAR-10 recipe.
+    assert {o.schedule for o in opts.values()} == {LRSchedule(decay="cosine", floor=1e-5)}
+    assert c.hflip
     assert gen.sampling_modules() == ["G"]
     assert 30e6 < gen.num_parameters() < 60e6  # official G: ~48M; ours: 47.5M
     x, t = torch.zeros(2, 3, 32, 32, device=meta), torch.tensor([4, 1], device=meta)
@@ -277,8 +283,8 @@ def test_cifar10_dry_run_shows_the_published_settings(cli):
 def test_bad_layouts_are_rejected():
     with pytest.raises(ValidationError, match="groups"):
         DDGANConfig(channels=18, channel_mult=(1,))  # 18 / 4 groups
-    with pytest.raises(ValidationError):
-        DDGANConfig(grad_accum=0)
+    with pytest.raises(ValidationError, match="grad_accum"):
+        DDGANConfig(grad_accum=2)  # accumulation is the harness's: [train] grad_accum
     with pytest.raises(ValueError, match="attn_resolutions"):
         DDGAN(DDGANConfig(**{**TINY, "attn_resolutions": (2,)}), SHAPE, CPU)
 

@@ -25,6 +25,7 @@ from genbench.generators.diffusion import (
 )
 from genbench.generators.guidance import guide
 from genbench.generators.unet import build_unet
+from tests.trainkit import fit, trainer
 
 CPU = torch.device("cpu")
 DIGITS = DataShape(channels=1, image_size=16, num_classes=10)
@@ -312,7 +313,7 @@ def test_hybrid_loss_stops_the_vlb_gradient_at_the_mean():
     grads = {}
     for loss in ("hybrid", "vlb"):
         gen = _tiny(variance="learned_range", loss=loss)
-        terms = gen.losses(Batch(_images(8)))
+        terms = gen.losses(gen.draw(Batch(_images(8))))
         terms["vlb"].sum().backward()
         w = gen.unet.conv_out.weight.grad  # rows: eps channel, then v channel
         grads[loss] = (w[:1].abs().sum().item(), w[1:].abs().sum().item())
@@ -322,8 +323,8 @@ def test_hybrid_loss_stops_the_vlb_gradient_at_the_mean():
 
 def test_hybrid_loss_is_simple_plus_lambda_t_vlb():
     gen = _tiny(variance="learned_range", loss="hybrid", hybrid_lambda=0.01)
-    terms = gen.losses(Batch(_images(8)))
-    torch.testing.assert_close(terms["loss"], terms["mse"] + 0.01 * 50 * terms["vlb"])
+    terms = gen.losses(gen.draw(Batch(_images(8))))
+    torch.testing.assert_close(terms["total"], terms["mse"] + 0.01 * 50 * terms["vlb"])
 
 
 def test_loss_aware_sampler_is_uniform_then_importance_weighted():
@@ -337,26 +338,38 @@ def test_loss_aware_sampler_is_uniform_then_importance_weighted():
     torch.testing.assert_close(w.double(), 1 / (4 * p))  # E_p[w · L] = mean over t of L
 
 
-def test_grad_accumulation_syncs_on_the_last_micro_batch_only(monkeypatch):
-    import genbench.generators.ddpm as module
-
-    calls = []
-    real = module.gradient_sync
-
-    def spy(modules, sync):
-        calls.append(sync)
-        return real(modules, sync)
-
-    monkeypatch.setattr(module, "gradient_sync", spy)
-    gen = _tiny(grad_accum=3)
-    losses = gen.train_step(Batch(_images(9), torch.arange(9) % 10))
-    assert calls == [False, False, True] and math.isfinite(losses["loss"])
+@pytest.mark.parametrize("config", [{}, {"variance": "learned_range", "loss": "hybrid"}])
+def test_three_micro_batches_make_the_full_batch_update(config):
+    batch = Batch(_images(9), torch.arange(9) % 10)
+    params, grads = [], []
+    for parts in (1, 3):
+        gen = _tiny(conditional=True, **config)
+        torch.manual_seed(5)  # the same draws for both
+        logs = fit(gen, batch, steps=1, grad_accum=parts)
+        assert math.isfinite(logs["loss"])
+        params.append(gen.state_dict())
+        grads.append({k: p.grad.clone() for k, p in gen.unet.named_parameters()})
+    start = _tiny(conditional=True, **config).state_dict()
+    changed = [k for k in params[0] if not torch.equal(params[0][k], start[k])]
+    assert len(changed) > len(params[0]) // 2
+    for key, value in grads[0].items():
+        torch.testing.assert_close(grads[1][key], value, rtol=1e-4, atol=1e-7, msg=key)
+        # Adam turns a gradient of rounding noise (attention key biases, whose true
+        # gradient is 0) into a full step, so only parameters with a real gradient compare.
+        if value.abs().max() > 1e-6:
+            name = f"unet.{key}"
+            torch.testing.assert_close(params[1][name], params[0][name], rtol=0, atol=1e-6)
 
 
 def test_learning_rate_warms_up_linearly():
     gen = _tiny(warmup_steps=10, lr=1e-3)
-    gen.train_step(Batch(_images(4)))
-    assert gen.opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    run = trainer(gen, 4)
+    lrs = []
+    for _ in range(12):
+        run.train_step(Batch(_images(4)))
+        lrs.append(run.optimizers["unet"].param_groups[0]["lr"])
+    assert lrs == pytest.approx([1e-4 * s for s in range(1, 11)] + [1e-3, 1e-3])
+    assert run.read_logs()["lr"] == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize(
@@ -426,9 +439,11 @@ def test_label_dropout_uses_the_null_class(monkeypatch):
     seen = []
     real = gen._apply
     monkeypatch.setattr(
-        gen, "_apply", lambda x, t, d, labels: seen.append(labels) or real(x, t, d, labels)
+        gen,
+        "_apply",
+        lambda x, t, d, labels, *net: seen.append(labels) or real(x, t, d, labels, *net),
     )
-    gen.train_step(Batch(_images(4), torch.tensor([1, 2, 3, 4])))
+    fit(gen, Batch(_images(4), torch.tensor([1, 2, 3, 4])))
     assert seen[0].tolist() == [10, 10, 10, 10]
 
 
@@ -596,7 +611,7 @@ def test_sampling_and_training_on_cuda_match_cpu():
             atol=1e-4,
             rtol=1e-4,
         )
-    losses = gpu.train_step(Batch(_images(4).cuda(), torch.arange(4).cuda()))
+    losses = fit(gpu, Batch(_images(4).cuda(), torch.arange(4).cuda()))
     assert math.isfinite(losses["loss"])
     bpd = gpu.bits_per_dim(Batch(_images(2).cuda()))
     assert bpd.device.type == "cuda" and torch.isfinite(bpd).all()

@@ -26,6 +26,7 @@ from genbench.generators.edm import (
     sigma_steps,
 )
 from genbench.generators.guidance import GuidedSettings
+from tests.trainkit import fit, trainer
 
 SIGMAS = torch.tensor([0.002, 0.05, 0.5, 1.0, 3.0, 80.0], dtype=torch.float64)
 TINY = dict(
@@ -345,31 +346,33 @@ def test_label_dropout_replaces_labels_by_the_null_class():
 def test_learning_rate_warms_up_linearly():
     gen = _tiny(lr=1e-3, lr_rampup_kimg=0.1)  # 100 images
     x, y = torch.rand(16, 1, 8, 8) * 2 - 1, torch.arange(16) % 10
-    lrs = [gen.train_step(Batch(x, y))["lr"] for _ in range(8)]
+    run = trainer(gen, 16)
+    lrs = []
+    for _ in range(8):
+        run.train_step(Batch(x, y))
+        lrs.append(run.read_logs()["lr"])
     expected = [1e-3 * min(16 * k / 100, 1.0) for k in range(1, 9)]
     assert lrs == pytest.approx(expected)
+    assert run.optimizers["net"].param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
-def test_gradient_accumulation_matches_the_full_batch(monkeypatch):
+@pytest.mark.parametrize("parts", [2, 4])
+def test_gradient_accumulation_matches_the_full_batch(parts):
     x, y = torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 10
-    sigma, noise = torch.linspace(0.1, 5.0, 8), torch.randn(8, 1, 8, 8)
     grads = []
-    for parts in (1, 2):
-        gen = _tiny(grad_accum=parts, label_dropout=0.0)
-        # The same noise levels and noise for both runs, handed out micro-batch by micro-batch.
-        sigmas, noises = iter(sigma.split(8 // parts)), iter(noise.split(8 // parts))
-        monkeypatch.setattr(gen.precond, "sample_sigma", lambda n, device, s=sigmas: next(s))
-        monkeypatch.setattr(torch, "randn_like", lambda t, n=noises: next(n))
-        gen.train_step(Batch(x, y))
-        monkeypatch.undo()
+    for k in (1, parts):
+        gen = _tiny(label_dropout=0.1)
+        torch.manual_seed(3)  # the same draws: they are made for the whole batch
+        fit(gen, Batch(x, y), grad_accum=k)
         grads.append(torch.cat([p.grad.flatten() for p in gen.net.parameters()]))
+    assert grads[0].norm() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("precond", ["vp", "ve"])
 def test_vp_and_ve_ablations_train_and_sample(precond):
     gen = _tiny(precond=precond)
-    losses = gen.train_step(Batch(torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8)))
+    losses = fit(gen, Batch(torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8)))
     assert math.isfinite(losses["loss"])
     sigmas = gen.sigmas(6)
     # the schedule stays inside the noise levels this preconditioning was trained on

@@ -54,7 +54,7 @@ def test_training_loop_samples_with_the_average(tmp_path):
     """With EMA on, the networks hold the average of the trajectory after training."""
     from genbench.benchmarks.plan import Overrides, resolve
     from genbench.benchmarks.spec import read_spec
-    from genbench.benchmarks.training import train
+    from genbench.benchmarks.trainer import Trainer
     from genbench.data.datasets import Digits
     from genbench.generators import GENERATORS, Batch, DataShape
 
@@ -69,15 +69,16 @@ def test_training_loop_samples_with_the_average(tmp_path):
 
     G = gen.modules()["G"]
     trajectory = [{k: v.clone() for k, v in G.state_dict().items()}]
-    original_step = gen.train_step
+    trainer = Trainer(gen, model.train)
+    original_step = trainer.train_step
 
     def step_and_record(batch):
-        out = original_step(batch)
+        original_step(batch)
         trajectory.append({k: v.clone() for k, v in G.state_dict().items()})
-        return out
 
-    gen.train_step = step_and_record
-    info = train(gen, data, model, tmp_path / "log.jsonl")
+    trainer.train_step = step_and_record
+    info = trainer.fit(data, "dcgan", tmp_path / "log.jsonl")
+    assert len(trajectory) == 4 and info["train_steps"] == 3
     assert info["ema"] == 0.5
     key = next(k for k, v in trajectory[0].items() if v.is_floating_point() and v.dim() > 1)
     avg = trajectory[0][key]

@@ -143,8 +143,11 @@ def test_a_diverged_model_is_failed_not_a_result(cli, tiny_spec, tmp_path):
         metrics = _strict_json(run_dir / model / "metrics.json")
         assert metrics["failure"].startswith(("training diverged", "generated images hold"))
         assert metrics["metrics"] == {} and metrics["protocol"] is None
-        for line in (run_dir / model / "train_log.jsonl").read_text().splitlines():
+        assert "diverged at step" in metrics["failure"] or "generated" in metrics["failure"]
+        log = run_dir / model / "train_log.jsonl"
+        for line in log.read_text().splitlines() if log.exists() else []:
             json.loads(line, parse_constant=lambda token: pytest.fail(f"{token} in the log"))
+    assert "bench: dcgan failed: training diverged at step" in result.err
     report = (run_dir / "report.md").read_text()
     assert report.count("| failed |") == 2 and "Failed, no result: dcgan" in report
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"

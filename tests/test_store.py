@@ -102,6 +102,32 @@ def test_a_version_1_run_renders_and_resumes_its_spec_in_the_current_meaning(cli
     assert spec.models["ddpm"].sample["steps"] == "2+3"
 
 
+def test_version_2_accumulation_and_ddgan_recipe_keep_their_meaning():
+    """Version 3 moved accumulation from each generator's config to ``[train] grad_accum``
+    and gave DDGAN the paper's cosine decay and flips: a version-2 file means what it did."""
+    from genbench.store.versions import upgrade_model_metrics, upgrade_spec
+
+    spec = {
+        "schema_version": 2,
+        "models": {
+            "ddgan": {"generator": "ddgan", "config": {"grad_accum": 4}, "train": {"steps": 9}},
+            "vdpm": {"generator": "vdpm", "config": {"num_accum": 2}},
+            "edm": {"generator": "edm", "config": {"grad_accum": 1, "lr": 1e-3}},
+        },
+    }
+    up = upgrade_spec(spec, 2)["models"]
+    assert up["ddgan"]["config"] == {"lr_decay": "constant", "hflip": False}
+    assert up["ddgan"]["train"] == {"steps": 9, "grad_accum": 4}
+    assert up["vdpm"] == {"generator": "vdpm", "config": {}, "train": {"grad_accum": 2}}
+    assert up["edm"]["config"] == {"lr": 1e-3} and up["edm"]["train"] == {"grad_accum": 1}
+    assert spec["models"]["ddgan"]["config"] == {"grad_accum": 4}  # the input is not changed
+    metrics = upgrade_model_metrics(
+        {"schema_version": 2, "generator": "ddgan", "config": {"grad_accum": 3, "nz": 8}}
+    )
+    assert metrics["grad_accum"] == 3 and metrics["schema_version"] == SCHEMA_VERSION
+    assert metrics["config"] == {"nz": 8, "lr_decay": "constant", "hflip": False}
+
+
 def test_a_file_of_an_unknown_schema_version_is_a_one_line_error(cli, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(V1_RUN, run)
@@ -110,7 +136,7 @@ def test_a_file_of_an_unknown_schema_version_is_a_one_line_error(cli, tmp_path):
     result = cli("report", str(run))
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
     assert f"{metrics}: written by results schema version 99" in result.err
-    assert "reads versions 1 to 2" in result.err
+    assert "reads versions 1 to 3" in result.err
     with pytest.raises(StoreError, match="schema version 99"):
         load_run(run)
 

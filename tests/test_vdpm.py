@@ -3,7 +3,6 @@ classifier-free guidance, gradient accumulation, and the shipped smoke / CIFAR-1
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import tomllib
@@ -35,6 +34,7 @@ from genbench.generators.vdpm import (
     x0_from_eps,
     x0_from_v,
 )
+from tests.trainkit import fit
 
 SHAPE = DataShape(channels=1, image_size=8, num_classes=10)
 TINY = dict(
@@ -177,7 +177,7 @@ def _oracle_loss(kind: str, reweight: str) -> tuple[torch.Tensor, dict[str, torc
     t = torch.linspace(0.02, 0.98, n, dtype=torch.float64)
     logsnr = gen.schedule(t)
     out = OUTPUT_FROM_X0_EPS[kind](*_data(n, seed=4), logsnr)  # some wrong prediction
-    gen._net_output = lambda z, lam, labels: out
+    gen._net_output = lambda z, lam, labels, net=None: out
     loss = gen.losses(TrainingDraws(x0, t, eps, None))
     z = diffuse(x0, eps, logsnr)
     x_pred, eps_pred = OUTPUT_TO_X0_EPS[kind](z, out, logsnr)
@@ -218,7 +218,7 @@ def test_kl_weights_continuous_and_discrete_agree():
 def test_kl_loss_trains(timesteps):
     gen = _tiny(loss_type="kl", train_timesteps=timesteps)
     x0, _ = _data(8, dtype=torch.float32)
-    losses = gen.train_step(Batch(x0, torch.arange(8)))
+    losses = fit(gen, Batch(x0, torch.arange(8)))
     assert math.isfinite(losses["loss"]) and losses["loss"] > 0
 
 
@@ -349,31 +349,24 @@ def test_label_dropout_and_flip_rates():
 # --------------------------------------------------------------------------- accumulation
 
 
-@contextlib.contextmanager
-def _counting_no_sync(counter: list[int]):
-    counter.append(1)
-    yield
-
-
 @pytest.mark.parametrize("kind", ["v", "both"])
 def test_gradient_accumulation_matches_one_big_batch(kind):
     torch.set_default_dtype(torch.float64)  # so only the accumulation order differs
     try:
         one = _tiny(seed=0, model_out_type=kind, grad_clip=0.5, weight_decay=0.01)
-        acc = _tiny(seed=1, model_out_type=kind, num_accum=4, grad_clip=0.5, weight_decay=0.01)
+        acc = _tiny(seed=1, model_out_type=kind, grad_clip=0.5, weight_decay=0.01)
         acc.load_state_dict(one.state_dict())
         x0, _ = _data(16, seed=6)
         batch = Batch(x0, torch.arange(16) % 10)
         before = {k: v.clone() for k, v in one.state_dict().items()}
-        calls, syncs = [], []
+        calls: list[int] = []
         acc.net.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
-        acc.net.no_sync = lambda: _counting_no_sync(syncs)
-        for gen in (one, acc):
+        for gen, parts in ((one, 1), (acc, 4)):
             torch.manual_seed(42)
-            gen.train_step(batch)
+            fit(gen, batch, grad_accum=parts)
     finally:
         torch.set_default_dtype(torch.float32)
-    assert calls == [4, 4, 4, 4] and len(syncs) == 3  # all-reduce only on the last
+    assert calls == [4, 4, 4, 4]
     after_one, after_acc = one.state_dict(), acc.state_dict()
     moved = [k for k in before if not torch.equal(before[k], after_one[k])]
     assert len(moved) > 10

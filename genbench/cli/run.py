@@ -17,12 +17,17 @@ from genbench.cli.options import (
     parse_checkpoints,
     split_list,
 )
-from genbench.core.errors import ModelsFailed
+from genbench.core.errors import ModelsFailed, SpecError
 
 if TYPE_CHECKING:  # loaded inside the commands (torch): see the comments there
     from genbench.store.runs import RunResult
 
-RESUME_ACTIONS = {"kept": "kept", "evaluate": "evaluated from its checkpoint", "run": "run again"}
+RESUME_ACTIONS = {
+    "kept": "kept",
+    "evaluate": "evaluated from its checkpoint",
+    "continue": "training continued from its newest training state",
+    "run": "run again",
+}
 
 
 def _print_run(result: RunResult) -> None:
@@ -49,6 +54,14 @@ def run_cmd(
         int | None,
         typer.Option(metavar="N", help="optimiser updates per model; 0 = untrained baseline"),
     ] = None,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help='train each model for this long ("20s", "30m", "2h"), for equal-compute '
+            "comparisons; replaces the spec's steps (with --train-steps: whichever first)",
+        ),
+    ] = None,
     num_samples: Annotated[
         int | None, typer.Option(metavar="N", help="images sampled for evaluation")
     ] = None,
@@ -65,14 +78,21 @@ def run_cmd(
     """Train, sample, time and evaluate the models of SPEC; results go to OUT/<run-id>/."""
     # Imported here: `bench --help` and `bench report` must not load torch (see cli/__init__).
     from genbench import api
+    from genbench.benchmarks.spec import parse_duration
     from genbench.core.device import resolve_device
 
+    if time_budget is not None:
+        try:
+            parse_duration(time_budget)
+        except ValueError as exc:
+            raise SpecError(f"--time-budget: {exc}") from None
     plan = api.load_spec(
         spec,
         models=split_list(models, "--models", "dcgan"),
         device=device,
         seed=seed,
         train_steps=train_steps,
+        time_budget=time_budget,
         num_samples=num_samples,
         data_root=data_root,
         inception_weights=inception_weights,
@@ -95,8 +115,8 @@ def resume_cmd(
     inception_weights: InceptionWeights = None,
 ) -> None:
     """Finish an interrupted run in place from its own resolved spec: finished models are
-    kept, a model whose training had finished is evaluated from its checkpoint, the rest
-    run again from the start."""
+    kept, a model whose training had finished is evaluated from its checkpoint, a model
+    with a training state continues from the newest one, the rest run from the start."""
     # Imported here: `bench --help` and `bench report` must not load torch.
     from genbench import api
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import json
+import math
 import os
 import re
 import secrets
@@ -64,6 +65,8 @@ TRAIN_LOG = "train_log.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 SAMPLES = "samples.png"
 SPEED = "speed.json"
+TRAINING = "training"
+"""A model's folder of full training states (``state-<step>.pt``, the newest few)."""
 MODEL_FILES = (TRAIN_LOG, CHECKPOINT, SAMPLES, TIMING, METRICS)
 """The files a run writes into a model's folder (and the only ones ``bench resume`` removes)."""
 PARTIAL_SUFFIX = io.PARTIAL_SUFFIX
@@ -227,6 +230,26 @@ def read_eval(path: Path) -> EvalResult:
 def read_speed_history(path: Path) -> list[SpeedResult]:
     """Every result of a speed history file (JSON lines)."""
     return read_lines(path, SpeedResult)
+
+
+def truncate_train_log(path: Path, step: int) -> None:
+    """Keep the lines of a training log up to ``step`` (atomically); a missing log stays
+    missing."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if _line_step(line) <= step
+    ]
+    io.write_text_atomic(path, "".join(kept))
+
+
+def _line_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a damaged line goes
 
 
 def read_train_log(path: Path) -> list[TrainLogEntry]:

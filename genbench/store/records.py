@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this genbench writes. 1: files written before records had a version
 (guidance in Ho & Salimans' w for DDPM and VDPM, DDPM step sections as "a,b,c"); 2: one
 guidance scale s everywhere, sections as "a+b+c"."""
@@ -89,7 +89,7 @@ class Resumption(Strict):
 
     at: str
     environment: Environment
-    actions: dict[str, Literal["kept", "evaluate", "run"]]
+    actions: dict[str, Literal["kept", "evaluate", "continue", "run"]]
 
 
 class RunStatus(Record):
@@ -194,6 +194,13 @@ class ModelMetrics(Record):
     checkpoint_source: str | None = None
     train_steps: int = 0
     train_time_s: float | None = None
+    """Training seconds (saving training states not counted)."""
+    train_images: int | None = None
+    train_budget: str | None = None
+    """The ``time_budget`` or ``images_budget`` the model was trained under, if any."""
+    train_stopped_by: Literal["steps", "time_budget"] | None = None
+    train_precision: Literal["fp32", "bf16"] | None = None
+    grad_accum: int | None = None
     ema: float | str | None = None
     sample: SampleInfo | None = None
     metrics: dict[str, MetricValue] = Field(default_factory=dict)

@@ -13,6 +13,14 @@ changed what two sampling settings mean, so reading a version-1 file converts th
   ``guidance`` (DDGAN's steps had to equal its T), version 2 refuses them, so they are
   dropped.
 
+Version 3 moved training into the harness's Trainer:
+
+- gradient accumulation is the ``[train]`` setting ``grad_accum``, no longer a generator
+  config field (DDPM, EDM and DDGAN ``grad_accum``, VDPM ``num_accum``);
+- DDGAN gained its authors' cosine learning-rate decay and random flips, on by default; a
+  version-2 DDGAN config trained without them, so its upgrade says ``lr_decay =
+  "constant"`` and ``hflip = false``.
+
 The upgrade works on the raw JSON (or TOML) data, before validation, so the records in
 ``genbench.store.records`` only ever describe the current version.
 """
@@ -61,6 +69,22 @@ def _config_v2(generator: str | None, config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+_ACCUM_FIELDS = ("grad_accum", "num_accum")
+
+
+def _config_v3(generator: str | None, config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A version-2 config in version 3's meaning, and the accumulation it held (or None)."""
+    config = dict(config)
+    accum = None
+    for key in _ACCUM_FIELDS:
+        if key in config:
+            accum = config.pop(key)
+    if generator == "ddgan":
+        config.setdefault("lr_decay", "constant")
+        config.setdefault("hflip", False)
+    return config, accum
+
+
 def _sample_v2(generator: str | None, sample: dict[str, Any]) -> dict[str, Any]:
     sample = dict(sample)
     if generator in _NO_SETTINGS:
@@ -82,6 +106,11 @@ def upgrade_model_metrics(data: dict[str, Any]) -> dict[str, Any]:
             data["config"] = _config_v2(generator, data["config"])
         if isinstance(data.get("sample"), dict):
             data["sample"] = _sample_v2(generator, data["sample"])
+    if (version_of(data) or 0) <= 2 and isinstance(data.get("config"), dict):
+        data = dict(data)
+        data["config"], accum = _config_v3(data.get("generator"), data["config"])
+        if accum is not None:
+            data.setdefault("grad_accum", accum)
     return _stamp(data)
 
 
@@ -127,9 +156,9 @@ def upgrade_plain(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def upgrade_spec(data: dict[str, Any], version: int) -> dict[str, Any]:
-    """A run's resolved ``spec.toml`` (as parsed TOML) written under ``version``, with its
-    sampling settings in the current meaning (``bench resume`` of an older run)."""
-    if version != 1:
+    """A run's resolved ``spec.toml`` (as parsed TOML) written under ``version``, in the
+    current meaning (``bench resume`` of an older run)."""
+    if version >= SCHEMA_VERSION:
         return data
     data = dict(data)
     models = data.get("models")
@@ -139,12 +168,22 @@ def upgrade_spec(data: dict[str, Any], version: int) -> dict[str, Any]:
             entry = dict(entry) if isinstance(entry, dict) else entry
             if isinstance(entry, dict):
                 generator = entry.get("generator")
-                if isinstance(entry.get("config"), dict):
+                if version == 1 and isinstance(entry.get("config"), dict):
                     entry["config"] = _config_v2(generator, entry["config"])
-                if isinstance(entry.get("sample"), dict):
+                if version == 1 and isinstance(entry.get("sample"), dict):
                     entry["sample"] = _sample_v2(generator, entry["sample"])
+                if isinstance(entry.get("config"), dict):
+                    entry["config"], accum = _config_v3(generator, entry["config"])
+                    if accum is not None:
+                        train = entry.get("train")
+                        entry["train"] = {
+                            **(train if isinstance(train, dict) else {}),
+                            "grad_accum": accum,
+                        }
             upgraded[name] = entry
         data["models"] = upgraded
+    if "schema_version" in data:
+        data["schema_version"] = SCHEMA_VERSION
     return data
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,9 +22,7 @@ from genbench.generators.base import (
     Generator,
     GeneratorConfig,
     eval_mode,
-    gradient_sync,
     random_hflip,
-    set_warmup_lr,
 )
 from genbench.generators.guidance import (
     GUIDANCE_HELP,
@@ -34,6 +33,7 @@ from genbench.generators.guidance import (
     is_guided,
     net_labels,
 )
+from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
 from genbench.generators.unet import build_unet, unet_apply
 from genbench.generators.vdpm.conversions import (
     OUTPUT_CHANNELS,
@@ -100,7 +100,6 @@ class VDPMConfig(GeneratorConfig):
     weight_decay: float = Field(0.001, ge=0, description="decoupled (AdamW) weight decay")
     warmup_steps: int = Field(10_000, ge=0, description="linear learning-rate warm-up")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = no clipping")
-    num_accum: int = Field(1, ge=1, description="micro-batches per optimiser update")
 
     @model_validator(mode="after")
     def _consistent(self) -> VDPMConfig:
@@ -123,15 +122,6 @@ class TrainingDraws:
 
     def __len__(self) -> int:
         return self.x0.shape[0]
-
-    def split(self, parts: int) -> list[TrainingDraws]:
-        """``parts`` micro-batches, cut where ``Batch.split`` cuts."""
-
-        def cut(x: Tensor | None) -> Sequence[Tensor | None]:
-            return x.tensor_split(parts) if x is not None else [None] * parts
-
-        cols = (cut(self.x0), cut(self.t), cut(self.eps), cut(self.labels))
-        return [TrainingDraws(*row) for row in zip(*cols, strict=True)]
 
 
 class VDPMSettings(GuidedSettings):
@@ -173,13 +163,6 @@ class VDPM(Generator):
             config.logsnr_schedule, config.logsnr_min, config.logsnr_max
         )
         self.net = self._build_net().to(self.device)
-        self.opt = torch.optim.AdamW(
-            self.net.parameters(),
-            lr=config.lr,
-            betas=(config.beta1, config.beta2),
-            weight_decay=config.weight_decay,
-        )
-        self.step = 0
 
     def _build_net(self) -> nn.Module:
         c = self.config
@@ -208,12 +191,14 @@ class VDPM(Generator):
             return None
         return net_labels(labels, n, self.null_label, self.device)
 
-    def _net_output(self, z: Tensor, logsnr: Tensor, labels: Tensor | None) -> Tensor:
+    def _net_output(
+        self, z: Tensor, logsnr: Tensor, labels: Tensor | None, net: nn.Module | None = None
+    ) -> Tensor:
         """The raw network output at log-SNR ``logsnr`` (one value or one per sample)."""
         # The net sees the cosine-schedule time of lambda (Salimans & Ho's "inv_cos" input),
         # x 1000 so diffusers' sinusoidal embedding spans DDPM's integer-step range.
         t_in = torch.atan(torch.exp(-0.5 * logsnr.to(torch.float64))) * (2000.0 / math.pi)
-        return unet_apply(self.net, z, t_in.to(z.device, z.dtype), labels)
+        return unet_apply(self.net if net is None else net, z, t_in.to(z.device, z.dtype), labels)
 
     # ----------------------------------------------------------------- training
 
@@ -253,39 +238,35 @@ class VDPM(Generator):
         weights = {"mse": self._mse_weight, "kl": self._kl_weight}
         return weights[self.config.loss_type](t, logsnr)
 
-    def losses(self, draws: TrainingDraws) -> Tensor:
-        """Per-sample loss of one (micro-)batch (module docstring, "Losses")."""
+    def losses(self, draws: TrainingDraws, net: nn.Module | None = None) -> Tensor:
+        """Per-sample loss of one (micro-)batch (module docstring, "Losses"), through
+        ``net`` (default: the generator's network)."""
         x0 = draws.x0
         logsnr = self.schedule(draws.t)
         z = diffuse(x0, draws.eps, logsnr)
-        out = self._net_output(z, logsnr, draws.labels)
+        out = self._net_output(z, logsnr, draws.labels, net)
         x_pred, eps_pred = OUTPUT_TO_X0_EPS[self.config.model_out_type](z, out, logsnr)
         v_pred = v_from_x0_eps(x_pred, eps_pred, logsnr)
         v = v_from_x0_eps(x0, draws.eps, logsnr)
         return weighted_v_loss(v_pred, v, self._x_weight(draws.t, logsnr), logsnr)
 
-    def _set_lr(self) -> None:
-        set_warmup_lr(self.opt, self.config.lr, self.step, self.config.warmup_steps)
+    def loss(self, nets: Nets, draws: TrainingDraws) -> Loss:
+        value = self.losses(draws, nets["net"])
+        return Loss(value, {"loss": value.detach()})
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        draws = self.draw(batch)  # before splitting: micro-batching never changes the draws
-        parts = min(self.config.num_accum, len(batch))
-        self.opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for i, micro in enumerate(draws.split(parts)):
-            share = len(micro) / len(batch)  # so the summed gradient is the batch mean's
-            with gradient_sync([self.net], sync=i == parts - 1):
-                loss = self.losses(micro).mean() * share
-                loss.backward()
-            total += loss.item()
-        self.step += 1
-        self._set_lr()
-        logs = {"loss": total}
-        if self.config.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
-            logs["grad_norm"] = float(norm)
-        self.opt.step()
-        return logs
+    def training(self) -> Training:
+        """AdamW with a linear warm-up over ``warmup_steps`` and gradient clipping at
+        ``grad_clip`` (v-diffusion-torch / ddpm_w_distillation); one phase: the weighted
+        v-loss."""
+        c = self.config
+        adamw = functools.partial(
+            torch.optim.AdamW, lr=c.lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay
+        )
+        schedule = LRSchedule(warmup_steps=c.warmup_steps)
+        return Training(
+            optimizers={"net": OptimizerSpec(("net",), adamw, c.lr, schedule, c.grad_clip)},
+            phases=[Phase("main", "net", self.draw, self.loss)],
+        )
 
     # ----------------------------------------------------------------- sampling
 
