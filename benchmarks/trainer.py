@@ -112,7 +112,11 @@ class Trainer:
         }
         self.nets: dict[str, nn.Module] = dict(modules)
         if self.world > 1:
-            trained = {m for spec in self.training.optimizers.values() for m in spec.modules}
+            # Declared order, never a set's: every process must build its DDP wrappers
+            # (each a collective) in the same order, and string hashes differ by process.
+            trained = list(
+                dict.fromkeys(m for spec in self.training.optimizers.values() for m in spec.modules)
+            )
             ids = [self.device.index] if self.device.type == "cuda" else None
             for name in trained:
                 # Buffers (batch-norm statistics) stay per process, as in StyleGAN2-ADA.

@@ -262,7 +262,10 @@ class DDGAN(Generator):
         (grad,) = torch.autograd.grad(logits.sum(), x_prev, create_graph=True)
         penalty = grad.flatten(1).square().sum(1)
         # R1 = gamma / 2 * E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018, eq. 9).
-        return Loss(0.5 * self.config.r1_gamma * penalty, {"r1": penalty.detach()})
+        # "+ 0 * logits" puts every parameter of D in the graph (the head's bias has no
+        # gradient through R1), so DDP's all-reduce finds each one, as in StyleGAN2-ADA.
+        value = 0.5 * self.config.r1_gamma * penalty + 0.0 * logits
+        return Loss(value, {"r1": penalty.detach()})
 
     def _g_loss(self, nets: Nets, d: Draws) -> Loss:
         _, x_t = self.schedule.q_pair(d.real, d.t, d.noise_prev, d.noise_step)

@@ -147,3 +147,68 @@ def test_learning_rate_schedules():
 def test_micro_batches_cover_the_batch(n, parts, group, sizes):
     slices = group_slices(n, parts, group)
     assert [s.stop - s.start for s in slices] == sizes and slices[-1].stop == n
+
+
+WORKER = [sys.executable, "-m", "tests.ddp_worker"]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> Path:
+    """Every generator trained by two Gloo processes, and its one-process reference."""
+    folder = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    names = ",".join(GENERATORS.names())
+    procs = [
+        subprocess.Popen(
+            [*WORKER, names, str(rank), str(folder / "init"), str(folder)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait() == 0, proc.stderr.read().decode()[-3000:]
+    return folder
+
+
+@pytest.mark.parametrize("name", GENERATORS.names())
+def test_accumulation_under_real_ddp_equals_the_full_batch(name, ddp_runs):
+    """Two Gloo processes (torch.distributed on CPU, no fakes) with k = 4 micro-batches
+    each: one all-reduce per bucket per optimiser update of each network, counted by a DDP
+    communication hook; the gradients and parameters of one process with the full batch.
+    DCGAN's batch norm normalises per micro-batch, so its reference is one process with
+    the same 8 micro-batches (k = 8) instead of one full batch."""
+    ddp = torch.load(ddp_runs / f"{name}-ddp.pt", weights_only=True)
+    ref = torch.load(ddp_runs / f"{name}-ref.pt", weights_only=True)
+    updates: dict[str, int] = {}
+    for step in (1,):
+        last = None
+        for _phase, optimizer, interval in ddp["phases"]:
+            if (step - 1) % interval == 0:
+                if optimizer != last:
+                    updates[optimizer] = updates.get(optimizer, 0) + 1
+                last = optimizer
+    assert set(ddp["calls"]) == set(updates)  # every trained network is wrapped in DDP
+    for net, indices in ddp["calls"].items():
+        buckets = max(indices) + 1
+        assert sorted(indices) == sorted(list(range(buckets)) * updates[net]), (net, indices)
+    assert (
+        ddp["params"].keys() == ref["params"].keys() and ddp["grads"].keys() == ref["grads"].keys()
+    )
+    for key, grad in ref["grads"].items():  # the all-reduced gradient is the full batch's
+        torch.testing.assert_close(ddp["grads"][key], grad, rtol=1e-3, atol=1e-7, msg=key)
+    compared = 0
+    for key, value in ref["params"].items():
+        grad = ref["grads"].get(key)
+        if grad is None:
+            continue
+        # Adam turns a gradient of rounding noise (an element whose true gradient is about
+        # 0, such as an attention key bias) into a full step: real gradients compare.
+        real = grad.abs() > 1e-6
+        diff = (ddp["params"][key] - value)[real].abs().max().item() if real.any() else 0.0
+        assert diff <= 1e-5, f"{key}: max abs diff {diff}"
+        compared += int(real.sum())
+    # (zero-initialised layers, as DDGAN's residual ends, get no gradient at step 1)
+    assert compared > sum(v.numel() for v in ref["params"].values()) // 5
