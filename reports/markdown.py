@@ -86,7 +86,8 @@ def markdown_report(report: Report, html_name: str | None = "report.html") -> st
     where = html_name or "`bench report --format html --out DIR` (HTML report)"
     parts += [
         "",
-        "Plots (FID against sampling time with its Pareto front, FID against NFE, "
-        f"throughput, training losses, speed history) and sample grids: {where}.",
+        "Plots (FID against sampling time with its Pareto front, FID against NFE, FID "
+        "against training time, throughput, training losses, speed history) and sample "
+        f"grids: {where}.",
     ]
     return "\n".join(parts).replace("\n\n\n", "\n\n") + "\n"

@@ -254,6 +254,45 @@ def fid_vs_nfe(report: Report) -> Plot | Missing:
     return Plot("fid_nfe", title, caption, _render(draw))
 
 
+def fid_vs_train_time(report: Report) -> Plot | Missing:
+    """FID against training time, one line per model across the runs (models compared at
+    equal training compute, e.g. runs with ``--time-budget``)."""
+    title = "FID against training time"
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for m in report.inputs.models:
+        x, y = fmt.number(m.metrics.train_time_s), fmt.number(m.value("fid"))
+        if x is not None and y is not None and x > 0:
+            lines.setdefault(m.metrics.model, []).append((x, y))
+    if not lines:
+        return Missing("fid_train_time", title, "no model has both an FID and a training time")
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        for i, (model, pts) in enumerate(sorted(lines.items())):
+            pts.sort()
+            style = _style_for(i)
+            ax.plot(
+                [x for x, _ in pts],
+                [y for _, y in pts],
+                marker=style["marker"],
+                color=style["color"],
+                label=tex_safe(model),
+            )
+        times = [x for pts in lines.values() for x, _ in pts]
+        if max(times) / min(times) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel("training time, s" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+        ax.set_ylabel("FID (lower is better)")
+        ax.set_title(title)
+        ax.legend(loc="best")
+
+    caption = (
+        "Each line is one model across the runs of the report, by the training time it had "
+        "(the same device assumed: compare runs of one machine)."
+    )
+    return Plot("fid_train_time", title, caption, _render(draw))
+
+
 def throughput(report: Report) -> Plot | Missing:
     """images/s per model against batch size: speed records, else each run's timing."""
     title = "Sampling throughput by model and batch size"
@@ -402,7 +441,14 @@ def speed_history(report: Report) -> Plot | Missing:
     return Plot("history", title, caption, _render(draw))
 
 
-FIGURES = [fid_vs_time, fid_vs_nfe, throughput, training_losses, speed_history]
+FIGURES = [
+    fid_vs_time,
+    fid_vs_nfe,
+    fid_vs_train_time,
+    throughput,
+    training_losses,
+    speed_history,
+]
 
 
 def all_plots(report: Report) -> list[Plot | Missing]:

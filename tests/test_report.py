@@ -405,6 +405,7 @@ def test_html_has_sortable_tables_plots_and_sample_grids(two_protocols):
     for title in (
         "FID against sampling time",
         "FID against network evaluations per image (NFE)",
+        "FID against training time",
         "Sampling throughput by model and batch size",
         "Training losses and logged statistics",
     ):
@@ -578,3 +579,15 @@ def test_bench_run_writes_report_md_and_html(cli, tiny_spec, tmp_path):
     html = (run / "report.html").read_text()
     assert 'alt="samples of dcgan"' in html and 'alt="FID against sampling time"' in html
     assert f"report:  {run / 'report.html'}" in result.out
+
+
+def test_fid_against_training_time_draws_one_line_per_model_across_runs(two_protocols):
+    from genbench.reports.plots import Missing, Plot, fid_vs_train_time
+
+    report = load_report(two_protocols)
+    plot = fid_vs_train_time(report)
+    assert isinstance(plot, Plot) and plot.png.startswith(b"\x89PNG")
+    for m in report.inputs.models:
+        m.metrics.train_time_s = None
+    missing = fid_vs_train_time(report)
+    assert isinstance(missing, Missing) and "training time" in missing.reason
