@@ -21,6 +21,7 @@ the R1 penalty is computed on its own real pairs (a second D pass on real data e
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,9 +215,9 @@ class DDGAN(Generator):
         real = batch.images.to(self.device)
         return random_hflip(real) if self.config.hflip else real
 
-    def _draw(self, batch: Batch) -> Draws:
-        """Every random tensor of a D or G update for the whole batch (global torch RNG,
-        seeded by the harness)."""
+    def _draw_real(self, batch: Batch) -> Draws:
+        """The real pairs of an update (all an R1 pass needs), from the global torch RNG
+        (seeded by the harness)."""
         real = self._real(batch)
         n, shape = real.shape[0], real.shape[1:]
         return Draws(
@@ -224,19 +225,17 @@ class DDGAN(Generator):
             t=torch.randint(1, self.config.num_timesteps + 1, (n,), device=self.device),
             noise_prev=torch.randn(n, *shape, device=self.device),
             noise_step=torch.randn(n, *shape, device=self.device),
-            z=torch.randn(n, self.config.nz, device=self.device),
-            noise_post=torch.randn(n, *shape, device=self.device),
         )
 
-    def _draw_real(self, batch: Batch) -> Draws:
-        """The real pairs of an R1 update: no latents or posterior noise."""
-        real = self._real(batch)
-        n, shape = real.shape[0], real.shape[1:]
-        return Draws(
-            real=real,
-            t=torch.randint(1, self.config.num_timesteps + 1, (n,), device=self.device),
-            noise_prev=torch.randn(n, *shape, device=self.device),
-            noise_step=torch.randn(n, *shape, device=self.device),
+    def _draw(self, batch: Batch) -> Draws:
+        """Every random tensor of a D or G update: the real pairs, then latents and
+        posterior noise."""
+        d = self._draw_real(batch)
+        n, shape = d.real.shape[0], d.real.shape[1:]
+        return dataclasses.replace(
+            d,
+            z=torch.randn(n, self.config.nz, device=self.device),
+            noise_post=torch.randn(n, *shape, device=self.device),
         )
 
     def _fake_prev(self, G: nn.Module, x_t: torch.Tensor, d: Draws) -> torch.Tensor:
