@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from genbench.benchmarks import distributed
 from genbench.benchmarks.checkpoints import check_checkpoint
 from genbench.benchmarks.plan import RunPlan
 from genbench.benchmarks.sampling import has_likelihood
@@ -122,6 +123,11 @@ class RunInputs:
         """Reference statistics, computed once and shared by every model: from the
         statistics cache when it holds them, else computed (and cached, unless
         ``evaluate.cache`` is off)."""
+        # Under several processes rank 0 computes them (or reads the cache) and sends them
+        # to the others: computed once, and no two ranks write one cache file.
+        return distributed.broadcast(self._compute_stats() if distributed.is_main() else None)
+
+    def _compute_stats(self) -> ReferenceStats:
         evaluate = self.plan.evaluate
         assert self.reference is not None  # set whenever no statistics file is given
         with counting("reference statistics", len(self.reference)) as advance:  # type: ignore[arg-type]

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from genbench.benchmarks import distributed
 from genbench.benchmarks.batches import batches
 from genbench.benchmarks.build import build_generator
 from genbench.benchmarks.checkpoints import finished_training, load_checkpoint, save_checkpoint
@@ -53,13 +54,14 @@ def run_model(
     device: torch.device,
     inputs: RunInputs,
     trained: dict[str, Any] | None = None,
-) -> ModelMetrics:
+) -> ModelMetrics | None:
     """Train (or load), checkpoint, sample + evaluate, time; write the model's files.
 
     ``trained``: the train info of a finished checkpoint already in ``out`` (``bench
     resume``); the model is then loaded from it instead of trained again. A model whose
     training diverges or whose samples are not finite gets a ``metrics.json`` that says so
-    (``failure``) and no metric: a NaN is never a result.
+    (``failure``) and no metric: a NaN is never a result. Under several processes every
+    rank calls it; rank 0 writes and returns the metrics, the others return None.
     """
     # The reference statistics first, outside the model's failure: real images that are not
     # finite are the data set's fault (a usage error), never a failed model.
@@ -75,9 +77,10 @@ def run_model(
             checkpoint_source=str(model.checkpoint) if model.checkpoint else None,
             failure=str(exc),
         )
-        files.write_record(out / files.METRICS, failed)
-        # One line now, not only in the report at the end: the other models go on.
-        print(f"bench: {model.name} failed: {exc}", file=sys.stderr, flush=True)
+        if distributed.is_main():
+            files.write_record(out / files.METRICS, failed)
+            # One line now, not only in the report at the end: the other models go on.
+            print(f"bench: {model.name} failed: {exc}", file=sys.stderr, flush=True)
         return failed
 
 
@@ -88,8 +91,10 @@ def _run_model(
     device: torch.device,
     inputs: RunInputs,
     trained: dict[str, Any] | None,
-) -> ModelMetrics:
-    out.mkdir(parents=True, exist_ok=True)
+) -> ModelMetrics | None:
+    main = distributed.is_main()  # only rank 0 writes; every rank computes its share
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     gen = build_generator(model, plan.benchmark.seed, device)
     ckpt = out / files.CHECKPOINT
     if trained is not None:
@@ -99,7 +104,8 @@ def _run_model(
         train_info = {"train_steps": 0, "train_time_s": 0.0, "ema": None}
         if model.train.trains:
             train_info = train_model(plan, model, gen, out, device, inputs)
-        save_checkpoint(gen, ckpt, model, train_info["train_steps"], train_info)
+        if main:
+            save_checkpoint(gen, ckpt, model, train_info["train_steps"], train_info)
 
     evaluator = inputs.evaluator()
     sampled = sample_and_evaluate(gen, model, evaluator, out / files.SAMPLES)
@@ -107,12 +113,20 @@ def _run_model(
     if inputs.test is not None and has_likelihood(model.generator):
         # The bound's noise comes from the global RNG: seeded here, a resumed run (which
         # skipped training and its draws) gives the same bits/dim as an uninterrupted one.
+        # Rank 0 computes it; every rank learns the value, so all agree on a failure.
         torch.manual_seed(plan.benchmark.seed)
-        bpd = bits_per_dim(gen, inputs.test, plan.evaluate.bpd_images, plan.evaluate.batch_size)
+        bpd = distributed.broadcast(
+            bits_per_dim(gen, inputs.test, plan.evaluate.bpd_images, plan.evaluate.batch_size)
+            if main
+            else None
+        )
         if not math.isfinite(bpd["value"]):
             raise NonFinite(f"bits/dim is {bpd['value']}: the model's likelihood bound diverged")
         extra["bits_per_dim"] = MetricValue(**bpd)
-    files.write_record(out / files.TIMING, measure_speed(gen, model, plan.timing))
+    timing = measure_speed(gen, model, plan.timing)
+    if not main:
+        return None
+    files.write_record(out / files.TIMING, timing)
     settings = model.settings.given()
     metrics = ModelMetrics(
         model=model.name,
@@ -153,7 +167,10 @@ def train_model(
     trainer = Trainer(gen, model.train)
     states = out / files.TRAINING
     log = out / files.TRAIN_LOG
-    if trainer.resume(states) is not None:
+    resumed = trainer.resume(states) is not None
+    if not distributed.is_main():
+        pass
+    elif resumed:
         # The log goes on from the state: lines an interrupted attempt wrote after it go.
         files.truncate_train_log(log, trainer.step)
     elif log.exists():
@@ -178,11 +195,12 @@ def working_in(run_dir: Path) -> Iterator[None]:
 def run(plan: RunPlan, out_dir: Path) -> Path:
     """Execute ``plan``; returns the run directory."""
     device = resolve_device(plan.benchmark.device, where="benchmark.device")
-    inputs = RunInputs(plan, device)  # bad inputs fail before anything is written
-    run_dir = files.new_run_dir(out_dir, plan.benchmark.name)
-    with working_in(run_dir):
-        files.write_text(run_dir / files.SPEC, plan.to_toml())
-        files.write_record(run_dir / files.ENVIRONMENT, fingerprint(device))
+    with distributed.session(device) as device:
+        inputs = RunInputs(plan, device)  # bad inputs fail before anything is written
+        main = distributed.is_main()
+        run_dir = distributed.broadcast(
+            files.new_run_dir(out_dir, plan.benchmark.name) if main else None
+        )
         status = RunStatus(
             run_id=run_dir.name,
             benchmark=plan.benchmark.name,
@@ -190,11 +208,24 @@ def run(plan: RunPlan, out_dir: Path) -> Path:
             models=list(plan.models),
             started=files.utc_now(),
         )
-        files.write_record(run_dir / files.STATUS, status)
-        for model in plan.models.values():
-            run_model(plan, model, files.model_dir(run_dir, model.name), device, inputs)
-        finish_run(run_dir, status)
+        with working_in(run_dir) if main else nullcontext():
+            if main:
+                files.write_text(run_dir / files.SPEC, plan.to_toml())
+                files.write_record(run_dir / files.ENVIRONMENT, environment(device))
+                files.write_record(run_dir / files.STATUS, status)
+            for model in plan.models.values():
+                run_model(plan, model, files.model_dir(run_dir, model.name), device, inputs)
+            if main:
+                finish_run(run_dir, status)
     return run_dir
+
+
+def environment(device: torch.device) -> Any:
+    """The run's environment fingerprint, with the processes it ran on."""
+    launch = distributed.current()
+    return fingerprint(device, distributed.world_size()).model_copy(
+        update={"launcher": launch.launcher}
+    )
 
 
 def finish_run(run_dir: Path, status: RunStatus) -> None:
@@ -258,36 +289,57 @@ def resume(plan: RunPlan, run_dir: Path) -> dict[str, Action]:
     """
     run_dir = Path(run_dir)
     device = resolve_device(plan.benchmark.device, where="benchmark.device")
-    with working_in(run_dir):  # owned first: a busy run is refused before any work
-        inputs = RunInputs(plan, device)  # a missing data set fails before anything changes
-        status = read_status(run_dir)
-        actions, trained = plan_resumption(plan, run_dir)
-        for partial in run_dir.glob("*" + files.PARTIAL_SUFFIX):
-            if partial.is_file() and not partial.is_symlink():
-                partial.unlink()
-        resumption = Resumption(
-            at=files.utc_now(), environment=fingerprint(device), actions=actions
-        )
-        status = status.model_copy(
-            update={
-                "status": "running",
-                "benchmark": status.benchmark or plan.benchmark.name,
-                "models": status.models or list(plan.models),
-                "resumed": [*status.resumed, resumption],
-                # run.json keeps the version the run was started under: it says how the
-                # run's spec.toml is meant (model files written now carry their own).
-                "schema_version": schema_version_of(run_dir),
-            }
-        )
-        files.write_record(run_dir / files.STATUS, status)
-        for name, model in plan.models.items():
-            if actions[name] == "kept":
-                continue
-            model_dir = files.model_dir(run_dir, name)
-            _clear_incomplete(run_dir, model_dir, keep_checkpoint=name in trained)
-            run_model(plan, model, model_dir, device, inputs, trained=trained.get(name))
-        finish_run(run_dir, status)
+    with distributed.session(device) as device:
+        main = distributed.is_main()
+        # Rank 0 owns the run (a busy run is refused before any work) and decides; the
+        # others follow its plan, reading the checkpoints and states it points them to.
+        with working_in(run_dir) if main else nullcontext():
+            inputs = RunInputs(plan, device)  # a missing data set fails before any change
+            actions, trained = distributed.broadcast(
+                plan_resumption(plan, run_dir) if main else None
+            )
+            if main:
+                _start_resumption(plan, run_dir, device, actions, trained)
+            distributed.barrier()  # the leftovers are gone before anyone reads the model dirs
+            for name, model in plan.models.items():
+                if actions[name] == "kept":
+                    continue
+                model_dir = files.model_dir(run_dir, name)
+                run_model(plan, model, model_dir, device, inputs, trained=trained.get(name))
+            if main:
+                finish_run(run_dir, read_status(run_dir))
     return actions
+
+
+def _start_resumption(
+    plan: RunPlan,
+    run_dir: Path,
+    device: torch.device,
+    actions: dict[str, Action],
+    trained: dict[str, Any],
+) -> None:
+    """Rank 0's part of starting ``resume``: leftovers of the interrupted attempt removed,
+    the resumption recorded in ``run.json``."""
+    status = read_status(run_dir)
+    for partial in run_dir.glob("*" + files.PARTIAL_SUFFIX):
+        if partial.is_file() and not partial.is_symlink():
+            partial.unlink()
+    resumption = Resumption(at=files.utc_now(), environment=environment(device), actions=actions)
+    status = status.model_copy(
+        update={
+            "status": "running",
+            "benchmark": status.benchmark or plan.benchmark.name,
+            "models": status.models or list(plan.models),
+            "resumed": [*status.resumed, resumption],
+            # run.json keeps the version the run was started under: it says how the
+            # run's spec.toml is meant (model files written now carry their own).
+            "schema_version": schema_version_of(run_dir),
+        }
+    )
+    files.write_record(run_dir / files.STATUS, status)
+    for name in plan.models:
+        if actions[name] != "kept":
+            _clear_incomplete(run_dir, files.model_dir(run_dir, name), name in trained)
 
 
 def rewrite_missing_reports(run_dir: Path) -> bool:

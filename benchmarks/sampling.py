@@ -13,9 +13,11 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data import Dataset as TorchDataset
 from torchvision.utils import make_grid, save_image
 
+from genbench.benchmarks import distributed
 from genbench.benchmarks.batches import to_size
 from genbench.benchmarks.plan import ResolvedModel
 from genbench.core import io
+from genbench.core.errors import NonFinite
 from genbench.core.progress import progress_bar
 from genbench.eval.evaluator import Evaluator
 from genbench.generators import GENERATORS, Batch, Generator
@@ -48,24 +50,48 @@ def sample_and_evaluate(
     gen: Generator, model: ResolvedModel, evaluator: Evaluator, grid_path: Path
 ) -> dict[str, Any]:
     """Stream samples by seed into ``evaluator``; keep only the first few for the grid.
-    Returns the sampling time and the seed range."""
+    Returns the sampling time and the seed range.
+
+    Under several processes each rank samples a contiguous run of whole batches (the same
+    batches one process would sample, so every image is bit-for-bit the same), then the
+    evaluator's shards are combined (``Evaluator.all_reduce``) and rank 0 writes the grid.
+    """
     seeds = seed_list(model)
     bs, keep = model.sample.batch_size, model.sample.grid_size
+    starts = list(range(0, len(seeds), bs))
+    mine = [starts[i] for i in distributed.shard(len(starts))]
     grid: list[torch.Tensor] = []
+    failure: str | None = None
     gen.eval()
     t0 = time.perf_counter()
     with progress_bar() as bar:
-        task = bar.add_task(f"sample {model.name}", total=len(seeds), status="")
-        for i in range(0, len(seeds), bs):
+        count = sum(len(seeds[i : i + bs]) for i in mine)
+        label = f"sample {model.name}"
+        if distributed.world_size() > 1:  # only rank 0's bar is shown
+            label += f" (rank 0's {count} of {len(seeds)})"
+        task = bar.add_task(label, total=count, status="")
+        for i in mine:
             chunk = seeds[i : i + bs]
             images = gen.sample(chunk, labels_for(gen, chunk), model.settings)
-            evaluator.update(images)
-            if len(grid) * bs < keep:
-                grid.append(images[:keep].cpu())
+            try:
+                evaluator.update(images)
+            except NonFinite as exc:  # stop here, but reach the collectives below
+                failure = str(exc)
+                break
+            if i < keep:
+                grid.append(images[: keep - i].cpu())
             bar.advance(task, len(chunk))
     elapsed = time.perf_counter() - t0
-    _write_grid(torch.cat(grid)[:keep], grid_path)
-    return {"seconds": elapsed, "seeds": f"{seeds[0]}-{seeds[-1]}"}
+    failures = [f for f in distributed.gather(failure) if f is not None]
+    if failures:  # every rank raises, so every rank goes on to the same next model
+        raise NonFinite(failures[0])
+    evaluator.all_reduce()
+    grid = [t for part in distributed.gather(grid) for t in part]
+    if distributed.is_main():
+        _write_grid(torch.cat(grid)[:keep], grid_path)
+    # The slowest rank's time is the run's sampling time.
+    seconds = max(distributed.gather(elapsed))
+    return {"seconds": seconds, "seeds": f"{seeds[0]}-{seeds[-1]}"}
 
 
 def has_likelihood(generator: str) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from genbench.benchmarks import distributed
 from genbench.benchmarks.fastpath import FastPaths, prepare_sampler
 from genbench.benchmarks.plan import ResolvedModel
 from genbench.benchmarks.sampling import labels_for
@@ -233,7 +234,47 @@ def speed_timer(gen: Generator, model: ResolvedModel, timing: TimingSection) -> 
 
 def measure_speed(gen: Generator, model: ResolvedModel, timing: TimingSection) -> Timing:
     """Time ``timing.repeats`` sampling calls after ``timing.warmup`` untimed ones (see
-    ``speed_timer``): the record of ``timing.json``."""
+    ``speed_timer``): the record of ``timing.json``.
+
+    Under several processes: first rank 0 alone (the others wait), the one-process figure;
+    then every rank at once, each timing its own calls. The record's main fields are rank
+    0's in the joint round; it adds every rank's images/s, their sum, the straggler spread
+    and the scaling efficiency against the one-process figure (``Timing``)."""
     timer = speed_timer(gen, model, timing)
-    result = timer.run(repeats=timing.repeats, warmup=timing.warmup)
-    return result.to_record(model.settings.given().get("steps"))
+    steps = model.settings.given().get("steps")
+    processes = distributed.world_size()
+    if processes == 1:
+        return timer.run(repeats=timing.repeats, warmup=timing.warmup).to_record(steps)
+    alone = None
+    if distributed.is_main():
+        alone = timer.run(repeats=timing.repeats, warmup=timing.warmup).images_per_s
+    distributed.barrier()
+    joint = SamplingTimer(
+        timer.fn, device=timer.device, batch_size=timer.batch_size, nfe=timer.nfe, fast=timer.fast
+    )
+    joint.start(timing.warmup)  # rank 0's cold start is behind it; the others' is here
+    distributed.barrier()  # start the timed calls together
+    joint.repeat(timing.repeats)
+    result = joint.result(noise=False)
+    if timer.first_s is not None:
+        result.time_to_first_image_s = timer.first_s
+    rates = distributed.gather(result.images_per_s)
+    alone = distributed.broadcast(alone)
+    return scaling(result.to_record(steps), rates, alone)
+
+
+def scaling(record: Timing, rates: list[float], alone: float) -> Timing:
+    """``record`` with the several-process fields: ``rates`` are each rank's images/s when
+    all ran at once, ``alone`` rank 0's when it ran alone."""
+    total = sum(rates)
+    return record.model_copy(
+        update={
+            "processes": len(rates),
+            "per_rank_images_per_s": rates,
+            "aggregate_images_per_s": total,
+            # How much slower the slowest rank was than the fastest, as a fraction.
+            "straggler_spread": (max(rates) - min(rates)) / max(rates),
+            "single_process_images_per_s": alone,
+            "scaling_efficiency": total / (len(rates) * alone),
+        }
+    )

@@ -24,6 +24,7 @@ import math
 import random
 import re
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -120,9 +121,13 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             for name in trained:
                 # Buffers (batch-norm statistics) stay per process, as in StyleGAN2-ADA.
-                self.nets[name] = DistributedDataParallel(
-                    modules[name], device_ids=ids, broadcast_buffers=False
-                )
+                # torch 2.14 deprecates broadcast_buffers but its replacement still syncs
+                # buffers at construction; the warning would print once per rank per net.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")
+                    self.nets[name] = DistributedDataParallel(
+                        modules[name], device_ids=ids, broadcast_buffers=False
+                    )
         samplers = {n: modules[n] for n in gen.sampling_modules()}
         self.ema = EMA(samplers) if train.ema else None
         self._sums: dict[str, torch.Tensor] = {}  # per-sample logs, reduced over processes

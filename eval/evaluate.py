@@ -9,13 +9,15 @@ value and the protocol it was measured under.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
 
 from genbench.core.device import resolve_device
 from genbench.core.errors import GenbenchError
@@ -25,7 +27,14 @@ from genbench.eval.evaluator import Evaluator
 from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
 from genbench.eval.metrics import METRICS, MetricOptions, frechet_distance
 from genbench.eval.reference import ReferenceStats, StatsCache, accumulate, dataset_reference
-from genbench.eval.sources import DatasetSplit, ImageSet, Source, StatsFile, open_source
+from genbench.eval.sources import (
+    Batches,
+    DatasetSplit,
+    ImageSet,
+    Source,
+    StatsFile,
+    open_source,
+)
 from genbench.store.records import EvalResult, MetricValue, Protocol
 
 Advance = Callable[[int], None]
@@ -61,14 +70,22 @@ def check_sources(real: Source, fake: Source, metrics: list[str]) -> None:
 def _split_images(split: DatasetSplit, data_root: Path | None) -> ImageSet:
     """A data set split as images to stream (the fake side of a real-vs-real comparison)."""
     dataset = DATASETS.get(split.dataset).load(split.split, data_root)
+    batches = _split_images_of(dataset)
 
+    def part(start: int, stop: int) -> Batches:
+        return _split_images_of(Subset(dataset, range(start, stop)))
+
+    source = {"dataset": split.dataset, "split": split.split}
+    return ImageSet(source, len(dataset), batches, split.label, part)  # type: ignore[arg-type]
+
+
+def _split_images_of(dataset: Any) -> Batches:
     def batches(batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         for images, _ in loader:
             yield images
 
-    source = {"dataset": split.dataset, "split": split.split}
-    return ImageSet(source, len(dataset), batches, split.label)  # type: ignore[arg-type]
+    return batches
 
 
 def reference_of(
@@ -172,37 +189,78 @@ def evaluate(
         ExtractorOptions(dims, resize, quantize, tf32),
     )
     needs_features = any(METRICS.get(m).needs_features for m in names)
-    ref = reference_of(
-        real_src,
-        ext,
-        num_features=max_features if needs_features else 0,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        data_root=root,
-        progress=progress,
+    rank, processes = _rank_world()
+    # Under several processes (torch.distributed's default group) the reference is computed
+    # once, by rank 0, and sent to the others; the fake side is sharded by whole batches.
+    ref = _from_rank0(
+        lambda: reference_of(
+            real_src,
+            ext,
+            num_features=max_features if needs_features else 0,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            data_root=root,
+            progress=progress,
+        )
     )
     if ref.dim != ext.feature_dim:
         raise GenbenchError(
             f"real holds {ref.dim}-d statistics, but the extractor gives "
             f"{ext.feature_dim}-d features; pass dims={ref.dim} (--dims {ref.dim})"
         )
+    speed: dict[str, float] = {}
     if isinstance(fake_src, StatsFile):
         values, protocol = _stats_file_fid(fake_src, ref, ext)
     else:
         images = _split_images(fake_src, root) if isinstance(fake_src, DatasetSplit) else fake_src
         evaluator = Evaluator(ext, ref, names, options)
-        with _progress(progress, "fake", images.count) as advance:
-            for batch in images.batches(batch_size, num_workers):
+        mine, count = images.shard(rank, processes, batch_size)
+        label = "fake" if processes == 1 else f"fake (rank 0's {count} of {images.count})"
+        t0 = time.perf_counter()
+        with _progress(progress and rank == 0, label, count) as advance:
+            for batch in mine(batch_size, num_workers):
                 evaluator.update(batch)
                 advance(len(batch))
+        seconds = time.perf_counter() - t0
+        evaluator.all_reduce()
+        if processes > 1:
+            seconds = _slowest(seconds)
         values = evaluator.compute()
         protocol = {**evaluator.protocol(), "fake": images.source}
+        speed = {"fake_seconds": seconds, "fake_images_per_s": images.count / seconds}
     return EvalResult(
         real=real_src.label,
         fake=fake_src.label,
         metrics={name: MetricValue(**value) for name, value in values.items()},
         protocol=Protocol.model_validate(protocol),
+        processes=processes,
+        **speed,
     )
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _from_rank0(compute: Callable[[], Any]) -> Any:
+    """``compute()`` on rank 0, its result on every rank (one process: just ``compute()``)."""
+    rank, processes = _rank_world()
+    if processes == 1:
+        return compute()
+    box = [compute() if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _slowest(seconds: float) -> float:
+    """The largest of every rank's ``seconds``: the time the sharded pass took."""
+    out = torch.tensor([seconds], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        out = out.cuda()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return float(out.item())
 
 
 def metrics_table(result: EvalResult) -> str:

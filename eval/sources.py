@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from genbench.core.errors import GenbenchError
 from genbench.data.datasets import DATASETS, SPLITS
@@ -51,6 +51,25 @@ class ImageSet:
     batches: Batches
     label: str
     """How the input is named in results (a path, ``cifar10:train``, ``array (N, ...)``)."""
+    part: Callable[[int, int], Batches] | None = None
+    """``part(start, stop)``: the batches of images ``start`` .. ``stop - 1`` only (None:
+    the source cannot be split, and ``shard`` streams all of it on rank 0)."""
+
+    def shard(self, index: int, parts: int, batch_size: int) -> tuple[Batches, int]:
+        """The batches that process ``index`` of ``parts`` evaluates: a contiguous run of
+        whole ``batch_size`` batches, the very batches one process would form, so every
+        image goes through the extractor in the same company and gives the same features.
+        Returns the batches and how many images they hold."""
+        if parts == 1:
+            return self.batches, self.count
+        if self.part is None:
+            return (self.batches, self.count) if index == 0 else (lambda bs, nw: iter(()), 0)
+        n = -(-self.count // batch_size)
+        base, extra = divmod(n, parts)
+        first = index * base + min(index, extra)
+        last = first + base + (1 if index < extra else 0)
+        start, stop = first * batch_size, min(self.count, last * batch_size)
+        return self.part(start, stop), max(0, stop - start)
 
 
 @dataclass
@@ -238,6 +257,14 @@ def _sample_array(path: Path) -> np.ndarray:
     return check_images(array, str(path))  # type: ignore[return-value]  # ndarray in, out
 
 
+def _loader_part(dataset: Any) -> Callable[[int, int], Batches]:
+    return lambda start, stop: _loader_batches(Subset(dataset, range(start, stop)))
+
+
+def _array_part(array: np.ndarray | torch.Tensor) -> Callable[[int, int], Batches]:
+    return lambda start, stop: _array_batches(array[start:stop])
+
+
 def _array_batches(array: np.ndarray | torch.Tensor) -> Batches:
     def batches(batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(array), batch_size):
@@ -270,8 +297,9 @@ def _open_path(text: str, what: str) -> Source:
         if not files:
             exts = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise GenbenchError(f"{what}: no image files ({exts}) in folder {path}")
+        folder = _ImageFiles(files)
         return ImageSet(
-            {"folder": str(path)}, len(files), _loader_batches(_ImageFiles(files)), text
+            {"folder": str(path)}, len(files), _loader_batches(folder), text, _loader_part(folder)
         )
     if path.is_file() and path.suffix.lower() == ".zip":
         try:
@@ -284,8 +312,13 @@ def _open_path(text: str, what: str) -> Source:
             raise GenbenchError(f"{what}: cannot read {path} ({exc})") from None
         if not names:
             raise GenbenchError(f"{what}: no image files in zip archive {path}")
+        archive_images = _ZipImages(path, names)
         return ImageSet(
-            {"zip": str(path)}, len(names), _loader_batches(_ZipImages(path, names)), text
+            {"zip": str(path)},
+            len(names),
+            _loader_batches(archive_images),
+            text,
+            _loader_part(archive_images),
         )
     if path.is_file() and path.suffix == ".npz":
         try:
@@ -296,7 +329,9 @@ def _open_path(text: str, what: str) -> Source:
         if {"mu", "sigma"} <= names:
             return StatsFile(path, text)
         array = _sample_array(path)
-        return ImageSet({"path": str(path)}, len(array), _array_batches(array), text)
+        return ImageSet(
+            {"path": str(path)}, len(array), _array_batches(array), text, _array_part(array)
+        )
     if not path.exists():
         raise GenbenchError(
             f"{what}: {text} does not exist (nor names a data set split such as cifar10:train)"
@@ -322,7 +357,10 @@ def _callable_source(
         raise GenbenchError(f"{what}: no seeds to draw images from")
     name = getattr(fn, "__qualname__", type(fn).__name__)
 
-    def batches(batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
+    def part(start: int, stop: int) -> Batches:
+        return lambda batch_size, num_workers: _drawn(seed_list[start:stop], batch_size)
+
+    def _drawn(seed_list: list[int], batch_size: int) -> Iterator[torch.Tensor]:
         for i in range(0, len(seed_list), batch_size):
             chunk = seed_list[i : i + batch_size]
             images = fn(chunk)
@@ -337,7 +375,11 @@ def _callable_source(
 
     seed_range = f"{seed_list[0]}-{seed_list[-1]}"
     return ImageSet(
-        {"callable": f"{name} (seeds {seed_range})"}, len(seed_list), batches, f"{name}()"
+        {"callable": f"{name} (seeds {seed_range})"},
+        len(seed_list),
+        part(0, len(seed_list)),
+        f"{name}()",
+        part,
     )
 
 
@@ -357,7 +399,9 @@ def open_source(
         array = check_images(obj.detach().cpu() if isinstance(obj, torch.Tensor) else obj, what)
         shape = "x".join(str(d) for d in array.shape)
         label = f"{type(obj).__name__} ({shape}, {array.dtype})"
-        return ImageSet({"array": label}, len(array), _array_batches(array), label)
+        return ImageSet(
+            {"array": label}, len(array), _array_batches(array), label, _array_part(array)
+        )
     if callable(obj):
         return _callable_source(obj, what, num_samples, seeds)
     raise GenbenchError(

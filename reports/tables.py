@@ -86,9 +86,22 @@ def throughput_text(timing: Timing | None) -> str:
         return fmt.MISSING
     text = fmt.sig(timing.images_per_s)
     spread = _iqr_percent(timing)
-    if text == fmt.MISSING or spread is None:
-        return text
-    return f"{text} (IQR {spread:.1f}%)" if spread < 10 else f"{text} (IQR {spread:.0f}%)"
+    if text != fmt.MISSING and spread is not None:
+        text = f"{text} (IQR {spread:.1f}%)" if spread < 10 else f"{text} (IQR {spread:.0f}%)"
+    return text + processes_text(timing)
+
+
+def processes_text(timing: Timing) -> str:
+    """For several processes: what all ranks gave together, how well that scales against
+    one process alone, and how far the slowest rank trailed (empty for one process)."""
+    if not timing.processes or timing.processes < 2:
+        return ""
+    parts = [f"per rank; {timing.processes} processes: {fmt.sig(timing.aggregate_images_per_s)}"]
+    if timing.scaling_efficiency is not None:
+        parts.append(f"scaling {100 * timing.scaling_efficiency:.0f}%")
+    if timing.straggler_spread is not None:
+        parts.append(f"straggler {100 * timing.straggler_spread:.0f}%")
+    return " " + ", ".join(parts)
 
 
 def sampling_text(sample: SampleInfo | None) -> str:

@@ -29,6 +29,7 @@ app = typer.Typer(
 app.command("run")(run.run_cmd)
 app.command("resume")(run.resume_cmd)
 app.command("list")(run.list_cmd)
+app.command("env")(run.env_cmd)
 app.command("report")(report.report_cmd)
 app.command("eval")(evaluate.eval_cmd)
 app.command("stats")(evaluate.stats_cmd)

@@ -78,30 +78,42 @@ def eval_cmd(
     """Metrics between REAL and FAKE images (FID by default, like pytorch-fid's command line);
     prints a table and writes JSON."""
     # Imported here: the evaluator loads torch, which `bench --help` must not.
+    from genbench.benchmarks import distributed
+    from genbench.core.device import resolve_device
     from genbench.eval.evaluate import evaluate, metrics_table
     from genbench.store.files import write_record
 
     file_out(out)
-    result = evaluate(
-        fake,
-        real,
-        split_list(metrics, "--metrics", "fid") or [],
-        extractor=extractor,
-        weights=inception_weights,
-        dims=dims,
-        resize=resize,
-        quantize=quantize,
-        tf32=not strict_fp32,
-        device=device or "auto",
-        batch_size=batch_size,
-        num_workers=default_workers() if num_workers is None else num_workers,
-        data_root=data_root,
-        max_features=max_features,
-        kid_subsets=kid_subsets,
-        kid_subset_size=kid_subset_size,
-    )
-    write_record(out, result)
+    # Under torchrun / mpirun / srun the fake images are sharded by rank; rank 0 writes.
+    with distributed.session(resolve_device(device or "auto")) as mine:
+        result = evaluate(
+            fake,
+            real,
+            split_list(metrics, "--metrics", "fid") or [],
+            extractor=extractor,
+            weights=inception_weights,
+            dims=dims,
+            resize=resize,
+            quantize=quantize,
+            tf32=not strict_fp32,
+            device=str(mine),
+            batch_size=batch_size,
+            num_workers=default_workers() if num_workers is None else num_workers,
+            data_root=data_root,
+            max_features=max_features,
+            kid_subsets=kid_subsets,
+            kid_subset_size=kid_subset_size,
+        )
+        if not distributed.is_main():
+            return
+        write_record(out, result)
     typer.echo(metrics_table(result))
+    if result.fake_images_per_s is not None:
+        typer.echo(
+            f"fake: {result.protocol.num_samples} images in {result.fake_seconds:.2f} s "
+            f"({result.fake_images_per_s:.1f} images/s, {result.processes} "
+            f"process{'es' if result.processes > 1 else ''})"
+        )
     typer.echo(f"results: {out}")
 
 

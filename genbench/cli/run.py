@@ -152,3 +152,26 @@ def list_cmd() -> None:
     typer.echo("datasets:    " + ", ".join(DATASETS.names()))
     typer.echo("extractors:  " + ", ".join(EXTRACTORS.names()))
     typer.echo("metrics:     " + ", ".join(METRICS.names()))
+
+
+def env_cmd(device: Device = "auto") -> None:
+    """Print what launched this process (torchrun, mpi, slurm or single), its rank, the
+    world size, the rendezvous, the backend and the device; one line per process. Under
+    several processes it also joins the process group and checks an all-reduce."""
+    # Imported here: `bench --help` and `bench report` must not load torch.
+    import torch
+
+    from genbench.benchmarks import distributed
+    from genbench.core.device import resolve_device
+
+    launch = distributed.detect()
+    wanted = resolve_device(device or "auto")
+    with distributed.session(wanted, launch) as mine:
+        info = distributed.describe(launch, mine)
+        if launch.distributed:
+            ones = torch.ones(1, device=mine)
+            distributed.all_sum(ones)
+            ok = int(ones.item()) == launch.world_size
+            info["all_reduce"] = "ok" if ok else f"wrong sum {int(ones.item())}"
+        line = " ".join(f"{k}={'-' if v is None else v}" for k, v in info.items())
+        typer.echo(line)

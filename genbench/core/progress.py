@@ -9,6 +9,15 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+_shown = True
+
+
+def show_progress(shown: bool) -> None:
+    """Show (or hide) every progress bar of this process: under several processes only
+    rank 0 draws them, so one terminal shows one set of bars."""
+    global _shown
+    _shown = shown
+
 
 def progress_bar() -> Progress:
     """A rich progress display: description, bar, done/total, time left and a status text
@@ -21,6 +30,7 @@ def progress_bar() -> Progress:
         TextColumn("{task.fields[status]}"),
         transient=False,
         console=Console(stderr=True),
+        disable=not _shown,
     )
 
 

@@ -65,6 +65,8 @@ class Environment(Record):
     torch_threads: int | None = None
     device: str | None = None
     world_size: int = 1
+    launcher: str | None = None
+    """What started the processes: torchrun, mpi, slurm or single (None: older runs)."""
     device_name: str | None = None
     device_memory_bytes: int | None = None
     cudnn: int | None = None
@@ -75,7 +77,7 @@ class Environment(Record):
         The CUDA-only fields are left out when unset, as they were before records had a
         schema, so a machine keeps its ``machine_id`` across versions."""
         out = self.model_dump(exclude={"schema_version"})
-        for key in ("device_memory_bytes", "cudnn", "driver"):
+        for key in ("device_memory_bytes", "cudnn", "driver", "launcher"):
             if out[key] is None:
                 del out[key]
         return out
@@ -258,6 +260,15 @@ class Timing(Record):
     channels_last: bool | None = None
     compile: str | None = None
     cuda_graphs: bool | None = None
+    # Several processes (``bench run`` under torchrun / mpirun / srun); None with one.
+    processes: int | None = None
+    per_rank_images_per_s: list[float] | None = None
+    aggregate_images_per_s: float | None = None
+    straggler_spread: float | None = None
+    """(fastest - slowest) / fastest of the ranks' images/s in the joint round."""
+    single_process_images_per_s: float | None = None
+    scaling_efficiency: float | None = None
+    """aggregate images/s / (processes x one process's images/s)."""
 
     def fast_paths(self) -> FastPathsRecord:
         return FastPathsRecord(
@@ -336,6 +347,10 @@ class EvalResult(Record):
     fake: str
     metrics: dict[str, MetricValue]
     protocol: Protocol
+    processes: int = 1
+    fake_seconds: float | None = None
+    """Wall seconds of the fake side's pass (extraction and accumulation; the slowest rank's)."""
+    fake_images_per_s: float | None = None
 
     def value(self, name: str) -> float | None:
         """``metrics[name].value`` (FID, IS, KID); None when not computed."""
