@@ -166,7 +166,9 @@ def detect(env: Mapping[str, str] | None = None) -> Launch:
         addr, port = _mpi_rendezvous() if size > 1 and env is os.environ else (None, None)
         return Launch("mpi", rank, local, size, local_size or 1, addr, port)
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        size = _int(env, "SLURM_NTASKS")
+        # srun gives its step's own task count, which may be fewer than the job's.
+        step = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+        size = _int(env, step)
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or ""
         return Launch(
             "slurm",
@@ -218,7 +220,7 @@ _launch = Launch("single")
 
 
 def current() -> Launch:
-    """The launch of the session in progress (one process outside ``session``)."""
+    """How this process was launched, as the last ``session`` found (one process before)."""
     return _launch
 
 
@@ -233,8 +235,11 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    """Whether this process writes results (rank 0, or the only process)."""
-    return rank() == 0
+    """Whether this process writes and prints results: rank 0, or the only process (also
+    after its session ended, so a command prints its results once)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return _launch.rank == 0
 
 
 def barrier() -> None:
@@ -466,7 +471,6 @@ def session(device: torch.device, launch: Launch | None = None) -> Iterator[torc
         dist.destroy_process_group()
     finally:
         _watchdog = None
-        _launch = Launch("single")
         show_progress(True)
 
 

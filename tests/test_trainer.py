@@ -46,13 +46,13 @@ def _newest_step(states: Path) -> int:
 
 @pytest.mark.parametrize("name", GENERATORS.names())
 def test_kill_and_resume_is_exact(name, tmp_path):
-    """SIGKILL at three moments of training, resumed each time from the newest training
-    state: the final weights equal an uninterrupted run's bit for bit."""
+    """SIGKILL at two moments of training, resumed each time from the newest training
+    state: the final weights equal an uninterrupted run's bit for bit. (The uninterrupted
+    run goes beside the first attempt: one thread each, two cores.)"""
     plain = _worker(name, tmp_path / "plain")
-    assert plain.wait() == 0, plain.stderr.read().decode()[-2000:]
     killed = tmp_path / "killed"
     seen = []
-    for target in (2, 4, 6):  # kill once the training state of this step is written
+    for target in (3, 6):  # kill once the training state of this step is written
         proc = _worker(name, killed)
         while _newest_step(killed / "training") < target:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -62,6 +62,7 @@ def test_kill_and_resume_is_exact(name, tmp_path):
         seen.append(_newest_step(killed / "training"))
         assert not (killed / "final.safetensors").exists(), "killed after training ended"
     assert seen == sorted(seen) and seen[-1] < STEPS
+    assert plain.wait() == 0, plain.stderr.read().decode()[-2000:]
     last = _worker(name, killed)
     assert last.wait() == 0, last.stderr.read().decode()[-2000:]
     want = load_file(str(tmp_path / "plain" / "final.safetensors"))
@@ -114,15 +115,15 @@ def test_a_divergent_learning_rate_stops_that_model_only(cli, tiny_spec, tmp_pat
 
 def test_a_time_budget_trains_that_long_and_is_recorded(cli, tiny_spec, tmp_path):
     out = tmp_path / "runs"
-    result = cli("run", str(tiny_spec()), "--out", str(out), "--time-budget", "20s")
+    result = cli("run", str(tiny_spec()), "--out", str(out), "--time-budget", "5s")
     assert result.code == 0, result.err
     (run_dir,) = out.iterdir()
     m = json.loads((run_dir / "dcgan" / "metrics.json").read_text())
     step = m["train_time_s"] / m["train_steps"]
     assert m["train_steps"] > 10  # the spec's 10 steps are replaced by the budget
-    assert 20.0 <= m["train_time_s"] < 20.0 + 3 * step  # 20 s and at most one more step
-    assert m["train_budget"] == "20s" and m["train_stopped_by"] == "time_budget"
-    assert 'time_budget = "20s"' in (run_dir / "spec.toml").read_text()
+    assert 5.0 <= m["train_time_s"] < 5.0 + 3 * step  # 5 s and at most one more step
+    assert m["train_budget"] == "5s" and m["train_stopped_by"] == "time_budget"
+    assert 'time_budget = "5s"' in (run_dir / "spec.toml").read_text()
     bad = cli("run", str(tiny_spec()), "--out", str(out), "--time-budget", "soon")
     assert bad.code == 2 and "--time-budget: 'soon' is not a duration" in bad.err
 

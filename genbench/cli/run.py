@@ -78,6 +78,7 @@ def run_cmd(
     """Train, sample, time and evaluate the models of SPEC; results go to OUT/<run-id>/."""
     # Imported here: `bench --help` and `bench report` must not load torch (see cli/__init__).
     from genbench import api
+    from genbench.benchmarks import distributed
     from genbench.benchmarks.spec import parse_duration
     from genbench.core.device import resolve_device
 
@@ -103,7 +104,9 @@ def run_cmd(
     if dry_run:
         typer.echo(plan.to_toml(), nl=False)
         return
-    _print_run(api.run(plan, out))
+    result = api.run(plan, out)
+    if distributed.is_main():  # several processes: rank 0 prints, once
+        _print_run(result)
 
 
 def resume_cmd(
@@ -119,10 +122,13 @@ def resume_cmd(
     with a training state continues from the newest one, the rest run from the start."""
     # Imported here: `bench --help` and `bench report` must not load torch.
     from genbench import api
+    from genbench.benchmarks import distributed
 
     result, actions = api.resume(
         run_dir, device=device, data_root=data_root, inception_weights=inception_weights
     )
+    if not distributed.is_main():  # several processes: rank 0 prints, once
+        return
     if not actions:
         typer.echo(f"resume: {run_dir} is already complete; nothing to do")
         if result.failed:
