@@ -313,6 +313,12 @@ def timing_notes(models: list[ModelResult], timings: Groups) -> list[str]:
         f"after {'/'.join(map(str, warmups))} untimed warm-up call(s); IQR is the "
         "interquartile range of those calls relative to the median."
     )
+    if any(t.processes and t.processes > 1 for t in timed):
+        how += (
+            " Under several processes it is rank 0's while every rank samples at once; after "
+            "it come all ranks' images/s together, the scaling efficiency against rank 0 "
+            "sampling alone, and how far the slowest rank trailed the fastest."
+        )
     shared, differing = timings.split()
     if not timings.several:
         return [how, f"Timing setup of every speed value: {describe(shared)}."]

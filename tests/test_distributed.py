@@ -223,6 +223,7 @@ def test_timing_reports_every_rank(runs):
     assert single["processes"] is None
     report = (model_dir(runs["torchrun3-eval"]).parent / "report.md").read_text()
     assert "3 processes" in report and "scaling" in report
+    assert "rank 0's while every rank samples at once" in report
 
 
 @pytest.mark.slow
