@@ -13,6 +13,7 @@ without them unless GENBENCH_REQUIRE_MPI is set (CI sets it: there they must run
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from safetensors.torch import load_file
 
 from genbench.benchmarks import distributed
 from genbench.benchmarks.distributed import Launch, detect, first_host, shard
+from genbench.cli import main
 from genbench.core.errors import GenbenchError
 
 BIN = Path(sys.executable).parent
@@ -142,38 +145,51 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+def in_process(*args: str) -> None:
+    """``bench ARGS`` in this process with one thread (as each launched process has)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+            code = main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err.getvalue()[-3000:]
+
+
+MULTI = ["torchrun2", "torchrun3", pytest.param("mpirun2", marks=[pytest.mark.mpi, needs_mpi])]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One process trains 20 steps; torchrun and mpirun with 2 processes train the same spec;
-    then 2 and 3 processes sample and evaluate the one-process checkpoint."""
+    """One process trains 20 steps; torchrun with 2 and 3 processes and mpirun with 2 train
+    the same spec (and sample and evaluate what they trained); one process then samples and
+    evaluates each of their checkpoints."""
     root = tmp_path_factory.mktemp("dist")
-    (root / "spec.toml").write_text(SPEC)
-    out: dict[str, Path] = {}
-
-    def go(name: str, launcher: str, n: int, *extra: str) -> None:
-        out[name] = root / name
-        proc = launch(launcher, n, "run", "spec.toml", "--out", name, *extra, cwd=root)
-        (root / f"{name}.stdout").write_text(proc.stdout)
-
-    go("single", "single", 1)
-    go("torchrun2", "torchrun", 2)
-    ckpt = str(model_dir(out["single"]) / "checkpoint.safetensors")
-    frozen = ("--checkpoint", f"edm={ckpt}", "--train-steps", "0")
-    go("torchrun2-eval", "torchrun", 2, *frozen)
-    go("torchrun3-eval", "torchrun", 3, *frozen)
+    spec = root / "spec.toml"
+    spec.write_text(SPEC)
+    out: dict[str, Path] = {"root": root, "single": root / "single"}
+    in_process("run", str(spec), "--out", str(out["single"]))
+    launches = [("torchrun", 2), ("torchrun", 3)]
     if HAVE_MPI or os.environ.get("GENBENCH_REQUIRE_MPI"):
-        go("mpirun2", "mpirun", 2)
-        go("mpirun2-eval", "mpirun", 2, *frozen)
-    out["root"] = root
+        launches.append(("mpirun", 2))
+    for launcher, n in launches:
+        name = f"{launcher}{n}"
+        out[name] = root / name
+        proc = launch(launcher, n, "run", "spec.toml", "--out", name, cwd=root)
+        (root / f"{name}.stdout").write_text(proc.stdout)
+        ckpt = model_dir(out[name]) / "checkpoint.safetensors"
+        out[f"{name}-one"] = root / f"{name}-one"
+        frozen = ("--checkpoint", f"edm={ckpt}", "--train-steps", "0")
+        in_process("run", str(spec), "--out", str(out[f"{name}-one"]), *frozen)
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", ["torchrun2", pytest.param("mpirun2", marks=[pytest.mark.mpi, needs_mpi])]
-)
+@pytest.mark.parametrize("name", MULTI)
 def test_training_matches_one_process(runs, name):
-    """20 steps with the same global batch (12: 6 per process) give the same parameters."""
+    """20 steps with the same global batch (12: 6 or 4 per process) give the parameters of
+    one process."""
     diff = max_diff(params(runs["single"]), params(runs[name]))
     assert diff <= 1e-5, diff
     log = [
@@ -183,24 +199,18 @@ def test_training_matches_one_process(runs, name):
     stdout = (runs["root"] / f"{name}.stdout").read_text()
     assert stdout.count("results: ") == 1  # rank 0 alone prints the report
     env = json.loads((model_dir(runs[name]).parent / "environment.json").read_text())
-    assert env["world_size"] == 2
-    assert env["launcher"] == name.rstrip("2").replace("mpirun", "mpi")
+    assert env["world_size"] == int(name[-1])
+    assert env["launcher"] == name[:-1].replace("mpirun", "mpi")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        "torchrun2-eval",
-        "torchrun3-eval",
-        pytest.param("mpirun2-eval", marks=[pytest.mark.mpi, needs_mpi]),
-    ],
-)
+@pytest.mark.parametrize("name", MULTI)
 def test_sampling_matches_one_process(runs, name):
-    """Sharded by seed, 2 and 3 processes (30 seeds: 4 batches, not divisible by 3) give
-    the one-process grid byte for byte and its FID, IS and KID."""
-    assert grid_hash(runs[name]) == grid_hash(runs["single"])
-    one, many = metrics(runs["single"]), metrics(runs[name])
+    """Sharded by seed, 2 and 3 processes (30 seeds: 4 batches, not divisible by 3) give the
+    grid of one process sampling the same weights byte for byte, and its FID, IS and KID."""
+    one_process = runs[f"{name}-one"]
+    assert grid_hash(runs[name]) == grid_hash(one_process)
+    one, many = metrics(one_process), metrics(runs[name])
     assert one.keys() == many.keys() == {"fid", "is", "kid"}
     assert abs(one["fid"] - many["fid"]) <= 1e-6, (one["fid"], many["fid"])
     assert many["is"] == pytest.approx(one["is"], rel=1e-9)
@@ -212,7 +222,7 @@ def test_sampling_matches_one_process(runs, name):
 
 @pytest.mark.slow
 def test_timing_reports_every_rank(runs):
-    timing = json.loads((model_dir(runs["torchrun3-eval"]) / "timing.json").read_text())
+    timing = json.loads((model_dir(runs["torchrun3"]) / "timing.json").read_text())
     rates = timing["per_rank_images_per_s"]
     assert timing["processes"] == 3 and len(rates) == 3 and min(rates) > 0
     assert timing["aggregate_images_per_s"] == pytest.approx(sum(rates))
@@ -221,7 +231,7 @@ def test_timing_reports_every_rank(runs):
     assert timing["straggler_spread"] == pytest.approx((max(rates) - min(rates)) / max(rates))
     single = json.loads((model_dir(runs["single"]) / "timing.json").read_text())
     assert single["processes"] is None
-    report = (model_dir(runs["torchrun3-eval"]).parent / "report.md").read_text()
+    report = (model_dir(runs["torchrun3"]).parent / "report.md").read_text()
     assert "3 processes" in report and "scaling" in report
     assert "rank 0's while every rank samples at once" in report
 
