@@ -179,6 +179,8 @@ class Evaluator:
             out.update(kid_subsets=opts.kid_subsets, kid_subset_size=size, kid_seed=opts.kid_seed)
         if "pr" in self.metrics:
             out["pr_k"] = opts.pr_k
+        if "is" in self.metrics and getattr(self.extractor, "is_logits", None):
+            out["is_logits"] = self.extractor.is_logits
         if self.reference_protocol is not None:
             out["reference"] = self.reference_protocol
         return out

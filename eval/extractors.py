@@ -303,6 +303,9 @@ class InceptionExtractor(FeatureExtractor):
     input_size = 299
     in_channels = 3
     resize = "bilinear"
+    is_logits = "unbiased"
+    """The Inception Score's logits: pool3 x W without the fc bias (the standard definition:
+    Salimans et al.'s code, OpenAI's evaluator, torch-fidelity's default)."""
 
     def __init__(self, net: nn.Module, weights_sha256: str, **options: Any) -> None:
         super().__init__(weights_sha256, **options)

@@ -168,9 +168,10 @@ class FIDInception(nn.Module):
                 features = x
         if features.shape[2:] != (1, 1):
             features = F.adaptive_avg_pool2d(features, output_size=(1, 1))
-        # pool3 is (N, 2048, 1, 1); the FID Inception's logits are its fc layer applied to it
-        # (torchvision's dropout before fc is the identity in eval mode).
-        return features.flatten(1), self.fc(x.flatten(1)) if logits else None
+        # pool3 is (N, 2048, 1, 1). The Inception Score's logits are pool3 x W without the
+        # fc bias, as in the original IS code (Salimans et al.), OpenAI's evaluator and
+        # torch-fidelity's default (its ``logits_unbiased``); dropout is the identity here.
+        return features.flatten(1), x.flatten(1) @ self.fc.weight.T if logits else None
 
 
 def load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:

@@ -56,7 +56,7 @@ from genbench.generators.guidance import (
     net_labels,
 )
 from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
-from genbench.generators.unet import build_unet, unet_apply
+from genbench.generators.unet import build_unet, unet_apply, zero_output_layers
 
 #: Backbone fields that a ``pretrained`` directory supplies instead.
 BACKBONE_FIELDS = (
@@ -214,7 +214,7 @@ class DDPM(Generator):
         c = self.config
         if c.pretrained is not None:
             return self._checked_pretrained(load_pretrained_unet(c.pretrained))
-        return build_unet(
+        net = build_unet(
             image_size=self.image_size,
             in_channels=self.data.channels,
             out_channels=self.out_channels,
@@ -228,6 +228,9 @@ class DDPM(Generator):
             attention_head_dim=c.attention_head_dim,
             scale_shift_norm=c.scale_shift_norm,
         )
+        # improved-diffusion starts the residual blocks' and attention's output layers and
+        # the final convolution at zero (Nichol & Dhariwal 2021, their code's zero_module).
+        return zero_output_layers(net)
 
     def _checked_pretrained(self, net: UNet2DModel) -> UNet2DModel:
         cfg, where = net.config, f"pretrained {self.config.pretrained}"

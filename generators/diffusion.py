@@ -74,8 +74,14 @@ def _evenly_spaced(start: int, size: int, count: int) -> list[int]:
         raise ValueError(f"cannot take {count} steps from a section of {size} timesteps")
     if count == 1:
         return [start]
+    # The position is accumulated as a float, stride by stride, as improved-diffusion's
+    # space_timesteps does: round(i * stride) differs from it by one step for some counts.
     stride = (size - 1) / (count - 1)
-    return [start + round(i * stride) for i in range(count)]
+    kept, position = [], 0.0
+    for _ in range(count):
+        kept.append(start + round(position))
+        position += stride
+    return kept
 
 
 def _sections(num_timesteps: int, counts: Sequence[int]) -> list[int]:

@@ -80,3 +80,25 @@ def unet_apply(
     """``net``'s output for inputs ``x`` at (float, per-sample) times ``t`` and class labels."""
     t = t.expand(x.shape[0]) if t.dim() == 0 else t
     return net(x, t, class_labels=labels, return_dict=False)[0]
+
+
+@torch.no_grad()
+def zero_output_layers(net: UNet2DModel) -> UNet2DModel:
+    """Zero the layers improved-diffusion starts at zero (its ``zero_module``): the last
+    convolution of every residual block (resampling ones included), the output projection
+    of every attention block and the final convolution, weights and biases. The network
+    then outputs zeros at initialisation and each block starts as the identity. In place;
+    returns ``net``."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    layers: list[torch.nn.Module] = [net.conv_out]
+    for module in net.modules():
+        if isinstance(module, ResnetBlock2D):
+            layers.append(module.conv2)
+        elif isinstance(module, Attention):
+            layers.append(module.to_out[0])
+    for layer in layers:
+        for p in layer.parameters():
+            p.zero_()
+    return net

@@ -126,6 +126,21 @@ def test_respaced_betas_reproduce_alpha_bar_at_the_kept_steps(name, spacing):
     assert r.timestep_map.tolist() == kept
 
 
+@pytest.mark.parametrize("num_timesteps", [1000, 4000])
+def test_respacing_equals_improved_diffusion_for_every_count(num_timesteps):
+    """Every N from 1 to 1000 keeps the steps improved-diffusion's ``space_timesteps`` keeps
+    (its float stride accumulation, not round(i * stride)); sections too."""
+    from guided_diffusion.respace import space_timesteps  # the authors' code, a dev extra
+
+    for n in range(1, 1001):
+        ours = parse_steps(n, num_timesteps).timesteps
+        assert ours == tuple(sorted(space_timesteps(num_timesteps, [n]))), n
+    for sections in ("10+15+20", "3+250+1", "100+100+100+100+100"):
+        counts = [int(c) for c in sections.split("+")]
+        theirs = sorted(space_timesteps(num_timesteps, counts))
+        assert parse_steps(sections, num_timesteps).timesteps == tuple(theirs), sections
+
+
 def test_spacings():
     assert parse_steps("ddim25", 1000).timesteps == tuple(range(0, 1000, 40))
     assert parse_steps("ddim25", 1000).kind == "ddim"
@@ -275,6 +290,31 @@ def test_discretized_likelihood_sums_to_one_over_the_bins():
 
 
 # --------------------------------------------------------------------------- the generator
+
+
+def test_output_layers_start_at_zero():
+    """As improved-diffusion's zero_module: the last convolution of every residual block,
+    every attention projection and the final convolution are zero, so the fresh network
+    outputs zeros; the other layers keep their default initialisation."""
+    data = DataShape(channels=3, image_size=16, num_classes=0)
+    config = DDPMConfig(
+        channels=16, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], norm_groups=8
+    )
+    gen = DDPM(config, data, torch.device("cpu"))
+    zeroed = [
+        name
+        for name, p in gen.unet.named_parameters()
+        if name.endswith((".conv2.weight", ".to_out.0.weight")) or name == "conv_out.weight"
+    ]
+    assert len(zeroed) >= 8
+    params = dict(gen.unet.named_parameters())
+    for name in zeroed:
+        assert not params[name].any(), name
+        assert not params[name.replace(".weight", ".bias")].any(), name
+    assert params["conv_in.weight"].abs().sum() > 0
+    x = torch.randn(2, 3, 16, 16)
+    out = gen.unet(x, torch.tensor([3, 700])).sample
+    assert out.shape == (2, gen.out_channels, 16, 16) and not out.any()
 
 
 def test_backbones_match_the_papers():

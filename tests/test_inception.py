@@ -39,6 +39,7 @@ from genbench.eval.inception import (
     WEIGHTS_ENV,
     FIDInception,
     InceptionWeights,
+    load_fid_inception,
     random_state_dict,
 )
 from genbench.eval.reference import ReferenceStats, accumulate
@@ -487,3 +488,46 @@ def test_download_fills_the_hub_cache_and_checks_the_prefix(
     with pytest.raises(GenbenchError, match="invalid hash value"):
         InceptionWeights(url=url).resolve(None)
     assert sorted(p.name for p in hub_dir.iterdir()) == [name]
+
+
+def test_inception_score_logits_are_torch_fidelitys_default(tmp_path: Path, state_dict):
+    """IS comes from pool3 x W without the fc bias (Salimans et al.'s code, OpenAI's
+    evaluator, torch-fidelity's default ``logits_unbiased``): on the same images and weights
+    our IS equals torch-fidelity's to 1e-6 relative. The fc layer is scaled and given a large
+    bias so the logits are informative and the bias would show."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from genbench.eval.metrics import inception_score
+
+    weights = dict(state_dict)
+    gen = torch.Generator().manual_seed(3)
+    weights["fc.weight"] = weights["fc.weight"] * 5
+    weights["fc.bias"] = torch.randn(1008, generator=gen) * 5
+    path = tmp_path / "informative_fc.pth"
+    torch.save(weights, path)
+    theirs = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
+    )
+    # Images of different brightness, so the random network's features differ between them.
+    level = torch.randint(0, 256, (20, 3, 1, 1), generator=gen).float()
+    noise = torch.randn(20, 3, 299, 299, generator=gen) * 40
+    pixels = (level + noise).clamp(0, 255).to(torch.uint8)
+    with torch.no_grad():
+        features_ref, logits_ref = theirs(pixels)
+        # The same input tensor for both networks: torch-fidelity's own preprocessing at 299
+        # px (its resize is the identity there), so only the networks and the logits differ.
+        features, logits = load_fid_inception(path)((pixels.float() - 128) / 128)
+    torch.testing.assert_close(features, features_ref, rtol=1e-4, atol=1e-4)
+    ref = isc_features_to_metric(logits_ref, splits=5, shuffle=False)["inception_score_mean"]
+    mean, _ = inception_score(logits, 5)
+    assert mean > 1.001  # not the degenerate 1 of identical predictions
+    assert mean == pytest.approx(ref, rel=1e-6)
+    biased, _ = inception_score(logits + weights["fc.bias"], 5)
+    assert abs(biased / ref - 1) > 1e-3  # the bias would have been visible
+
+
+def test_protocol_records_which_is_logits(small: FeatureExtractor) -> None:
+    """A value of IS says it came from the unbiased logits; FID alone records nothing."""
+    assert Evaluator(small, None, ["is"]).protocol()["is_logits"] == "unbiased"
+    assert "is_logits" not in Evaluator(small, (np.zeros(64), np.eye(64)), ["fid"]).protocol()

@@ -115,8 +115,14 @@ def test_schedule_hits_its_bounds_and_decreases(name, lmin, lmax):
     lam = fn(t)
     assert lam.dtype == torch.float64 and torch.isfinite(lam).all()
     assert lam[0].item() == pytest.approx(lmax, abs=1e-6)
-    assert lam[-1].item() == pytest.approx(lmin, abs=1e-6)
-    assert (lam[1:] < lam[:-1]).all(), "log-SNR must fall strictly with t"
+    # legacy is DDPM's own alpha-bar, lambda(1) = -10.118, clamped into the bounds
+    end = max(lmin, -10.1176) if name == "legacy" else lmin
+    assert lam[-1].item() == pytest.approx(end, abs=1e-3 if name == "legacy" else 1e-6)
+    inside = (lam > lmin) & (lam < lmax)
+    assert inside[1:].sum() > 10_000
+    assert (lam[1:] <= lam[:-1]).all(), "log-SNR must not rise with t"
+    falling = lam[1:] < lam[:-1]
+    assert falling[inside[1:] & inside[:-1]].all(), "log-SNR must fall strictly inside its bounds"
 
 
 def test_schedule_shapes():
@@ -134,18 +140,18 @@ def test_schedule_shapes():
     assert cosine == pytest.approx([-2 * math.log(math.tan(a / 4 + b)), 0.0], abs=1e-9)
 
 
-def test_legacy_schedule_has_the_shape_of_ddpm_linear_betas():
-    """log alpha^2 moves between its end values as DDPM's discrete log alpha-bar does."""
+def test_legacy_schedule_is_ddpm_alpha_bar():
+    """alpha^2(t) = sigmoid(lambda(t)) is DDPM's alpha-bar at step t T, not a stretched copy."""
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)  # Ho et al. section 4
-    log_abar = torch.log1p(-betas).cumsum(0)
-    k = torch.tensor([100, 250, 500, 750, 900])
-    lmin, lmax = -20.0, 20.0
-    lam = logsnr_schedule("legacy", lmin, lmax)(k.double() / 1000)
-    lo, hi = (
-        torch.nn.functional.logsigmoid(torch.tensor(v, dtype=torch.float64)) for v in (lmin, lmax)
-    )
-    frac = (torch.nn.functional.logsigmoid(lam) - hi) / (lo - hi)
-    torch.testing.assert_close(frac, log_abar[k - 1] / log_abar[-1], atol=2e-3, rtol=0)
+    abar = torch.log1p(-betas).cumsum(0).exp()
+    k = torch.tensor([100, 250, 500, 750, 900, 1000])
+    lam = logsnr_schedule("legacy", -20.0, 20.0)(k.double() / 1000)
+    alpha2 = torch.sigmoid(lam)
+    assert float(alpha2[2]) == pytest.approx(0.0786, abs=1e-3)
+    torch.testing.assert_close(alpha2, abar[k - 1], rtol=2e-2, atol=0)
+    assert float(lam[-1]) == pytest.approx(-10.118, abs=1e-3)
+    # the bounds only clamp
+    assert float(logsnr_schedule("legacy", -5.0, 20.0)(torch.ones(1))) == -5.0
 
 
 def test_config_rejects_inverted_bounds_and_unknown_choices():

@@ -162,6 +162,9 @@ class Protocol(Sparse):
     kid_subset_size: int | None = None
     kid_seed: int | None = None
     pr_k: int | None = None
+    is_logits: str | None = None
+    """Which logits the Inception Score used ("unbiased": pool3 x W, no fc bias); None in
+    runs made before it was recorded, which used the biased fc output."""
     reference: Source | None = None
     fake: Source | None = None
     seeds: str | None = None

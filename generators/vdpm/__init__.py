@@ -20,12 +20,12 @@ on t; each is exactly logsnr_max at t = 0 and logsnr_min at t = 1, and strictly 
 - ``cosine``: lambda = -2 log tan(a t + b), with b = atan(exp(-logsnr_max / 2)) and
   a = atan(exp(-logsnr_min / 2)) - b: Nichol & Dhariwal 2021's cosine schedule written as a
   log-SNR and truncated to the bounds (as Salimans & Ho 2022 use it for CIFAR-10).
-- ``legacy``: Ho et al. 2020's discrete linear betas (1e-4 to 0.02, section 4) made
-  continuous: beta(u) = beta_1 + u (beta_T - beta_1), F(t) = int_0^t log(1 - beta(u)) du (so
-  T F(t) is the continuum limit of log alpha-bar), and log alpha^2(t) = log sigmoid(logsnr_max)
-  + F(t) / F(1) (log sigmoid(logsnr_min) - log sigmoid(logsnr_max)): the shape of DDPM's
-  log alpha-bar, stretched to the log-SNR bounds (v-diffusion-torch's ``legacy`` does the
-  same for the fixed bounds +-20).
+- ``legacy``: Ho et al. 2020's discrete linear betas (1e-4 to 0.02 over T = 1000 steps,
+  section 4) made continuous: beta(u) = beta_1 + u (beta_T - beta_1), F(t) = int_0^t
+  log(1 - beta(u)) du, and log alpha^2(t) = T F(t), the continuum limit of DDPM's log
+  alpha-bar, so alpha^2(t) is DDPM's alpha-bar at step t T (0.0784 at t = 1/2 against the
+  discrete 0.0786; lambda(1) = -10.1). lambda is clamped into the log-SNR bounds, which
+  only the first 2e-8 of t reaches.
 
 Schedules and every coefficient built from them are computed in float64.
 

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 Tensor = torch.Tensor
 Schedule = Callable[[Tensor], Tensor]
@@ -36,6 +35,7 @@ def _logsnr_cosine(t: Tensor, lmin: float, lmax: float) -> Tensor:
 
 
 _BETA_1, _BETA_T = 1e-4, 0.02  # Ho et al. 2020, section 4
+_DDPM_STEPS = 1000
 
 
 def _ddpm_log_alpha_integral(t: Tensor) -> Tensor:
@@ -50,12 +50,14 @@ def _ddpm_log_alpha_integral(t: Tensor) -> Tensor:
 
 
 def _logsnr_legacy(t: Tensor, lmin: float, lmax: float) -> Tensor:
-    lo = F.logsigmoid(torch.tensor(lmin, dtype=t.dtype))
-    hi = F.logsigmoid(torch.tensor(lmax, dtype=t.dtype))
-    frac = _ddpm_log_alpha_integral(t) / _ddpm_log_alpha_integral(torch.ones((), dtype=t.dtype))
-    log_alpha2 = hi + frac * (lo - hi)
+    # DDPM's alpha-bar itself, not stretched: log alpha-bar(t) = T F(t) with T = 1000 is the
+    # continuum limit of the cumulative product of Ho et al.'s 1000 betas (alpha-bar(1/2) =
+    # 0.0784 against the discrete 0.0786). lambda(1) = -10.1; only t < 2e-8 reaches the upper
+    # bound, so the bounds merely clamp.
+    log_alpha2 = _DDPM_STEPS * _ddpm_log_alpha_integral(t)
     # lambda = log alpha^2 - log(1 - alpha^2), the latter as log(-expm1(.)) for precision.
-    return log_alpha2 - torch.log(-torch.expm1(log_alpha2))
+    lam = log_alpha2 - torch.log(-torch.expm1(log_alpha2))
+    return lam.clamp(min=lmin, max=lmax)
 
 
 LOGSNR_SCHEDULES: dict[str, Callable[[Tensor, float, float], Tensor]] = {
