@@ -177,8 +177,8 @@ def test_matches_pytorch_fid(
     assert features.dtype == logits.dtype == torch.float32
     assert features.isfinite().all() and logits.isfinite().all()
     ref_features = pytorch_fid_features(pytorch_fid_blocks, x01)[3]
-    # The FID Inception's logits are its final fc layer applied to pool3 (dropout is off).
-    ref_logits = F.linear(ref_features, state_dict["fc.weight"], state_dict["fc.bias"])
+    # The Inception Score's logits: pool3 times the fc weights, without the fc bias.
+    ref_logits = F.linear(ref_features, state_dict["fc.weight"])
     torch.testing.assert_close(features, ref_features, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     if size < 299:

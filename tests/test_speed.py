@@ -17,6 +17,7 @@ from genbench.benchmarks.timing import SamplingTimer
 from genbench.core.errors import GenbenchError
 from genbench.generators import GENERATORS, DataShape
 from genbench.store.records import Environment
+from tests.trainkit import wake
 
 SHAPE = DataShape(channels=1, image_size=16, num_classes=10)
 SMOKE = {m.generator: m for m in resolve(*read_spec("smoke"), Overrides()).models.values()}
@@ -148,7 +149,7 @@ def _images(name: str, fast: FastPaths, device: torch.device) -> torch.Tensor:
     seeds = [0, 1, 2]
     torch.manual_seed(0)
     model = SMOKE[name]
-    gen = GENERATORS.get(name)(model.config, SHAPE, device)
+    gen = wake(GENERATORS.get(name)(model.config, SHAPE, device))  # no all-zero output layers
     gen.eval()
     labels = labels_for(gen, seeds)
     run = prepare_sampler(gen, fast, lambda: gen.sample(seeds, labels, model.settings))

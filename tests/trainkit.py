@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from genbench.benchmarks.spec import TrainSection
 from genbench.benchmarks.trainer import Trainer
 from genbench.generators import Batch, Generator
@@ -21,3 +23,20 @@ def fit(gen: Generator, batch: Batch, steps: int = 1, **train: Any) -> dict[str,
         t.train_step(batch)
     t.restore_flags()
     return t.read_logs()
+
+
+@torch.no_grad()
+def wake(gen: Generator, seed: int = 0, scale: float = 0.02) -> Generator:
+    """Add small seeded noise to every parameter of ``gen``'s networks, in place.
+
+    A freshly built DDPM starts its output layers at zero (improved-diffusion's
+    ``zero_module``): it outputs zeros, so its output is the same at any precision and no
+    gradient reaches past those layers in the first update. Tests about gradients,
+    accumulation and numerics need a network in a generic state; this gives one.
+    """
+    gen_ = torch.Generator().manual_seed(seed)
+    for module in gen.modules().values():
+        for p in module.parameters():
+            noise = torch.randn(p.shape, generator=gen_, dtype=p.dtype)
+            p.add_(noise.to(p.device) * scale)
+    return gen
