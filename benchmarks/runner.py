@@ -147,7 +147,13 @@ def _run_model(
         metrics={name: MetricValue(**value) for name, value in evaluator.compute().items()},
         extra=extra,
         # The reference's protocol comes with the evaluator's; the seeds are the run's.
-        protocol=Protocol.model_validate({**evaluator.protocol(), "seeds": sampled["seeds"]}),
+        protocol=Protocol.model_validate(
+            {
+                **evaluator.protocol(),
+                "seeds": sampled["seeds"],
+                "sample_resize": sampled.get("sample_resize"),
+            }
+        ),
     )
     files.write_record(out / files.METRICS, metrics)
     return metrics

@@ -50,7 +50,8 @@ def sample_and_evaluate(
     gen: Generator, model: ResolvedModel, evaluator: Evaluator, grid_path: Path
 ) -> dict[str, Any]:
     """Stream samples by seed into ``evaluator``; keep only the first few for the grid.
-    Returns the sampling time and the seed range.
+    Returns the sampling time, the seed range and, for a generator sampling at another
+    resolution than its data set's, how its samples were resized before evaluation.
 
     Under several processes each rank samples a contiguous run of whole batches (the same
     batches one process would sample, so every image is bit-for-bit the same), then the
@@ -62,6 +63,7 @@ def sample_and_evaluate(
     mine = [starts[i] for i in distributed.shard(len(starts))]
     grid: list[torch.Tensor] = []
     failure: str | None = None
+    data_size = gen.data.image_size
     gen.eval()
     t0 = time.perf_counter()
     with progress_bar() as bar:
@@ -74,7 +76,9 @@ def sample_and_evaluate(
             chunk = seeds[i : i + bs]
             images = gen.sample(chunk, labels_for(gen, chunk), model.settings)
             try:
-                evaluator.update(images)
+                # The extractor sees samples at the data set's own resolution, as it sees the
+                # real images: one resize path for both sides (DCGAN trains CIFAR-10 at 64 px).
+                evaluator.update(to_size(images, data_size))
             except NonFinite as exc:  # stop here, but reach the collectives below
                 failure = str(exc)
                 break
@@ -91,7 +95,10 @@ def sample_and_evaluate(
         _write_grid(torch.cat(grid)[:keep], grid_path)
     # The slowest rank's time is the run's sampling time.
     seconds = max(distributed.gather(elapsed))
-    return {"seconds": seconds, "seeds": f"{seeds[0]}-{seeds[-1]}"}
+    out: dict[str, Any] = {"seconds": seconds, "seeds": f"{seeds[0]}-{seeds[-1]}"}
+    if gen.image_size != data_size:
+        out["sample_resize"] = f"bilinear_antialias {gen.image_size}->{data_size}"
+    return out
 
 
 def has_likelihood(generator: str) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from unittest import mock
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -51,3 +54,58 @@ def test_sampling_on_cuda_matches_cpu():
     gpu = DCGAN(config, DataShape(1, 16), torch.device("cuda"))
     gpu.load_state_dict(cpu.state_dict())
     torch.testing.assert_close(gpu.sample([3, 4]).cpu(), cpu.sample([3, 4]), atol=1e-4, rtol=1e-4)
+
+
+class _SpyEvaluator:
+    """Records the size of every batch the extractor would see."""
+
+    def __init__(self) -> None:
+        self.sizes: list[tuple[int, ...]] = []
+        self.first: torch.Tensor | None = None
+
+    def update(self, images: torch.Tensor) -> None:
+        self.sizes.append(tuple(images.shape[1:]))
+        self.first = images if self.first is None else self.first
+
+    def all_reduce(self) -> None:
+        pass
+
+
+def test_samples_reach_the_extractor_at_the_data_sets_resolution(tmp_path):
+    """DCGAN at 64 px on 32 px CIFAR-10 shapes: the extractor gets 32 px samples (as it gets
+    the real images), antialiased, and the grid keeps the generator's 64 px."""
+    from genbench.benchmarks.sampling import sample_and_evaluate
+
+    cifar = DataShape(channels=3, image_size=32, num_classes=10)
+    gen = DCGAN(DCGANConfig(image_size=64, ngf=8, ndf=8, nz=16), cifar, torch.device("cpu"))
+    model = mock.Mock()
+    model.name = "dcgan"
+    model.sample.seed_offset, model.sample.num_samples = 0, 10
+    model.sample.batch_size, model.sample.grid_size = 4, 4
+    spy = _SpyEvaluator()
+    out = sample_and_evaluate(gen, model, spy, tmp_path / "grid.png")
+    assert spy.sizes == [(3, 32, 32)] * 3
+    assert out["sample_resize"] == "bilinear_antialias 64->32"
+    resized = torch.nn.functional.interpolate(
+        gen.sample([0, 1, 2, 3]), size=32, mode="bilinear", antialias=True, align_corners=False
+    )
+    torch.testing.assert_close(spy.first, resized)
+    native = DCGAN(DCGANConfig(ngf=8, ndf=8, nz=16), cifar, torch.device("cpu"))
+    assert "sample_resize" not in sample_and_evaluate(
+        native, model, _SpyEvaluator(), tmp_path / "g2.png"
+    )
+
+
+def test_the_resize_is_recorded_with_the_metrics(cli, tiny_spec, tmp_path):
+    spec = tiny_spec(steps=0, num_samples=40, extra="")
+    text = spec.read_text().replace(
+        "config = { ngf = 8, ndf = 8, nz = 16 }",
+        "config = { ngf = 8, ndf = 8, nz = 16, image_size = 32 }",
+    )
+    spec.write_text(text)
+    result = cli("run", str(spec), "--out", str(tmp_path / "runs"))
+    assert result.code == 0, result.err
+    (metrics,) = (tmp_path / "runs").rglob("metrics.json")
+    protocol = json.loads(metrics.read_text())["protocol"]
+    assert protocol["sample_resize"] == "bilinear_antialias 32->16"
+    assert protocol["input_size"] == 16

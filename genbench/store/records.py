@@ -162,6 +162,9 @@ class Protocol(Sparse):
     kid_subset_size: int | None = None
     kid_seed: int | None = None
     pr_k: int | None = None
+    sample_resize: str | None = None
+    """How samples were resized to the data set's resolution before the extractor, for a
+    generator sampling at another size (e.g. "bilinear_antialias 64->32"); None: not resized."""
     is_logits: str | None = None
     """Which logits the Inception Score used ("unbiased": pool3 x W, no fc bias); None in
     runs made before it was recorded, which used the biased fc output."""
