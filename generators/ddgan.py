@@ -63,6 +63,9 @@ class DDGANConfig(GeneratorConfig):
     n_mlp: int = Field(4, ge=0, description="hidden layers of the mapping network")
     d_channels: int = Field(64, ge=1, description="discriminator base channels (ngf)")
     d_channel_mult: tuple[PositiveInt, ...] = Field((2, 4, 8, 8), min_length=1)
+    d_temb_dim: int | None = Field(
+        None, ge=1, description="D's time embedding size; None = 4 x d_channels (256: the code's)"
+    )
     d_stddev_group: int = Field(4, ge=1, description="minibatch-std group in D (1 = none)")
     r1_gamma: float = Field(0.02, ge=0, description="R1 penalty weight")
     lazy_reg: int = Field(15, ge=1, description="apply R1 every this many D updates")
@@ -90,17 +93,23 @@ class DDGANConfig(GeneratorConfig):
 
 
 class VPSchedule:
-    """The discretised variance-preserving schedule of Xiao et al. 2022 (appendix).
-
-    beta_t = 1 - exp(-beta_min / T - (beta_max - beta_min) (2t - 1) / (2 T^2)), t = 1..T,
-    so alpha_bar_t = prod_{s<=t} (1 - beta_s) = exp(-beta_min t/T - (beta_max - beta_min)
-    t^2 / (2 T^2)): the VP SDE's perturbation kernel at time t/T (Song et al. 2021, eq. 33).
-    Tensors are indexed by t = 0..T (index 0: the data, alpha_bar_0 = 1).
+    """The discretised variance-preserving schedule of Xiao et al. 2022, as their code builds
+    it: the VP SDE's perturbation kernel (Song et al. 2021, eq. 33), log alpha-bar(s) =
+    -beta_min s - (beta_max - beta_min) s^2 / 2, at the times s_t = t_min + (1 - t_min) t/T,
+    t = 0..T (the code's ``eps_small`` = 1e-3; the paper's appendix writes s_t = t/T), taken
+    relative to s_0 so that index 0 is the data (alpha_bar_0 = 1, beta_0 = 0) and
+    beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}.
     """
 
-    def __init__(self, T: int, beta_min: float, beta_max: float, device: torch.device) -> None:
-        t = torch.arange(0, T + 1, dtype=torch.float64)
-        log_abar = -beta_min * t / T - 0.5 * (beta_max - beta_min) * t**2 / T**2
+    def __init__(
+        self, T: int, beta_min: float, beta_max: float, device: torch.device, t_min: float = 1e-3
+    ) -> None:
+        s = t_min + (1 - t_min) * torch.arange(0, T + 1, dtype=torch.float64) / T
+
+        def log_kernel(s: torch.Tensor) -> torch.Tensor:
+            return -beta_min * s - 0.5 * (beta_max - beta_min) * s**2
+
+        log_abar = log_kernel(s) - log_kernel(s[:1])
         abar = log_abar.exp()
         beta = torch.cat([torch.zeros(1, dtype=torch.float64), 1 - abar[1:] / abar[:-1]])
         prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
@@ -177,7 +186,11 @@ class DDGAN(Generator):
             n_mlp=config.n_mlp,
         ).to(self.device)
         self.D = DDGANDiscriminatorNet(
-            data.channels, config.d_channels, config.d_channel_mult, config.d_stddev_group
+            data.channels,
+            config.d_channels,
+            config.d_channel_mult,
+            config.d_stddev_group,
+            temb_dim=config.d_temb_dim or 4 * config.d_channels,
         ).to(self.device)
 
     def modules(self) -> dict[str, nn.Module]:

@@ -276,11 +276,16 @@ class DDGANDiscriminatorNet(nn.Module):
     """D(x_{t-1}, x_t, t) -> one logit per pair (N,)."""
 
     def __init__(
-        self, in_channels: int, channels: int, channel_mult: Sequence[int], stddev_group: int
+        self,
+        in_channels: int,
+        channels: int,
+        channel_mult: Sequence[int],
+        stddev_group: int,
+        temb_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.stddev_group = stddev_group
-        temb_dim = 2 * channels
+        temb_dim = temb_dim or 4 * channels  # the official code: t_emb_dim 256 at ngf 64
         self.time_proj = Timesteps(temb_dim, flip_sin_to_cos=False, downscale_freq_shift=1)
         self.time_mlp = nn.Sequential(
             nn.Linear(temb_dim, temb_dim), nn.LeakyReLU(0.2), nn.Linear(temb_dim, temb_dim)

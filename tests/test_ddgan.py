@@ -48,22 +48,31 @@ def _batch(n: int) -> Batch:
     return Batch(torch.nn.functional.avg_pool2d(x[:n], 2), y[:n])
 
 
-def _paper_beta(t: torch.Tensor, T: int, bmin: float, bmax: float) -> torch.Tensor:
-    # Xiao et al. 2022, appendix: beta_t = 1 - exp(-bmin/T - (bmax - bmin)(2t - 1)/(2T^2)).
-    return 1 - torch.exp(-bmin / T - 0.5 * (bmax - bmin) * (2 * t - 1) / T**2)
+def _code_alpha_bar(T: int, bmin: float, bmax: float) -> torch.Tensor:
+    # Xiao et al.'s code (get_time_schedule, get_sigma_schedule): t = eps + (1 - eps) k / T
+    # with eps_small = 1e-3, var = 1 - exp(-bmin t - (bmax - bmin) t^2 / 2), betas = 1 -
+    # alpha_bar[1:] / alpha_bar[:-1]; the cumulative product runs from t_0 = 1e-3.
+    t = torch.arange(0, T + 1, dtype=torch.float64) / T
+    t = t * (1 - 1e-3) + 1e-3
+    alpha_bar = torch.exp(-bmin * t - 0.5 * (bmax - bmin) * t**2)
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return torch.cumprod(1 - betas, dim=0)
 
 
 @pytest.mark.parametrize(("T", "bmin", "bmax"), [(4, 0.1, 20.0), (1, 0.1, 20.0), (8, 0.5, 5.0)])
-def test_alpha_bar_at_each_step_follows_the_paper(T, bmin, bmax):
+def test_alpha_bar_at_each_step_follows_the_official_code(T, bmin, bmax):
     sched = VPSchedule(T, bmin, bmax, CPU)
-    t = torch.arange(1, T + 1, dtype=torch.float64)
-    beta = _paper_beta(t, T, bmin, bmax)
-    alpha_bar = torch.cumprod(1 - beta, dim=0)
+    alpha_bar = _code_alpha_bar(T, bmin, bmax)
     assert sched.alpha_bar[0] == 1.0 and sched.beta[0] == 0.0
-    torch.testing.assert_close(sched.beta[1:].double(), beta, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(sched.alpha_bar[1:].double(), alpha_bar, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        sched.beta[1:].double(), 1 - alpha_bar / torch.cat([torch.ones(1), alpha_bar[:-1]])
+    )
     if (T, bmin, bmax) == (4, 0.1, 20.0):  # the CIFAR-10 schedule: x_T is nearly pure noise
-        assert sched.alpha_bar[-1].item() == pytest.approx(math.exp(-0.1 - 9.95), rel=1e-5)
+        assert sched.alpha_bar[-1].item() == pytest.approx(math.exp(-0.0999 - 9.94999), rel=1e-5)
+        # t_1 = 1e-3 + 0.999 / 4, not 1 / 4 (the paper's appendix): alpha_bar_1 differs
+        paper = math.exp(-0.1 / 4 - 0.5 * 19.9 / 16)
+        assert abs(sched.alpha_bar[1].item() / paper - 1) > 1e-3
 
 
 def test_posterior_coefficients_match_bayes_rule():
@@ -276,7 +285,7 @@ def test_cifar10_dry_run_shows_the_published_settings(cli):
     assert (c["num_timesteps"], c["channels"], c["channel_mult"]) == (4, 128, [1, 2, 2, 2])
     assert (c["num_res_blocks"], c["nz"], c["z_emb_dim"], c["n_mlp"]) == (2, 100, 256, 4)
     assert (c["r1_gamma"], c["lazy_reg"], c["lr_d"], c["lr_g"]) == (0.02, 15, 1.25e-4, 1.6e-4)
-    assert entry["train"]["batch_size"] == 128 and entry["train"]["ema_decay"] == 0.9999
+    assert entry["train"]["batch_size"] == 256 and entry["train"]["ema_decay"] == 0.9999
     assert "steps" not in entry["sample"]  # T is the config's; sampling has no settings
 
 
