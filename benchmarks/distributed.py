@@ -224,63 +224,12 @@ def current() -> Launch:
     return _launch
 
 
-def rank() -> int:
-    """This process's rank (0 without a process group)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    """The number of processes (1 without a process group)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def is_main() -> bool:
     """Whether this process writes and prints results: rank 0, or the only process (also
     after its session ended, so a command prints its results once)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return _launch.rank == 0
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing with one process)."""
-    if world_size() > 1:
-        dist.barrier()
-
-
-def broadcast(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank (pickled; for small objects and statistics)."""
-    if world_size() == 1:
-        return obj
-    box = [obj if is_main() else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def gather(obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order, on every rank."""
-    if world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def all_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` summed over ranks, in place (float64 sums stay float64)."""
-    if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def shard(count: int, parts: int | None = None, index: int | None = None) -> range:
-    """The contiguous part of ``range(count)`` that rank ``index`` of ``parts`` handles:
-    sizes differ by at most one, earlier ranks take the extra items."""
-    parts = world_size() if parts is None else parts
-    index = rank() if index is None else index
-    base, extra = divmod(count, parts)
-    start = index * base + min(index, extra)
-    return range(start, start + base + (1 if index < extra else 0))
 
 
 # ---------------------------------------------------------------- liveness

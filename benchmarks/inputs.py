@@ -8,12 +8,12 @@ import functools
 
 import torch
 
-from genbench.benchmarks import distributed
 from genbench.benchmarks.checkpoints import check_checkpoint
 from genbench.benchmarks.plan import RunPlan
 from genbench.benchmarks.sampling import has_likelihood
 from genbench.benchmarks.spec import IS_SPLITS, EvaluateSection
 from genbench.benchmarks.trainer import check_micro_batches
+from genbench.core import collectives
 from genbench.core.errors import GenbenchError
 from genbench.core.progress import counting
 from genbench.data.datasets import DATASETS
@@ -125,7 +125,7 @@ class RunInputs:
         ``evaluate.cache`` is off)."""
         # Under several processes rank 0 computes them (or reads the cache) and sends them
         # to the others: computed once, and no two ranks write one cache file.
-        return distributed.broadcast(self._compute_stats() if distributed.is_main() else None)
+        return collectives.from_rank0(self._compute_stats)
 
     def _compute_stats(self) -> ReferenceStats:
         evaluate = self.plan.evaluate

@@ -28,6 +28,7 @@ from genbench.benchmarks.plan import ResolvedModel, RunPlan
 from genbench.benchmarks.sampling import bits_per_dim, has_likelihood, sample_and_evaluate
 from genbench.benchmarks.timing import measure_speed
 from genbench.benchmarks.trainer import Trainer, state_files
+from genbench.core import collectives
 from genbench.core.device import resolve_device
 from genbench.core.errors import Interrupted, NonFinite, StoreError
 from genbench.generators import Generator
@@ -115,7 +116,7 @@ def _run_model(
         # skipped training and its draws) gives the same bits/dim as an uninterrupted one.
         # Rank 0 computes it; every rank learns the value, so all agree on a failure.
         torch.manual_seed(plan.benchmark.seed)
-        bpd = distributed.broadcast(
+        bpd = collectives.broadcast(
             bits_per_dim(gen, inputs.test, plan.evaluate.bpd_images, plan.evaluate.batch_size)
             if main
             else None
@@ -204,7 +205,7 @@ def run(plan: RunPlan, out_dir: Path) -> Path:
     with distributed.session(device) as device:
         inputs = RunInputs(plan, device)  # bad inputs fail before anything is written
         main = distributed.is_main()
-        run_dir = distributed.broadcast(
+        run_dir = collectives.broadcast(
             files.new_run_dir(out_dir, plan.benchmark.name) if main else None
         )
         status = RunStatus(
@@ -229,7 +230,7 @@ def run(plan: RunPlan, out_dir: Path) -> Path:
 def environment(device: torch.device) -> Any:
     """The run's environment fingerprint, with the processes it ran on."""
     launch = distributed.current()
-    return fingerprint(device, distributed.world_size()).model_copy(
+    return fingerprint(device, collectives.world_size()).model_copy(
         update={"launcher": launch.launcher}
     )
 
@@ -301,12 +302,12 @@ def resume(plan: RunPlan, run_dir: Path) -> dict[str, Action]:
         # others follow its plan, reading the checkpoints and states it points them to.
         with working_in(run_dir) if main else nullcontext():
             inputs = RunInputs(plan, device)  # a missing data set fails before any change
-            actions, trained = distributed.broadcast(
+            actions, trained = collectives.broadcast(
                 plan_resumption(plan, run_dir) if main else None
             )
             if main:
                 _start_resumption(plan, run_dir, device, actions, trained)
-            distributed.barrier()  # the leftovers are gone before anyone reads the model dirs
+            collectives.barrier()  # the leftovers are gone before anyone reads the model dirs
             for name, model in plan.models.items():
                 if actions[name] == "kept":
                     continue

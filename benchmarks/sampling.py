@@ -16,7 +16,7 @@ from torchvision.utils import make_grid, save_image
 from genbench.benchmarks import distributed
 from genbench.benchmarks.batches import to_size
 from genbench.benchmarks.plan import ResolvedModel
-from genbench.core import io
+from genbench.core import collectives, io
 from genbench.core.errors import NonFinite
 from genbench.core.progress import progress_bar
 from genbench.eval.evaluator import Evaluator
@@ -60,7 +60,7 @@ def sample_and_evaluate(
     seeds = seed_list(model)
     bs, keep = model.sample.batch_size, model.sample.grid_size
     starts = list(range(0, len(seeds), bs))
-    mine = [starts[i] for i in distributed.shard(len(starts))]
+    mine = [starts[i] for i in collectives.shard(len(starts))]
     grid: list[torch.Tensor] = []
     failure: str | None = None
     data_size = gen.data.image_size
@@ -69,7 +69,7 @@ def sample_and_evaluate(
     with progress_bar() as bar:
         count = sum(len(seeds[i : i + bs]) for i in mine)
         label = f"sample {model.name}"
-        if distributed.world_size() > 1:  # only rank 0's bar is shown
+        if collectives.world_size() > 1:  # only rank 0's bar is shown
             label += f" (rank 0's {count} of {len(seeds)})"
         task = bar.add_task(label, total=count, status="")
         for i in mine:
@@ -86,15 +86,15 @@ def sample_and_evaluate(
                 grid.append(images[: keep - i].cpu())
             bar.advance(task, len(chunk))
     elapsed = time.perf_counter() - t0
-    failures = [f for f in distributed.gather(failure) if f is not None]
+    failures = [f for f in collectives.gather(failure) if f is not None]
     if failures:  # every rank raises, so every rank goes on to the same next model
         raise NonFinite(failures[0])
     evaluator.all_reduce()
-    grid = [t for part in distributed.gather(grid) for t in part]
+    grid = [t for part in collectives.gather(grid) for t in part]
     if distributed.is_main():
         _write_grid(torch.cat(grid)[:keep], grid_path)
     # The slowest rank's time is the run's sampling time.
-    seconds = max(distributed.gather(elapsed))
+    seconds = max(collectives.gather(elapsed))
     out: dict[str, Any] = {"seconds": seconds, "seeds": f"{seeds[0]}-{seeds[-1]}"}
     if gen.image_size != data_size:
         out["sample_resize"] = f"bilinear_antialias {gen.image_size}->{data_size}"

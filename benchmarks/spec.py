@@ -192,24 +192,19 @@ class TrainSection(StrictModel):
         """Whether the model trains at all (steps > 0 or a time budget)."""
         return bool(self.steps) or self.time_budget is not None
 
+    def _checkpoint_items(self) -> list[Any]:
+        every = self.checkpoint_every
+        return every if isinstance(every, list) else [every]
+
     @property
     def checkpoint_steps(self) -> int | None:
         """Steps between training states (None = not by steps)."""
-        items = (
-            self.checkpoint_every
-            if isinstance(self.checkpoint_every, list)
-            else [self.checkpoint_every]
-        )
-        return next((v for v in items if isinstance(v, int)), None)
+        return next((v for v in self._checkpoint_items() if isinstance(v, int)), None)
 
     @property
     def checkpoint_seconds(self) -> float | None:
         """Training seconds between training states (None = not by time)."""
-        items = (
-            self.checkpoint_every
-            if isinstance(self.checkpoint_every, list)
-            else [self.checkpoint_every]
-        )
+        items = self._checkpoint_items()
         return next((parse_duration(v) for v in items if isinstance(v, str)), None)
 
 

@@ -28,6 +28,7 @@ from genbench.benchmarks.fastpath import FastPaths, prepare_sampler
 from genbench.benchmarks.plan import ResolvedModel
 from genbench.benchmarks.sampling import labels_for
 from genbench.benchmarks.spec import TimingSection
+from genbench.core import collectives
 from genbench.core.device import synchronize, time_call
 from genbench.core.noise import noise_clock
 from genbench.generators import Generator, SampleSettings
@@ -242,24 +243,24 @@ def measure_speed(gen: Generator, model: ResolvedModel, timing: TimingSection) -
     and the scaling efficiency against the one-process figure (``Timing``)."""
     timer = speed_timer(gen, model, timing)
     steps = model.settings.given().get("steps")
-    processes = distributed.world_size()
+    processes = collectives.world_size()
     if processes == 1:
         return timer.run(repeats=timing.repeats, warmup=timing.warmup).to_record(steps)
     alone = None
     if distributed.is_main():
         alone = timer.run(repeats=timing.repeats, warmup=timing.warmup).images_per_s
-    distributed.barrier()
+    collectives.barrier()
     joint = SamplingTimer(
         timer.fn, device=timer.device, batch_size=timer.batch_size, nfe=timer.nfe, fast=timer.fast
     )
     joint.start(timing.warmup)  # rank 0's cold start is behind it; the others' is here
-    distributed.barrier()  # start the timed calls together
+    collectives.barrier()  # start the timed calls together
     joint.repeat(timing.repeats)
     result = joint.result(noise=False)
     if timer.first_s is not None:
         result.time_to_first_image_s = timer.first_s
-    rates = distributed.gather(result.images_per_s)
-    alone = distributed.broadcast(alone)
+    rates = collectives.gather(result.images_per_s)
+    alone = collectives.broadcast(alone)
     return scaling(result.to_record(steps), rates, alone)
 
 

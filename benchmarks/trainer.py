@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from genbench.benchmarks.ema import EMA, ema_beta
 from genbench.benchmarks.plan import ResolvedModel
 from genbench.benchmarks.spec import TrainSection
-from genbench.core import io
+from genbench.core import collectives, io
 from genbench.core.errors import CheckpointError, NonFinite, SpecError
 from genbench.core.progress import progress_bar
 from genbench.generators import Batch, Generator
@@ -66,13 +66,6 @@ class Diverged(Exception):
         self.step, self.phase, self.what = step, phase, what
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @dataclasses.dataclass
 class _Update:
     """The phases that make one optimiser update, with their draws and this process's
@@ -94,7 +87,7 @@ class Trainer:
     def __init__(self, gen: Generator, train: TrainSection) -> None:
         self.gen, self.cfg = gen, train
         self.device = gen.device
-        self.rank, self.world = world()
+        self.rank, self.world = collectives.rank(), collectives.world_size()
         self.training: Training = gen.training()
         self.total_steps = train.steps
         self.time_budget_s = train.time_budget_s
@@ -551,7 +544,7 @@ def check_micro_batches(model: ResolvedModel, processes: int | None = None) -> N
             phases = gen.training().phases
     except Exception:  # a network the meta device cannot build: the Trainer checks it
         return
-    parts = (processes or world()[1]) * model.train.grad_accum
+    parts = (processes or collectives.world_size()) * model.train.grad_accum
     for phase in phases:
         try:
             group_slices(model.train.batch_size, parts, phase.group)

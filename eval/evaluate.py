@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
+from genbench.core import collectives
 from genbench.core.device import resolve_device
 from genbench.core.errors import GenbenchError
 from genbench.core.progress import counting
@@ -189,10 +189,10 @@ def evaluate(
         ExtractorOptions(dims, resize, quantize, tf32),
     )
     needs_features = any(METRICS.get(m).needs_features for m in names)
-    rank, processes = _rank_world()
+    rank, processes = collectives.rank(), collectives.world_size()
     # Under several processes (torch.distributed's default group) the reference is computed
     # once, by rank 0, and sent to the others; the fake side is sharded by whole batches.
-    ref = _from_rank0(
+    ref = collectives.from_rank0(
         lambda: reference_of(
             real_src,
             ext,
@@ -223,8 +223,7 @@ def evaluate(
                 advance(len(batch))
         seconds = time.perf_counter() - t0
         evaluator.all_reduce()
-        if processes > 1:
-            seconds = _slowest(seconds)
+        seconds = max(collectives.gather(seconds))  # the slowest rank's time
         values = evaluator.compute()
         protocol = {**evaluator.protocol(), "fake": images.source}
         speed = {"fake_seconds": seconds, "fake_images_per_s": images.count / seconds}
@@ -236,31 +235,6 @@ def evaluate(
         processes=processes,
         **speed,
     )
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _from_rank0(compute: Callable[[], Any]) -> Any:
-    """``compute()`` on rank 0, its result on every rank (one process: just ``compute()``)."""
-    rank, processes = _rank_world()
-    if processes == 1:
-        return compute()
-    box = [compute() if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _slowest(seconds: float) -> float:
-    """The largest of every rank's ``seconds``: the time the sharded pass took."""
-    out = torch.tensor([seconds], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        out = out.cuda()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return float(out.item())
 
 
 def metrics_table(result: EvalResult) -> str:

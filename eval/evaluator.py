@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from genbench.core import collectives
 from genbench.core.errors import GenbenchError
 from genbench.eval.extractors import FeatureExtractor
 from genbench.eval.metrics import (
@@ -134,20 +134,19 @@ class Evaluator:
         float64; the logits and kept feature vectors are gathered in rank order, which is
         seed order when rank r evaluated the r-th contiguous part of the seeds. Every rank
         must call it (it is a collective), whether or not it saw any image."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        if not collectives.active():
             return
         stats = self.stats
         count = torch.tensor([float(stats.count)], dtype=torch.float64, device=stats.device)
         for tensor in (count, stats.sum, stats.sum_outer):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            collectives.all_sum(tensor)
         stats.count = int(count.item())
         # Ragged per rank (a rank may have had no image), so gathered as objects, on the CPU.
         mine = (
             [b.cpu() for b in self.logits._batches],
             [b.cpu() for b in self.features._batches],
         )
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, mine)
+        parts = collectives.gather(mine)
         logits, features = LogitStore(), FeatureStore(self.features.limit)
         for rank_logits, rank_features in parts:
             for batch in rank_logits:

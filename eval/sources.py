@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
+from genbench.core.collectives import shard
 from genbench.core.errors import GenbenchError
 from genbench.data.datasets import DATASETS, SPLITS
 
@@ -64,11 +65,8 @@ class ImageSet:
             return self.batches, self.count
         if self.part is None:
             return (self.batches, self.count) if index == 0 else (lambda bs, nw: iter(()), 0)
-        n = -(-self.count // batch_size)
-        base, extra = divmod(n, parts)
-        first = index * base + min(index, extra)
-        last = first + base + (1 if index < extra else 0)
-        start, stop = first * batch_size, min(self.count, last * batch_size)
+        mine = shard(-(-self.count // batch_size), parts, index)  # whole batches
+        start, stop = mine.start * batch_size, min(self.count, mine.stop * batch_size)
         return self.part(start, stop), max(0, stop - start)
 
 

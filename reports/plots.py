@@ -236,22 +236,28 @@ def fid_vs_nfe(report: Report) -> Plot | Missing:
             for f, x, y in zip(published, xs, ys, strict=True):
                 _annotate(ax, f"{f.model} (published)", x, y)
         nfes = [x for _, _, x, _ in points] + [f.nfe for f in published]
-        if max(nfes) / min(nfes) > 20:
-            ax.set_xscale("log")
+        _fid_axes(ax, nfes, "NFE per image", title)
         distinct = sorted(set(nfes))
         if len(distinct) <= 8:  # label the NFEs that occur, not arbitrary fractions
             ax.set_xticks(distinct, [f"{n:g}" for n in distinct])
             ax.minorticks_off()
-        ax.set_xlabel("NFE per image" + (" (log scale)" if ax.get_xscale() == "log" else ""))
-        ax.set_ylabel("FID (lower is better)")
-        ax.set_title(title)
-        ax.legend(loc="best")
 
     caption = (
         "Sampling cost in network evaluations, independent of hardware. Hollow diamonds, if "
         "any, are published figures whose protocol matches a measured run."
     )
     return Plot("fid_nfe", title, caption, _render(draw))
+
+
+def _fid_axes(ax: Any, xs: list[float], xlabel: str, title: str) -> None:
+    """FID on y against ``xs`` on x, the x axis logarithmic when ``xs`` span more than 20x;
+    labels, title and legend."""
+    if max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title)
+    ax.legend(loc="best")
 
 
 def fid_vs_train_time(report: Report) -> Plot | Missing:
@@ -279,12 +285,7 @@ def fid_vs_train_time(report: Report) -> Plot | Missing:
                 label=tex_safe(model),
             )
         times = [x for pts in lines.values() for x, _ in pts]
-        if max(times) / min(times) > 20:
-            ax.set_xscale("log")
-        ax.set_xlabel("training time, s" + (" (log scale)" if ax.get_xscale() == "log" else ""))
-        ax.set_ylabel("FID (lower is better)")
-        ax.set_title(title)
-        ax.legend(loc="best")
+        _fid_axes(ax, times, "training time, s", title)
 
     caption = (
         "Each line is one model across the runs of the report, by the training time it had "

@@ -31,8 +31,9 @@ import torch
 from safetensors.torch import load_file
 
 from genbench.benchmarks import distributed
-from genbench.benchmarks.distributed import Launch, detect, first_host, shard
+from genbench.benchmarks.distributed import Launch, detect, first_host
 from genbench.cli import main
+from genbench.core.collectives import shard
 from genbench.core.errors import GenbenchError
 
 BIN = Path(sys.executable).parent

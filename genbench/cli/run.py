@@ -168,6 +168,7 @@ def env_cmd(device: Device = "auto") -> None:
     import torch
 
     from genbench.benchmarks import distributed
+    from genbench.core import collectives
     from genbench.core.device import resolve_device
 
     launch = distributed.detect()
@@ -176,7 +177,7 @@ def env_cmd(device: Device = "auto") -> None:
         info = distributed.describe(launch, mine)
         if launch.distributed:
             ones = torch.ones(1, device=mine)
-            distributed.all_sum(ones)
+            collectives.all_sum(ones)
             ok = int(ones.item()) == launch.world_size
             info["all_reduce"] = "ok" if ok else f"wrong sum {int(ones.item())}"
         line = " ".join(f"{k}={'-' if v is None else v}" for k, v in info.items())
