@@ -219,7 +219,9 @@ def test_compare_revisions_end_to_end(cli, tmp_path, tiny_spec, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
     for pkg in ("genbench", "benchmarks", "generators", "eval", "reports", "vendor"):
-        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(  # genbench/<folder> are symlinks to the folders: keep them links
+            ROOT / pkg, repo / pkg, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
     git(repo, "init", "-q", "-b", "main")
     speed_py = (repo / "benchmarks" / "speed_worker.py").read_text()
     (repo / "benchmarks" / "speed_worker.py").unlink()
