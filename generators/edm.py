@@ -16,8 +16,10 @@ class with probability ``label_dropout``; sampled with genbench's one guidance s
 (``genbench.generators.guidance``): D = D_null + s (D_label - D_null), so s = 1 is the plain
 conditional model (no extra NFE), s = 0 the unconditional one, and Ho & Salimans' w is s - 1.
 
-Not reproduced from EDM's CIFAR-10 setup: its non-leaking augmentation pipeline (p = 0.12),
-its exact DDPM++ layer details (diffusers' UNet2DModel stands in) and float64 sampling.
+The network is EDM's DDPM++ (``genbench.generators.songunet``), its loss is summed over
+pixels and averaged over the batch as EDM's, and ``augment = p`` turns on EDM's non-leaking
+augmentation (``genbench.generators.augment``: 9 augmentation labels condition the network,
+zero while sampling). Not reproduced: float64 sampling.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from genbench.core.noise import seeded_randn
+from genbench.generators.augment import AUGMENT_DIM, augment
 from genbench.generators.base import (
     GENERATORS,
     Batch,
@@ -51,8 +54,8 @@ from genbench.generators.guidance import (
     is_guided,
     net_labels,
 )
+from genbench.generators.songunet import SongUNet
 from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
-from genbench.generators.unet import build_unet, unet_apply
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 """D(x, sigma): the denoised estimate of x (N, ...) at noise level sigma."""
@@ -190,10 +193,11 @@ def loss_per_sample(
     sigma: torch.Tensor,
     noise: torch.Tensor,
 ) -> torch.Tensor:
-    """lambda(sigma) ||D(y + n; sigma) - y||^2 averaged over pixels, per image (eq. 8),
-    with n = sigma * ``noise`` (``noise`` standard normal)."""
+    """lambda(sigma) ||D(y + n; sigma) - y||^2 summed over pixels, per image (eq. 8; EDM's
+    training loop sums over pixels and averages over the batch), with n = sigma * ``noise``
+    (``noise`` standard normal)."""
     n = noise * _per_row(sigma, y)
-    err = (D(y + n, sigma) - y).square().flatten(1).mean(1)
+    err = (D(y + n, sigma) - y).square().flatten(1).sum(1)
     return precond.loss_weight(sigma) * err
 
 
@@ -294,26 +298,36 @@ class TrainingDraws:
     labels: torch.Tensor | None  # after label dropout; None for an unconditional model
     sigma: torch.Tensor  # (N,) noise levels from p_train
     noise: torch.Tensor  # standard normal, the image's shape
+    augment_labels: torch.Tensor | None = None  # (N, 9) with augmentation, else None
 
 
 class EDMConfig(GeneratorConfig):
     """EDM hyper-parameters; defaults are the paper's class-conditional CIFAR-10 setting
     (DDPM++ network and training settings of its appendix), plus label dropout for
-    classifier-free guidance."""
+    classifier-free guidance, except the augmentation: off by default, 0.12 in
+    ``cifar10.toml``."""
 
     precond: Literal["edm", "vp", "ve"] = Field("edm", description="Table 1 column")
     sigma_data: float = Field(0.5, gt=0)
     p_mean: float = Field(-1.2, description="mean of ln(sigma) in training")
     p_std: float = Field(1.2, gt=0, description="std of ln(sigma) in training")
-    # network (EDM's DDPM++ for CIFAR-10 as closely as UNet2DModel allows)
+    # network: EDM's DDPM++ (genbench.generators.songunet)
     channels: int = Field(128, ge=1)
     channel_mult: tuple[int, ...] = Field((2, 2, 2), min_length=1)
     num_res_blocks: int = Field(4, ge=1)
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = Field(0.13, ge=0, lt=1)
-    norm_groups: int = Field(32, ge=1)
+    norm_groups: int = Field(
+        32, ge=1, description="at most this many GroupNorm groups (and >= 4 channels per group)"
+    )
     time_embed_dim: int | None = Field(
         512, ge=1, description="width of the noise embedding (EDM: 4 x 128); None = 4 x channels"
+    )
+    augment: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="EDM's non-leaking augmentation probability p (CIFAR-10: 0.12); 0 = off",
     )
     c_noise_scale: float = Field(
         1.0, gt=0, description="multiplies c_noise before the UNet's positional embedding"
@@ -348,7 +362,7 @@ class EDMConfig(GeneratorConfig):
 
 @GENERATORS.register("edm")
 class EDM(Generator):
-    """EDM diffusion model over a ``diffusers.UNet2DModel``; class-conditional with guidance."""
+    """EDM diffusion model over its DDPM++ network; class-conditional with guidance."""
 
     Config = EDMConfig
     Settings = GuidedSettings
@@ -365,23 +379,19 @@ class EDM(Generator):
         super().__init__(config, data, device)
         self.null_label = data.num_classes  # one extra class embedding: "no label"
         self.precond = PRECONDITIONINGS[config.precond](config)
-        self.net = build_unet(
+        self.net = SongUNet(
             image_size=self.image_size,
             in_channels=data.channels,
             out_channels=data.channels,
             channels=config.channels,
             channel_mult=config.channel_mult,
-            num_res_blocks=config.num_res_blocks,
+            num_blocks=config.num_res_blocks,
             attn_resolutions=config.attn_resolutions,
             dropout=config.dropout,
-            num_class_embeds=data.num_classes + 1 if self.conditional else 0,
-            norm_groups=config.norm_groups,
-            scale_shift_norm=True,
-            resblock_resample=True,
-            # EDM's PositionalEmbedding(endpoint=True): [cos, sin], frequencies 1 .. 1e-4.
-            flip_sin_to_cos=True,
-            freq_shift=1,
-            time_embedding_dim=config.time_embed_dim,
+            emb_channels=config.time_embed_dim,
+            num_classes=data.num_classes if self.conditional else 0,
+            augment_dim=AUGMENT_DIM if config.augment > 0 else 0,
+            max_groups=config.norm_groups,
         ).to(self.device)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -395,15 +405,17 @@ class EDM(Generator):
         sigma: torch.Tensor,
         labels: torch.Tensor | None,
         net: nn.Module | None = None,
+        augment_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """D(x; sigma, label) = c_skip x + c_out F(c_in x; c_noise, label) (eq. 7), through
-        ``net`` (default: the generator's own network)."""
+        ``net`` (default: the generator's own network); ``augment_labels`` describe the
+        training augmentation (None: none, as in sampling)."""
         c = self.precond.coefficients(sigma)
-        out = unet_apply(
-            self.net if net is None else net,
+        out = (self.net if net is None else net)(
             _per_row(c.c_in, x) * x,
             c.c_noise * self.config.c_noise_scale,
             labels if self.conditional else None,
+            augment_labels,
         )
         return _per_row(c.c_skip, x) * x + _per_row(c.c_out, x) * out
 
@@ -462,16 +474,21 @@ class EDM(Generator):
         )
 
     def draw(self, batch: Batch) -> TrainingDraws:
-        """Label dropout, noise levels and noise for the whole batch (global torch RNG,
-        seeded by the harness)."""
+        """Augmentation, label dropout, noise levels and noise for the whole batch (global
+        torch RNG, seeded by the harness)."""
         y = batch.images.to(self.device)
+        augment_labels = None
+        if self.config.augment > 0:
+            y, augment_labels = augment(y, self.config.augment)
         labels = self._train_labels(batch.labels, y.shape[0])
         sigma = self.precond.sample_sigma(y.shape[0], self.device)
-        return TrainingDraws(y, labels, sigma, torch.randn_like(y))
+        return TrainingDraws(y, labels, sigma, torch.randn_like(y), augment_labels)
 
     def loss(self, nets: Nets, d: TrainingDraws) -> Loss:
         """Eq. 8 per image through the network ``nets["net"]``."""
-        D = functools.partial(self.denoise, labels=d.labels, net=nets["net"])
+        D = functools.partial(
+            self.denoise, labels=d.labels, net=nets["net"], augment_labels=d.augment_labels
+        )
         value = loss_per_sample(D, self.precond, d.images, d.sigma, d.noise)
         return Loss(value, {"loss": value.detach()})
 

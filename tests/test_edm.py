@@ -26,7 +26,8 @@ from genbench.generators.edm import (
     sigma_steps,
 )
 from genbench.generators.guidance import GuidedSettings
-from tests.trainkit import fit, trainer
+from genbench.generators.songunet import SongUNet
+from tests.trainkit import fit, trainer, wake
 
 SIGMAS = torch.tensor([0.002, 0.05, 0.5, 1.0, 3.0, 80.0], dtype=torch.float64)
 TINY = dict(
@@ -313,7 +314,7 @@ def test_churn_noise_comes_from_each_samples_own_seed():
 
 
 def test_guidance_follows_the_scale_convention():
-    gen = _tiny()
+    gen = wake(_tiny())  # DDPM++ starts with a near-zero output layer
     gen.net.eval()
     labels = torch.tensor([1, 5])
     null = torch.full((2,), 10)
@@ -340,7 +341,7 @@ def test_label_dropout_replaces_labels_by_the_null_class():
     assert dropped.float().mean().item() == pytest.approx(0.25, abs=0.01)
     torch.testing.assert_close(labels[~dropped], (torch.arange(40_000) % 10)[~dropped])
     assert _tiny(class_conditional=False).conditional is False
-    assert gen.net.class_embedding.num_embeddings == 11
+    assert gen.net.map_label.in_features == 10  # the null class is the zero one-hot
 
 
 def test_learning_rate_warms_up_linearly():
@@ -397,11 +398,11 @@ def test_published_settings_are_the_defaults():
     assert (c.attn_resolutions, c.dropout) == ((16,), 0.13)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         gen = EDM(c, DataShape(3, 32, 10), torch.device("meta"))
-    # EDM's DDPM++ has 55.7M; diffusers' 4x-wide time embedding accounts for most of the gap
-    assert 55e6 < gen.num_parameters() < 61e6  # EDM: 55.7M; diffusers blocks differ slightly
-    cfg = gen.net.config
-    assert cfg.resnet_time_scale_shift == "scale_shift" and cfg.downsample_type == "resnet"
-    assert cfg.down_block_types == ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
+    # EDM's class-conditional DDPM++ (no augmentation): 55.73M less the 9 x 128 augment map,
+    # plus the 10 x 128 + 128 label map
+    assert gen.num_parameters() == 55_733_891 - 9 * 128 + 10 * 128 + 128
+    # augmentation is EDM's CIFAR-10 setting but off by default (cifar10.toml turns it on)
+    assert isinstance(gen.net, SongUNet) and gen.net.map_augment is None and c.augment == 0
 
 
 def test_config_rejects_unknown_choices():

@@ -64,14 +64,18 @@ class ToyDenoiser(nn.Module):
         shift = 0.05 * (labels.float() - 4.5).view(-1, 1, 1, 1)
         return 0.3 * x + shift * torch.cos(t.float().view(-1, 1, 1, 1) / 7.0)
 
-    def forward(self, x, t, class_labels=None, return_dict=False):  # UNet2DModel's call
+    def forward(self, x, t, class_labels=None, augment_labels=None, return_dict=None):
+        """UNet2DModel's call (``return_dict=False``: a tuple) or EDM's DDPM++ call (a
+        tensor)."""
         self.rows += x.shape[0]
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         if self.mix is None:
-            return (self.plain(x, t, class_labels),)
-        labels, scale = self.mix
-        null = torch.full_like(labels, 10)
-        return (guide(self.plain(x, t, labels), self.plain(x, t, null), scale),)
+            out = self.plain(x, t, class_labels)
+        else:
+            labels, scale = self.mix
+            null = torch.full_like(labels, 10)
+            out = guide(self.plain(x, t, labels), self.plain(x, t, null), scale)
+        return (out,) if return_dict is False else out
 
 
 SPEC = """
@@ -100,8 +104,10 @@ config = { {tiny_inline} }
 [models.vdpm]
 generator = "vdpm"
 sample = { steps = 4 }
-config = { {tiny_inline} }
+config = { {tiny_inline}, clip_denoised = false }
 """
+# (VDPM clips each branch's x0 before mixing, as v-diffusion-torch; unclipped, mixing x0 is
+# mixing the raw outputs, which this test checks. The clipped mix: tests/test_vdpm.py.)
 TINY_NET = "channels = 8, channel_mult = [1], num_res_blocks = 1, attn_resolutions = []"
 SPEC = SPEC.replace("{tiny_inline}", TINY_NET + ", norm_groups = 4").replace(
     "{tiny}", TINY_NET.replace(", ", "\n") + "\nnorm_groups = 4\n"
