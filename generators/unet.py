@@ -7,10 +7,12 @@ block lists so every generator builds its UNet the same way.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 from diffusers import UNet2DModel
+from torch import nn
 
 
 def build_unet(
@@ -31,6 +33,8 @@ def build_unet(
     flip_sin_to_cos: bool = False,
     freq_shift: int = 1,
     time_embedding_dim: int | None = None,
+    attn_after_resample: bool = False,
+    norm_eps: float = 1e-5,
 ) -> UNet2DModel:
     """A UNet with one level per entry of ``channel_mult`` (the first at ``image_size``).
 
@@ -38,7 +42,10 @@ def build_unet(
     ``num_class_embeds`` > 0 adds a learned class embedding to the time embedding (give one
     extra class for the "no label" of classifier-free guidance). ``attention_head_dim=None``
     means one head per block, as in Ho et al. 2020. ``time_embedding_dim=None`` is diffusers'
-    4 x ``channels``.
+    4 x ``channels``. ``resblock_resample`` resamples with residual blocks at every level
+    (BigGAN-style), else with a (strided or upsampling) convolution.
+    ``attn_after_resample`` (needs ``resblock_resample``) also puts self-attention after the
+    resampling block of each attention level, as v-diffusion-torch's UNet does.
     """
     levels = len(channel_mult)
     if image_size % (2 ** (levels - 1)):
@@ -51,9 +58,18 @@ def build_unet(
     unknown = attn - set(sizes)
     if unknown:
         raise ValueError(f"attn_resolutions {sorted(unknown)} are not among the levels {sizes}")
-    down = tuple("AttnDownBlock2D" if s in attn else "DownBlock2D" for s in sizes)
-    up = tuple("AttnUpBlock2D" if s in attn else "UpBlock2D" for s in reversed(sizes))
-    return UNet2DModel(
+    if attn_after_resample and not resblock_resample:
+        raise ValueError("attn_after_resample needs resblock_resample")
+    # diffusers' DownBlock2D / UpBlock2D ignore downsample_type: residual resampling at a
+    # level without attention needs its Resnet*sample block.
+    plain_down, plain_up = (
+        ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D")
+        if resblock_resample
+        else ("DownBlock2D", "UpBlock2D")
+    )
+    down = tuple("AttnDownBlock2D" if s in attn else plain_down for s in sizes)
+    up = tuple("AttnUpBlock2D" if s in attn else plain_up for s in reversed(sizes))
+    net = UNet2DModel(
         sample_size=image_size,
         in_channels=in_channels,
         out_channels=out_channels,
@@ -71,7 +87,37 @@ def build_unet(
         flip_sin_to_cos=flip_sin_to_cos,
         freq_shift=freq_shift,
         time_embedding_dim=time_embedding_dim,
+        norm_eps=norm_eps,
     )
+    if attn_after_resample:
+        for block in [*net.down_blocks, *net.up_blocks]:
+            samplers = getattr(block, "downsamplers", None) or getattr(block, "upsamplers", None)
+            if hasattr(block, "attentions") and samplers:
+                samplers[0] = ResampleThenAttend(samplers[0], _fresh_copy(block.attentions[0]))
+    return net
+
+
+class ResampleThenAttend(nn.Module):
+    """A residual resampling block followed by self-attention (with its residual), called as
+    diffusers' blocks call their resamplers."""
+
+    def __init__(self, resample: nn.Module, attention: nn.Module) -> None:
+        super().__init__()
+        self.resample, self.attention = resample, attention
+
+    def forward(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.attention(self.resample(hidden_states, temb))
+
+
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with newly initialised parameters."""
+    out = copy.deepcopy(module)
+    for m in out.modules():
+        if m is not out and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return out
 
 
 def unet_apply(

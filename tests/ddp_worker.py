@@ -45,7 +45,7 @@ def train(generator: str, rank: int, accum: int, out: Path) -> None:
     (model,) = plan.models.values()
     model.train = model.train.model_copy(update={"batch_size": BATCH, "grad_accum": accum})
     gen = build_generator(model, plan.benchmark.seed, torch.device("cpu"))
-    if generator == "ddpm":  # its output layers start at zero: no gradient passes them yet
+    if generator in ("ddpm", "vdpm"):  # output layers start at zero: no gradient passes them
         wake(gen)
     trainer = Trainer(gen, model.train)
     calls: dict[str, list[int]] = {}

@@ -13,6 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from genbench.generators import Batch, DataShape
+from genbench.generators.unet import ResampleThenAttend
 from genbench.generators.vdpm import (
     LOGSNR_SCHEDULES,
     MSE_WEIGHTS,
@@ -34,7 +35,7 @@ from genbench.generators.vdpm import (
     x0_from_eps,
     x0_from_v,
 )
-from tests.trainkit import fit
+from tests.trainkit import fit, wake
 
 SHAPE = DataShape(channels=1, image_size=8, num_classes=10)
 TINY = dict(
@@ -300,20 +301,42 @@ def test_sample_steps_are_checked_and_counted():
 # --------------------------------------------------------------------------- guidance
 
 
-def test_guidance_one_is_the_conditional_prediction():
-    gen = _tiny(seed=3)
+def test_guidance_mixes_the_clipped_x0_of_each_branch():
+    """As v-diffusion-torch: each branch's x_pred is clipped, then mixed (s = 1 + w) and not
+    clipped again; eps follows from the mix. Mixing before clipping gives other images."""
+    gen = wake(_tiny(seed=3), scale=0.5)
     gen.eval()
-    z = torch.randn(6, 1, 8, 8)
-    lam = torch.tensor(1.0, dtype=torch.float64)
+    z = torch.randn(6, 1, 8, 8) * 3
+    lam = torch.tensor(-1.0, dtype=torch.float64)
     labels = torch.arange(6) % 10
     with torch.no_grad():
-        cond = gen._net_output(z, lam, labels)
-        uncond = gen._net_output(z, lam, torch.full_like(labels, 10))
         convert = OUTPUT_TO_X0_EPS[gen.config.model_out_type]
-        for scale, out in [(1.0, cond), (3.0, 3.0 * cond - 2.0 * uncond)]:
-            x_pred, _ = gen._denoiser(labels, scale)(z, lam)
-            torch.testing.assert_close(x_pred, convert(z, out, lam)[0].clamp(-1, 1))
-    assert not torch.allclose(cond, uncond), "the class embedding must matter"
+        cond = convert(z, gen._net_output(z, lam, labels), lam)[0]
+        uncond = convert(z, gen._net_output(z, lam, torch.full_like(labels, 10)), lam)[0]
+        assert cond.abs().max() > 1 and not torch.allclose(cond, uncond)
+        x1, _ = gen._denoiser(labels, 1.0)(z, lam)
+        torch.testing.assert_close(x1, cond.clamp(-1, 1))
+        x3, eps3 = gen._denoiser(labels, 3.0)(z, lam)
+        expected = 3.0 * cond.clamp(-1, 1) - 2.0 * uncond.clamp(-1, 1)
+        # (the guided call batches both branches: float32 rounding differs slightly)
+        torch.testing.assert_close(x3, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(eps3, eps_from_x0(z, x3, lam))
+        assert expected.abs().max() > 1  # the mix is not clipped again
+        assert (x3 - (3.0 * cond - 2.0 * uncond).clamp(-1, 1)).abs().max() > 0.1
+
+
+def test_network_starts_at_zero_with_attention_after_resampling():
+    """init_scale = 0: the output is zero at initialisation; attention levels also attend
+    after their resampling blocks (v-diffusion-torch's UNet)."""
+    gen = _tiny(attn_resolutions=(8, 4))
+    out = gen._net_output(torch.randn(2, 1, 8, 8), torch.tensor(0.0), torch.tensor([1, 10]))
+    assert out.abs().max() == 0
+    wrapped = [m for m in gen.net.modules() if isinstance(m, ResampleThenAttend)]
+    assert len(wrapped) == 2  # the 8 -> 4 down block and the 4 -> 8 up block
+    plain = _tiny(attn_resolutions=(8, 4), zero_init=False, attn_after_resample=False)
+    x = torch.randn(2, 1, 8, 8)
+    assert plain._net_output(x, torch.tensor(0.0), torch.tensor([1, 10])).abs().max() > 0
+    assert not any(isinstance(m, ResampleThenAttend) for m in plain.net.modules())
 
 
 def test_guidance_doubles_network_evaluations():

@@ -34,7 +34,7 @@ from genbench.generators.guidance import (
     net_labels,
 )
 from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
-from genbench.generators.unet import build_unet, unet_apply
+from genbench.generators.unet import build_unet, unet_apply, zero_output_layers
 from genbench.generators.vdpm.conversions import (
     OUTPUT_CHANNELS,
     OUTPUT_TO_X0_EPS,
@@ -74,6 +74,12 @@ class VDPMConfig(GeneratorConfig):
     norm_groups: int = Field(32, ge=1)
     scale_shift_norm: bool = Field(True, description="scale/shift time conditioning")
     resblock_resample: bool = Field(True, description="BigGAN-style residual up/down-sampling")
+    attn_after_resample: bool = Field(
+        True, description="self-attention after the resampling blocks of attention levels"
+    )
+    zero_init: bool = Field(
+        True, description="start blocks' and attention's output layers and the last conv at 0"
+    )
     # diffusion
     logsnr_schedule: Literal["linear", "sigmoid", "cosine", "legacy"] = "cosine"
     logsnr_min: float = -20.0
@@ -166,7 +172,7 @@ class VDPM(Generator):
 
     def _build_net(self) -> nn.Module:
         c = self.config
-        return build_unet(
+        net = build_unet(
             image_size=self.image_size,
             in_channels=self.data.channels,
             out_channels=self.data.channels * OUTPUT_CHANNELS[c.model_out_type],
@@ -179,7 +185,12 @@ class VDPM(Generator):
             norm_groups=c.norm_groups,
             scale_shift_norm=c.scale_shift_norm,
             resblock_resample=c.resblock_resample,
+            attn_after_resample=c.attn_after_resample and c.resblock_resample,
+            norm_eps=1e-6,  # v-diffusion-torch's GroupNorm epsilon
         )
+        # v-diffusion-torch's init_scale = 0: residual blocks, attention and the output start
+        # at zero, so each block starts as the identity.
+        return zero_output_layers(net) if c.zero_init else net
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
@@ -286,16 +297,18 @@ class VDPM(Generator):
 
         def denoise(z: Tensor, logsnr: Tensor) -> tuple[Tensor, Tensor]:
             cond = self._net_labels(labels, z.shape[0])
-            if guided:
-                null = torch.full_like(cond, self.null_label)
-                out_c, out_u = self._net_output(
-                    torch.cat([z, z]), logsnr, torch.cat([cond, null])
-                ).chunk(2)
-                # Guiding the raw output equals guiding eps, x_pred or v: each is affine
-                # in it at fixed z_t.
-                out = guide(out_c, out_u, scale)
-            else:
-                out = self._net_output(z, logsnr, cond)
+            if not guided:
+                return x0_eps(z, self._net_output(z, logsnr, cond), logsnr)
+            null = torch.full_like(cond, self.null_label)
+            out = self._net_output(torch.cat([z, z]), logsnr, torch.cat([cond, null]))
+            (x0_c, _), (x0_u, _) = (x0_eps(z, o, logsnr) for o in out.chunk(2))
+            # v-diffusion-torch mixes the (clipped) x0 of each branch and does not clip the
+            # mix again; eps follows from it.
+            x0 = guide(x0_c, x0_u, scale)
+            return x0, eps_from_x0(z, x0, logsnr)
+
+        def x0_eps(z: Tensor, out: Tensor, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+            """One branch's (x_pred, eps_pred), x_pred clipped if asked."""
             x0, eps = convert(z, out, logsnr)
             if self.config.clip_denoised:
                 x0 = x0.clamp(-1.0, 1.0)
