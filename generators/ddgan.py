@@ -61,6 +61,10 @@ class DDGANConfig(GeneratorConfig):
     nz: int = Field(100, ge=1, description="latent z dimension")
     z_emb_dim: int = Field(256, ge=1, description="style (mapped z) dimension")
     n_mlp: int = Field(4, ge=0, description="hidden layers of the mapping network")
+    fir: bool = Field(True, description="FIR [1, 3, 3, 1] resampling (else avg-pool / nearest)")
+    progressive_input: Literal["none", "residual"] = Field(
+        "residual", description="G's input pyramid (NCSN++'s progressive_input)"
+    )
     d_channels: int = Field(64, ge=1, description="discriminator base channels (ngf)")
     d_channel_mult: tuple[PositiveInt, ...] = Field((2, 4, 8, 8), min_length=1)
     d_temb_dim: int | None = Field(
@@ -184,6 +188,8 @@ class DDGAN(Generator):
             nz=config.nz,
             z_emb_dim=config.z_emb_dim,
             n_mlp=config.n_mlp,
+            fir=config.fir,
+            progressive_input=config.progressive_input,
         ).to(self.device)
         self.D = DDGANDiscriminatorNet(
             data.channels,
@@ -191,6 +197,7 @@ class DDGAN(Generator):
             config.d_channel_mult,
             config.d_stddev_group,
             temb_dim=config.d_temb_dim or 4 * config.d_channels,
+            fir=config.fir,
         ).to(self.device)
 
     def modules(self) -> dict[str, nn.Module]:

@@ -11,6 +11,14 @@ sum and a linear head (the official "small" discriminator). The standard deviati
 over groups of ``stddev_group`` *consecutive* samples (the official code strides them across
 the batch), so a micro-batch made of whole groups sees exactly the groups of the full batch.
 
+Resampling is the official code's FIR filter (``fir``, default on): the [1, 3, 3, 1] binomial
+kernel, normalised, for 2x down-sampling (a depthwise stride-2 convolution, padding 1) and,
+times 4, for 2x up-sampling (its transpose); ``fir=False`` falls back to 2x2 average pooling
+and nearest-neighbour up-sampling. G's ``progressive_input = "residual"`` (NCSN++'s input
+pyramid, the official setting) down-samples the input image alongside the encoder: after each
+down-sampling block, a FIR-blurred stride-2 3x3 convolution of the pyramid is added to the
+features (scaled by 1/sqrt(2)), and the sum is both the skip and the next level's input.
+
 Building blocks from diffusers where they fit: ``AdaGroupNorm`` (group norm with a
 per-sample scale and shift), ``Timesteps`` / ``TimestepEmbedding`` (sinusoidal embedding
 + MLP) and ``Attention`` (single-head self-attention on feature maps).
@@ -31,11 +39,53 @@ from torch import nn
 
 Resample = Literal["none", "down", "up"]
 
-_RESAMPLE = {
-    "none": lambda x: x,
-    "down": lambda x: F.avg_pool2d(x, 2),
-    "up": lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"),
+
+def _fir_kernel(x: torch.Tensor, gain: float) -> torch.Tensor:
+    """The depthwise 4x4 [1, 3, 3, 1] x [1, 3, 3, 1] kernel, summing to ``gain``, for x's
+    channels."""
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0], device=x.device, dtype=x.dtype)
+    k = torch.outer(k, k) * (gain / 64.0)
+    return k.expand(x.shape[1], 1, 4, 4)
+
+
+def fir_down(x: torch.Tensor) -> torch.Tensor:
+    """2x FIR down-sampling: out[i] = (x[2i-1] + 3 x[2i] + 3 x[2i+1] + x[2i+2]) / 8 per axis,
+    zeros beyond the border."""
+    return F.conv2d(x, _fir_kernel(x, 1.0), stride=2, padding=1, groups=x.shape[1])
+
+
+def fir_up(x: torch.Tensor) -> torch.Tensor:
+    """2x FIR up-sampling: out[2i] = (x[i-1] + 3 x[i]) / 4, out[2i+1] = (3 x[i] + x[i+1]) / 4
+    per axis, zeros beyond the border."""
+    return F.conv_transpose2d(x, _fir_kernel(x, 4.0), stride=2, padding=1, groups=x.shape[1])
+
+
+_RESAMPLE: dict[bool, dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    True: {"none": lambda x: x, "down": fir_down, "up": fir_up},
+    False: {
+        "none": lambda x: x,
+        "down": lambda x: F.avg_pool2d(x, 2),
+        "up": lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"),
+    },
 }
+
+
+class PyramidDown(nn.Module):
+    """The input pyramid's down-sampler: a FIR blur (zero padding 2; without ``fir``, zero
+    padding of 1 on the right and bottom only), then a stride-2 3x3 convolution without
+    padding: (N, cin, H, W) -> (N, cout, H/2, W/2)."""
+
+    def __init__(self, cin: int, cout: int, fir: bool = True) -> None:
+        super().__init__()
+        self.fir = fir
+        self.conv = nn.Conv2d(cin, cout, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fir:
+            x = F.conv2d(x, _fir_kernel(x, 1.0), padding=2, groups=x.shape[1])
+        else:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
 
 
 def norm_groups(channels: int) -> int:
@@ -89,8 +139,10 @@ class AdaResBlock(nn.Module):
         w_dim: int,
         dropout: float = 0.0,
         resample: Resample = "none",
+        fir: bool = True,
     ) -> None:
         super().__init__()
+        self.resample_kind = resample
         self.norm1 = AdaGroupNorm(w_dim, cin, norm_groups(cin))
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(temb_dim, cout)
@@ -99,7 +151,7 @@ class AdaResBlock(nn.Module):
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
         needs_skip = cin != cout or resample != "none"
         self.skip = nn.Conv2d(cin, cout, 1) if needs_skip else nn.Identity()
-        self.resample = _RESAMPLE[resample]
+        self.resample = _RESAMPLE[fir][resample]
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.norm1(x, w))
@@ -162,6 +214,8 @@ class DDGANGeneratorNet(nn.Module):
         nz: int,
         z_emb_dim: int,
         n_mlp: int,
+        fir: bool = True,
+        progressive_input: Literal["none", "residual"] = "residual",
     ) -> None:
         super().__init__()
         temb_dim = 4 * channels
@@ -176,8 +230,22 @@ class DDGANGeneratorNet(nn.Module):
             channel_mult,
             num_res_blocks,
             set(attn_resolutions),
-            lambda cin, cout, rs: AdaResBlock(cin, cout, temb_dim, z_emb_dim, dropout, rs),
+            lambda cin, cout, rs: AdaResBlock(cin, cout, temb_dim, z_emb_dim, dropout, rs, fir),
         )
+        # NCSN++'s input pyramid: one down-sampler per encoder down-sampling block, from the
+        # previous level's (combined) features to this level's width.
+        self.pyramid = nn.ModuleList()
+        if progressive_input == "residual":
+            cin = in_channels
+            for stage in self.down:
+                if stage.block.resample_kind == "down":
+                    cout = stage.block.conv1.out_channels
+                    self.pyramid.append(PyramidDown(cin, cout, fir))
+                    cin = cout
+        elif progressive_input != "none":
+            raise ValueError(
+                f"progressive_input must be 'none' or 'residual', not {progressive_input!r}"
+            )
         self.norm_out = nn.GroupNorm(norm_groups(channels), channels)
         # Not zero-initialised (NCSN++ does): an untrained G must still map seeds to images.
         self.conv_out = nn.Conv2d(channels, in_channels, 3, padding=1)
@@ -188,8 +256,12 @@ class DDGANGeneratorNet(nn.Module):
         w = self.mapping(z)
         h = self.conv_in(x_t)
         skips = [h]
+        pyramid, level = x_t, 0
         for stage in self.down:
             h = stage(h, temb, w)
+            if self.pyramid and stage.block.resample_kind == "down":
+                pyramid = (self.pyramid[level](pyramid) + h) / math.sqrt(2.0)
+                h, level = pyramid, level + 1
             skips.append(h)
         for stage in self.mid:
             h = stage(h, temb, w)
@@ -240,15 +312,18 @@ def _unet_stages(
 
 
 class DownBlock(nn.Module):
-    """Discriminator residual block: LeakyReLU(0.2), additive time embedding, avg-pool."""
+    """Discriminator residual block: LeakyReLU(0.2), additive time embedding, FIR (or
+    average-pool) down-sampling."""
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, downsample: bool) -> None:
+    def __init__(
+        self, cin: int, cout: int, temb_dim: int, downsample: bool, fir: bool = True
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(temb_dim, cout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1, bias=False)
-        self.resample = _RESAMPLE["down" if downsample else "none"]
+        self.resample = _RESAMPLE[fir]["down" if downsample else "none"]
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.leaky_relu(x, 0.2)) + self.temb(temb)[:, :, None, None]
@@ -282,6 +357,7 @@ class DDGANDiscriminatorNet(nn.Module):
         channel_mult: Sequence[int],
         stddev_group: int,
         temb_dim: int | None = None,
+        fir: bool = True,
     ) -> None:
         super().__init__()
         self.stddev_group = stddev_group
@@ -293,7 +369,7 @@ class DDGANDiscriminatorNet(nn.Module):
         widths = [channels * m for m in channel_mult]
         self.conv_in = nn.Conv2d(2 * in_channels, widths[0], 1)
         self.blocks = nn.ModuleList(
-            DownBlock(cin, cout, temb_dim, downsample=i > 0)
+            DownBlock(cin, cout, temb_dim, downsample=i > 0, fir=fir)
             for i, (cin, cout) in enumerate(zip(widths[:1] + widths[:-1], widths, strict=True))
         )
         extra = 1 if stddev_group > 1 else 0

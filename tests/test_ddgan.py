@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from genbench.data.datasets import Digits
 from genbench.generators import GENERATORS, Batch, DataShape
 from genbench.generators.ddgan import DDGAN, DDGANConfig, VPSchedule
+from genbench.generators.ddgan_nets import fir_down, fir_up
 from genbench.generators.training import LRSchedule, group_slices
 from tests.trainkit import trainer
 
@@ -312,3 +313,51 @@ def test_smoke_ddgan_trained_fid_at_most_half_of_untrained(cli, tmp_path):
         assert metrics["nfe"] == 4 and metrics["sample"]["steps"] is None  # T, fixed
         fid[metrics["train_steps"]] = metrics["metrics"]["fid"]["value"]
     assert fid[300] <= 0.5 * fid[0], fid
+
+
+# --------------------------------------------------------------------------- FIR and pyramid
+
+
+def _fir_1d(x: torch.Tensor, up: bool) -> torch.Tensor:
+    """The official [1, 3, 3, 1] resampling of one row, written out (zeros off the ends)."""
+    n = x.shape[0]
+
+    def at(i: int) -> float:
+        return float(x[i]) if 0 <= i < n else 0.0
+
+    if up:
+        pairs = [((at(i - 1) + 3 * at(i)) / 4, (3 * at(i) + at(i + 1)) / 4) for i in range(n)]
+        return torch.tensor([v for pair in pairs for v in pair])
+    return torch.tensor(
+        [
+            (at(2 * i - 1) + 3 * at(2 * i) + 3 * at(2 * i + 1) + at(2 * i + 2)) / 8
+            for i in range(n // 2)
+        ]
+    )
+
+
+def test_fir_resampling_is_the_separable_binomial_filter():
+    g = torch.Generator().manual_seed(0)
+    rows, cols = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    image = torch.outer(rows, cols)[None, None]  # separable: the 2-D filter acts per axis
+    for fn, up in ((fir_down, False), (fir_up, True)):
+        expected = torch.outer(_fir_1d(rows, up), _fir_1d(cols, up))
+        torch.testing.assert_close(fn(image)[0, 0], expected)
+    assert fir_down(torch.ones(1, 2, 8, 8))[0, :, 1:3, 1:3].eq(1).all()  # unit gain inside
+    assert fir_up(torch.ones(1, 2, 8, 8))[0, :, 1:15, 1:15].eq(1).all()
+
+
+def test_input_pyramid_adds_the_downsampled_input_after_each_down_block():
+    gen = _tiny(awake=True)
+    G = gen.G
+    assert len(G.pyramid) == sum(s.block.resample_kind == "down" for s in G.down) > 0
+    seen: dict[str, torch.Tensor] = {}
+    down_at = next(i for i, s in enumerate(G.down) if s.block.resample_kind == "down")
+    G.down[down_at].register_forward_hook(lambda m, i, o: seen.__setitem__("block", o))
+    G.pyramid[0].register_forward_hook(lambda m, i, o: seen.__setitem__("pyramid", o))
+    G.down[down_at + 1].register_forward_pre_hook(lambda m, i: seen.__setitem__("next", i[0]))
+    x_t = torch.randn(2, 1, 8, 8)
+    G(x_t, torch.randn(2, gen.config.nz), torch.tensor([1, 2]))
+    torch.testing.assert_close(seen["next"], (seen["block"] + seen["pyramid"]) / math.sqrt(2))
+    plain = _tiny(progressive_input="none", fir=False)
+    assert len(plain.G.pyramid) == 0 and plain.G.down[down_at].block.resample is not fir_down
