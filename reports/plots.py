@@ -212,7 +212,9 @@ def fid_vs_nfe(report: Report) -> Plot | Missing:
     title = "FID against network evaluations per image (NFE)"
     points = _quality_points(report, lambda m: m.metrics.nfe)
     published = [
-        f for f in matched(report.published_figures, report.inputs.models) if f.nfe is not None
+        f
+        for f in matched(report.published_figures, report.inputs.models)
+        if isinstance(f.nfe, int)  # "not stated" has no place on the axis
     ]
     if not points:
         return Missing("fid_nfe", title, "no model has both an FID and an NFE")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,7 +46,8 @@ class PublishedFigure(BaseModel):
     conditional: bool
     fid: float | tuple[float, float]
     is_: float | None = Field(default=None, alias="is")
-    nfe: int | None = None
+    sampler: str = Field(min_length=1)
+    nfe: int | Literal["not stated"]
     citation: str
     source: str
     verified: bool
@@ -127,6 +129,7 @@ def published_table(
         Column("model (published)"),
         Column("FID ↓", "as reported by the authors", numeric=True),
         Column("IS ↑", numeric=True),
+        Column("sampler"),
         Column("NFE", numeric=True),
         Column("samples", numeric=True),
         Column("reference"),
@@ -143,7 +146,8 @@ def published_table(
                 Cell(f.model, f.model),
                 Cell(f.fid_text(), low),
                 Cell(fmt.fixed(f.is_, 2), f.is_),
-                Cell(str(f.nfe) if f.nfe is not None else fmt.MISSING, f.nfe),
+                Cell(f.sampler),
+                Cell(str(f.nfe), f.nfe if isinstance(f.nfe, int) else None),
                 Cell(f"{f.protocol.num_samples:,}", f.protocol.num_samples),
                 Cell(f"{f.dataset} {f.protocol.reference_split}"),
                 Cell(f.protocol.fid_implementation),

@@ -307,11 +307,12 @@ def test_markdown_cells_cannot_break_the_table(tmp_path):
 
 def test_published_figures_have_citations_protocols_and_the_issue_values():
     figures = {f.id: f for f in load_published()}
-    assert len(figures) >= 8
+    assert len(figures) == 7
     ddpm = figures["ddpm-ho2020"]
     assert (ddpm.fid, ddpm.is_, ddpm.nfe) == (3.17, 9.46, 1000)
     assert (ddpm.protocol.num_samples, ddpm.protocol.reference_split) == (50000, "train")
-    assert figures["iddpm-nichol2021"].fid == (2.90, 3.19)
+    iddpm = figures["iddpm-nichol2021"]
+    assert (iddpm.fid, iddpm.nfe, iddpm.verified) == ((2.90, 3.19), 4000, True)
     assert (figures["ddgan-xiao2022"].fid, figures["ddgan-xiao2022"].nfe) == (3.75, 4)
     assert figures["ddgan-xiao2022"].protocol.fid_implementation == "pytorch-fid"
     assert (figures["edm-karras2022-uncond"].fid, figures["edm-karras2022-cond"].fid) == (
@@ -320,14 +321,22 @@ def test_published_figures_have_citations_protocols_and_the_issue_values():
     )
     assert figures["edm-karras2022-cond"].nfe == 35
     assert (figures["vdpm-tqch-w0"].fid, figures["vdpm-tqch-w0"].is_) == (2.58, 9.76)
-    dcgan = figures["dcgan-studiogan-50k-train"]
-    assert (dcgan.fid, dcgan.is_) == (48.29, 6.11)
+    assert figures["vdpm-tqch-w0"].nfe == "not stated"
+    # the unverifiable StudioGAN 50k-vs-train figure is gone; the checked 10k-vs-test one stays
+    assert "dcgan-studiogan-50k-train" not in figures
+    dcgan = figures["dcgan-studiogan-10k-test"]
+    assert (dcgan.fid, dcgan.protocol.num_samples, dcgan.protocol.reference_split) == (
+        49.03,
+        10000,
+        "test",
+    )
     for f in figures.values():
-        assert f.citation and f.source and f.verification
+        assert f.citation and f.source and f.verification and f.sampler
+        assert f.verified  # every shipped figure was checked against its source
         assert "http" not in f.citation + f.source  # the HTML report must not link out
 
 
-def test_published_shown_only_when_dataset_and_protocol_match(tmp_path):
+def test_published_shown_only_when_dataset_and_protocol_match(tmp_path, monkeypatch):
     inception = {
         "extractor": "pytorch_fid_inception_v3",
         "weights_sha256": "cd" * 32,
@@ -352,11 +361,22 @@ def test_published_shown_only_when_dataset_and_protocol_match(tmp_path):
     )
     text = emit_report([matching])
     rows = table_rows(text, "| DDPM (L_simple) |")
-    assert rows and rows[0][1:4] == ["3.17", "9.46", "1000"]
+    assert rows and rows[0][1:5] == ["3.17", "9.46", "ancestral, all T = 1000 steps", "1000"]
     assert "| improved DDPM (variants) | 2.90–3.19 |" in text
-    assert "NOT VERIFIED" in text  # unverified figures say so
+    assert "NOT VERIFIED" not in text
     assert "not measured by genbench" in text
     assert "StudioGAN, 2020 README" not in text  # 10k-vs-test protocol: not this run's
+    # a figure nobody could check (a user's own file may hold one) says so, with the reason
+    figures = [
+        f.model_copy(update={"verified": False, "verification": "table not reachable"})
+        if f.id == "iddpm-nichol2021"
+        else f
+        for f in load_published()
+    ]
+    monkeypatch.setattr("genbench.reports.report.load_published", lambda: figures)
+    text = emit_report([matching])
+    assert "NOT VERIFIED" in text and "iddpm-nichol2021: table not reachable" in text
+    monkeypatch.undo()
     digits = write_run(tmp_path, "run-b-0002", [model_files("dcgan", 10.0)])
     text = emit_report([digits])
     assert "| DDPM (L_simple) |" not in text
