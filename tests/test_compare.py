@@ -124,6 +124,18 @@ def test_records_are_matched_by_case(tmp_path):
     ]
 
 
+def test_a_changed_network_is_noted_not_gated():
+    """Another parameter count is another architecture: its speed is different work."""
+    rng = np.random.default_rng(7)
+    base = [record("a", realistic(rng, 20, 1.0), parameters=1000)]
+    rows, notes = compare_records(base, [record("a", realistic(rng, 20, 1.5), parameters=1200)])
+    assert rows == [] and notes[0].startswith("network changed (not compared)")
+    assert "1,000 -> 1,200 parameters" in notes[0]
+    same = [record("a", realistic(rng, 20, 1.5), parameters=1000)]
+    (row,) = compare_records(base, same)[0]
+    assert row.verdict == "regression"  # the same network, slower: still caught
+
+
 def test_cli_exit_codes_on_files(cli, tmp_path):
     rng = np.random.default_rng(6)
     base = write_speed(tmp_path / "base.json", [record("a", realistic(rng, 20, 1.0))])

@@ -102,7 +102,9 @@ def compare_records(
 ) -> tuple[list[Comparison], list[str]]:
     """Match results by model, batch size, steps, fast paths and device; compare each.
 
-    Returns the comparisons and one note per result found on one side only.
+    A model whose network changed between the two sides (another parameter count: an
+    architecture change, not slower code) is different work: it is noted, not compared.
+    Returns the comparisons and one note per result found on one side only or changed.
     """
     base_by = {case_key(r): r for r in base if not r.baseline}
     head_by = {case_key(r): r for r in head if not r.baseline}
@@ -111,6 +113,12 @@ def compare_records(
         b = base_by.get(k)
         if b is None:
             notes.append(f"only in head (not compared): {describe(case_fields(h))}")
+            continue
+        if None not in (b.parameters, h.parameters) and b.parameters != h.parameters:
+            notes.append(
+                f"network changed (not compared): {describe(case_fields(h))}, "
+                f"{b.parameters:,} -> {h.parameters:,} parameters"
+            )
             continue
         rows.append(compare_samples(b.raw_s, h.raw_s, threshold, alpha, case_fields(h)))
     notes += [
