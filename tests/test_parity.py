@@ -13,7 +13,10 @@ from genbench.generators.ddpm import DDPM, DDPMConfig
 # (model of cifar10.toml, network, the authors' count)
 REFERENCE = [
     ("ddpm", "unet", 52_550_000),  # improved-diffusion's CIFAR-10 model: 52.55M
+    ("ddgan", "G", 48_430_000),  # denoising-diffusion-gan, NCSN++ generator: 48.43M
     ("ddgan", "D", 12_740_000),  # denoising-diffusion-gan, Discriminator_small: 12.74M
+    ("edm", "net", 55_730_000),  # EDM's DDPM++ (SongUNet) for CIFAR-10: 55.73M
+    ("vdpm", "net", 60_810_000),  # v-diffusion-torch's CIFAR-10 UNet: 60.81M
 ]
 
 
