@@ -87,14 +87,14 @@ def _values(run_dir: Path) -> dict[str, object]:
 def test_ctrl_c_exits_130_with_one_line_and_resume_gives_the_uninterrupted_result(
     cli, tiny_spec, tmp_path
 ):
-    spec = tiny_spec(steps=400, num_samples=600, extra=DDPM)
+    spec = tiny_spec(steps=200, num_samples=300, extra=DDPM)
     whole = tmp_path / "whole"
     assert cli("run", str(spec), "--out", str(whole)).code == 0
     (reference,) = whole.iterdir()
     expected = _values(reference)
     assert "bits_per_dim" in expected["ddpm"][1]  # the resumed runs must match it too
     interrupted = 0
-    # during training (the log appears at step 5 of 400), sampling (after the checkpoint)
+    # during training (the log appears at step 5 of 200), sampling (after the checkpoint)
     # and evaluation (after the sample grid: bits/dim, timing)
     for i, trigger in enumerate(("train_log.jsonl", "checkpoint.safetensors", "samples.png")):
         out = tmp_path / f"runs{i}"
