@@ -89,6 +89,12 @@ def build_unet(
         time_embedding_dim=time_embedding_dim,
         norm_eps=norm_eps,
     )
+    mid_attention = (net.mid_block.attentions or [None])[0]
+    if mid_attention is not None and mid_attention.group_norm is None:
+        # diffusers drops the middle attention's GroupNorm under scale-shift norms; the
+        # papers' UNets (improved-diffusion, v-diffusion-torch) normalise before every
+        # attention.
+        mid_attention.group_norm = nn.GroupNorm(norm_groups, widths[-1], eps=norm_eps, affine=True)
     if attn_after_resample:
         for block in [*net.down_blocks, *net.up_blocks]:
             samplers = getattr(block, "downsamplers", None) or getattr(block, "upsamplers", None)

@@ -38,3 +38,28 @@ def test_ho_et_al_default_has_their_parameter_count():
     resolved = resolve(*read_spec("cifar10"), Overrides(models=["ddpm"])).models["ddpm"]
     gen = DDPM(DDPMConfig(), resolved.data_shape, torch.device("cpu"))
     assert abs(_count(gen.unet) / 35_750_000 - 1) < 0.005
+
+
+def test_improved_ddpm_network_equals_openais_count_exactly():
+    """improved-diffusion's CIFAR-10 flags (128 channels x (1, 2, 2, 2), 3 blocks, attention
+    at 16 and 8 with 4 heads, scale-shift norm, learned sigmas) built by OpenAI's own code
+    (guided-diffusion-sdk, a test-only dependency) and by us: the same number of parameters,
+    the middle attention's GroupNorm included (diffusers leaves it out under scale-shift)."""
+    from guided_diffusion.unet import UNetModel
+
+    with torch.device("meta"):
+        theirs = UNetModel(
+            image_size=32,
+            in_channels=3,
+            model_channels=128,
+            out_channels=6,
+            num_res_blocks=3,
+            attention_resolutions=(2, 4),  # downsampling factors: 16 and 8 px
+            dropout=0.3,
+            channel_mult=(1, 2, 2, 2),
+            num_heads=4,
+            use_scale_shift_norm=True,
+        )
+    resolved = resolve(*read_spec("cifar10"), Overrides(models=["ddpm"])).models["ddpm"]
+    ours = DDPM(resolved.config, resolved.data_shape, torch.device("cpu"))
+    assert _count(ours.unet) == _count(theirs)
