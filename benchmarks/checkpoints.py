@@ -1,5 +1,10 @@
 """Checkpoints: a generator's network tensors as safetensors, with what made them in the
-metadata (generator, config, training info), written atomically."""
+metadata (generator, config, training info), written atomically.
+
+A checkpoint given to a run may also be a torch state dict that another code base wrote
+(an improved-diffusion ``model*.pt``): it is read with ``torch.load(weights_only=True)``,
+which runs no pickled code, and the generator maps it onto its networks
+(``Generator.import_state``)."""
 
 from __future__ import annotations
 
@@ -46,6 +51,60 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
 
 
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file (its 8-byte header length, then the JSON
+    header), not, say, a torch.save zip or pickle."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _torch_state(path: Path) -> dict[str, torch.Tensor]:
+    """A flat dict of tensors written by ``torch.save``, read without running pickled code
+    (memory-mapped when the file allows: a published model may be gigabytes)."""
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # the old format
+    except Exception as exc:  # torch.load raises many types; the user needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{path}: neither a safetensors checkpoint nor a torch state dict ({first})"
+        ) from None
+    if not (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise CheckpointError(
+            f"{path}: holds no state dict (a flat dict of tensors, as "
+            "torch.save(model.state_dict()) writes it)"
+        )
+    return obj
+
+
+def imported_state(gen: Generator, path: Path) -> dict[str, torch.Tensor]:
+    """``gen``'s state from the torch state dict at ``path`` (``Generator.import_state``),
+    floating tensors cast to the network's dtypes (checkpoints trained in fp16 hold fp16)."""
+    try:
+        state = gen.import_state(_torch_state(path))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    expected = gen.state_dict()
+    return {
+        key: value.to(expected[key].dtype)
+        if key in expected and value.is_floating_point() and expected[key].is_floating_point()
+        else value
+        for key, value in state.items()
+    }
+
+
 def _misfit(path: Path, detail: str) -> CheckpointError:
     return CheckpointError(
         f"{path}: does not fit this model's config ({detail}); use the config it was trained with"
@@ -69,7 +128,16 @@ def _check_tensors(gen: Generator, state: dict[str, torch.Tensor], path: Path) -
 
 def load_checkpoint(gen: Generator, path: Path, generator: str) -> None:
     """Load ``path`` into ``gen``; a checkpoint of another generator or config, or with
-    tensors of the wrong dtype or not finite, is a one-line ``CheckpointError``."""
+    tensors of the wrong dtype or not finite, is a one-line ``CheckpointError``. A torch
+    state dict is imported (``imported_state``)."""
+    if not is_safetensors(path):
+        state = imported_state(gen, path)
+        _check_tensors(gen, state, path)
+        try:
+            gen.load_state_dict({k: v.to(gen.device) for k, v in state.items()})
+        except (RuntimeError, KeyError) as exc:
+            raise _misfit(path, str(exc).strip().splitlines()[0][:200]) from None
+        return
     meta = checkpoint_metadata(path)
     if meta.get("generator") not in (None, generator):
         raise CheckpointError(
@@ -92,6 +160,9 @@ def check_checkpoint(model: ResolvedModel) -> None:
     values (the network is built on the "meta" device, where it costs no memory)."""
     path = model.checkpoint
     if path is None:
+        return
+    if not is_safetensors(path):
+        _check_import(model, path)
         return
     meta = checkpoint_metadata(path)
     if meta.get("generator") not in (None, model.generator):
@@ -122,6 +193,22 @@ def check_checkpoint(model: ResolvedModel) -> None:
                 path, f"tensor {key} is {list(shape)}, the network's {list(expected[key])}"
             )
     _check_tensors(gen, load_file(str(path)), path)
+
+
+def _check_import(model: ResolvedModel, path: Path) -> None:
+    """``check_checkpoint`` for a torch state dict: it imports onto the network built on the
+    meta device, names and shapes complete, every value finite."""
+    try:
+        with torch.device("meta"):
+            gen = model.generator_class(model.config, model.data_shape, torch.device("meta"))
+    except Exception:  # a network the meta device cannot build: the load checks it
+        return
+    state = imported_state(gen, path)
+    expected = gen.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    if missing:
+        raise _misfit(path, f"{len(missing)} tensors of the network are not filled: {missing[0]}")
+    _check_tensors(gen, state, path)
 
 
 def finished_training(model: ResolvedModel, model_dir: Path) -> dict[str, Any] | None:

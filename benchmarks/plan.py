@@ -60,6 +60,7 @@ class Overrides:
     data_root: Path | None = None
     inception_weights: Path | None = None
     checkpoints: dict[str, Path] = field(default_factory=dict)
+    reference_stats: Path | None = None
 
 
 @dataclass
@@ -259,6 +260,11 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         evaluate = evaluate.model_copy(update={"weights": ov.inception_weights})
     if evaluate.weights is not None and not Path(evaluate.weights).is_file():
         raise SpecError(f"evaluate.weights: no such file: {evaluate.weights}")
+    if ov.reference_stats is not None:
+        evaluate = evaluate.model_copy(update={"reference_stats": ov.reference_stats})
+    where = "--reference-stats" if ov.reference_stats is not None else "evaluate.reference_stats"
+    if evaluate.reference_stats is not None and not Path(evaluate.reference_stats).is_file():
+        raise SpecError(f"{where}: no such file: {evaluate.reference_stats}")
     evaluate = evaluate.model_copy(
         update={
             "weights": _absolute(evaluate.weights),

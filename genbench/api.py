@@ -38,6 +38,7 @@ def load_spec(
     data_root: str | Path | None = None,
     inception_weights: str | Path | None = None,
     checkpoints: Mapping[str, str | Path] | None = None,
+    reference_stats: str | Path | None = None,
 ) -> RunPlan:
     """A shipped spec (``"smoke"``, ``"cifar10"``) or a spec file, resolved with these
     overrides into the ``RunPlan`` ``run`` executes: every name, config and sampling
@@ -53,6 +54,7 @@ def load_spec(
         data_root=Path(data_root) if data_root is not None else None,
         inception_weights=Path(inception_weights) if inception_weights is not None else None,
         checkpoints={k: Path(v) for k, v in (checkpoints or {}).items()},
+        reference_stats=Path(reference_stats) if reference_stats is not None else None,
     )
     return resolve(spec, source, overrides)
 

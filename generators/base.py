@@ -172,6 +172,16 @@ class Generator(ABC):
                 out[f"{name}.{key}"] = value
         return out
 
+    def import_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This generator's ``state_dict`` from the tensors of a checkpoint another code base
+        wrote (a torch state dict, read with ``torch.load(weights_only=True)``);
+        ``ValueError`` (one line: what does not fit and how to fix it) when it is no format
+        the generator reads. None is read by default."""
+        raise ValueError(
+            f"not a genbench safetensors checkpoint, and generator {type(self).__name__} "
+            "imports no other format"
+        )
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of ``state_dict``; unknown or missing keys are errors."""
         mods = self.modules()

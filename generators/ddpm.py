@@ -12,13 +12,15 @@ parameters); ``benchmarks/specs/cifar10.toml`` holds the iDDPM CIFAR-10 setting.
 diffusers directory (``UNet2DModel.save_pretrained``, the format of the published
 ``google/ddpm-cifar10-32``) loads with ``pretrained = "DIR"`` or ``DDPM.from_pretrained``.
 Those published weights are reported to be the non-EMA checkpoint (FID about 12), not the
-paper's FID 3.17 model.
+paper's FID 3.17 model. Checkpoints of OpenAI's improved-diffusion and guided-diffusion
+load through ``import_state`` (``genbench.generators.openai_checkpoint``) when the config
+holds the flags that made them.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +57,11 @@ from genbench.generators.guidance import (
     is_guided,
     net_labels,
 )
+from genbench.generators.openai_checkpoint import (
+    OPENAI_MARKERS,
+    import_openai_state,
+    is_openai_state,
+)
 from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
 from genbench.generators.unet import build_unet, unet_apply, zero_output_layers
 
@@ -67,8 +74,16 @@ BACKBONE_FIELDS = (
     "dropout",
     "norm_groups",
     "attention_head_dim",
+    "num_heads",
     "scale_shift_norm",
+    "resblock_updown",
+    "time_embedding",
 )
+
+#: The sinusoidal timestep embeddings, as ``build_unet``'s (flip_sin_to_cos, freq_shift):
+#: Ho et al.'s (sines first, frequencies 10000^(-i / (d/2 - 1))) and OpenAI's (cosines
+#: first, 10000^(-i / (d/2))), which improved- and guided-diffusion checkpoints need.
+TIME_EMBEDDINGS = {"ho": (False, 1), "openai": (True, 0)}
 
 
 def _diffusers_dir(path: Path) -> Path | None:
@@ -103,8 +118,29 @@ class DDPMConfig(GeneratorConfig):
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = Field(0.1, ge=0, lt=1)
     norm_groups: int = Field(32, ge=1)
-    attention_head_dim: int | None = Field(None, ge=1, description="None = one head")
+    attention_head_dim: int | None = Field(
+        None, ge=1, description="channels per attention head (num_head_channels); None = one head"
+    )
+    num_heads: int | None = Field(
+        None, ge=1, description="heads of every attention block instead (OpenAI's num_heads)"
+    )
     scale_shift_norm: bool = False
+    resblock_updown: bool = Field(False, description="resample with residual blocks (BigGAN)")
+    time_embedding: Literal["ho", "openai"] = Field(
+        "ho", description="sinusoidal timestep embedding: Ho et al.'s or OpenAI's"
+    )
+    rescale_timesteps: bool = Field(
+        True, description="the network sees t x 1000 / T (improved-diffusion); false: t"
+    )
+    null_label: bool = Field(
+        True, description="an extra 'no label' class for guidance (OpenAI's models: false)"
+    )
+    attention_order: Literal["legacy", "new"] = Field(
+        "legacy", description="q/k/v packing of an OpenAI checkpoint (use_new_attention_order)"
+    )
+    likelihood_cdf: Literal["exact", "tanh"] = Field(
+        "exact", description="normal CDF of the decoder likelihood: exact or OpenAI's tanh"
+    )
     # optimisation
     lr: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(5000, ge=0, description="linear learning-rate warm-up")
@@ -130,6 +166,12 @@ class DDPMConfig(GeneratorConfig):
             raise ValueError("learned_range variance needs loss 'hybrid' or 'vlb' to train it")
         if any(self.channels * m % self.norm_groups for m in self.channel_mult):
             raise ValueError("channels x every channel_mult must be divisible by norm_groups")
+        if self.num_heads is not None and self.attention_head_dim is not None:
+            raise ValueError("give num_heads or attention_head_dim, not both")
+        if not self.null_label and self.conditional and self.p_uncond > 0:
+            raise ValueError(
+                "null_label = false leaves no class to drop labels to; set p_uncond = 0"
+            )
         if self.sample_steps is not None:  # raises ValueError when invalid
             parse_steps(self.sample_steps, self.num_timesteps)
         given = sorted(self.model_fields_set & set(BACKBONE_FIELDS))
@@ -189,6 +231,11 @@ class DDPM(Generator):
         if settings.steps is not None:
             parse_steps(settings.steps, config.num_timesteps)  # ValueError when invalid
         check_guidance(settings.guidance, cls.is_conditional(config, data))
+        if not config.null_label and is_guided(settings.guidance, cls.is_conditional(config, data)):
+            raise ValueError(
+                f"guidance: {settings.guidance} needs the 'no label' class, which this model "
+                "has not (null_label = false): sample it conditionally (guidance = 1)"
+            )
 
     def __init__(self, config: DDPMConfig, data: DataShape, device: torch.device) -> None:
         super().__init__(config, data, device)
@@ -214,6 +261,7 @@ class DDPM(Generator):
         c = self.config
         if c.pretrained is not None:
             return self._checked_pretrained(load_pretrained_unet(c.pretrained))
+        flip_sin_to_cos, freq_shift = TIME_EMBEDDINGS[c.time_embedding]
         net = build_unet(
             image_size=self.image_size,
             in_channels=self.data.channels,
@@ -223,10 +271,14 @@ class DDPM(Generator):
             num_res_blocks=c.num_res_blocks,
             attn_resolutions=c.attn_resolutions,
             dropout=c.dropout,
-            num_class_embeds=self.data.num_classes + 1 if self.conditional else 0,
+            num_class_embeds=self.data.num_classes + c.null_label if self.conditional else 0,
             norm_groups=c.norm_groups,
             attention_head_dim=c.attention_head_dim,
+            num_heads=c.num_heads,
             scale_shift_norm=c.scale_shift_norm,
+            resblock_resample=c.resblock_updown,
+            flip_sin_to_cos=flip_sin_to_cos,
+            freq_shift=freq_shift,
         )
         # improved-diffusion starts the residual blocks' and attention's output layers and
         # the final convolution at zero (Nichol & Dhariwal 2021, their code's zero_module).
@@ -252,9 +304,30 @@ class DDPM(Generator):
     def modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet}
 
+    def import_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state of an improved-diffusion / guided-diffusion ``UNetModel`` checkpoint
+        (``model*.pt``, ``ema_*.pt``, their published models), mapped onto this UNet; the
+        config must hold the flags that made it (docs/generators.md has the table)."""
+        if not is_openai_state(state):
+            raise ValueError(
+                "neither a genbench safetensors checkpoint nor an improved-/guided-diffusion "
+                f"UNet state dict (it has no {' or '.join(OPENAI_MARKERS)})"
+            )
+        if self.config.time_embedding != "openai":
+            raise ValueError(
+                'an improved-/guided-diffusion checkpoint needs time_embedding = "openai" '
+                "in the ddpm config (their timestep embedding)"
+            )
+        converted = import_openai_state(
+            self.unet, state, self.config.num_res_blocks, self.config.attention_order
+        )
+        return {f"unet.{key}": value for key, value in converted.items()}
+
     def _net_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
         if not self.conditional:
             return None
+        if labels is None and not self.config.null_label:
+            raise ValueError("this model has no 'no label' class (null_label = false): give labels")
         return net_labels(labels, n, self.null_label, self.device)
 
     def _apply(
@@ -269,7 +342,7 @@ class DDPM(Generator):
         ``net`` (default: the generator's UNet)."""
         # Original timesteps scaled to [0, 1000) whatever T is (improved-diffusion's
         # rescale_timesteps), so the time embedding sees the DDPM range.
-        scale = 1000.0 / self.config.num_timesteps
+        scale = 1000.0 / self.config.num_timesteps if self.config.rescale_timesteps else 1.0
         t_net = diffusion.table(diffusion.timestep_map, x.device)[t].float() * scale
         out = unet_apply(self.unet if net is None else net, x, t_net, labels)
         if self.config.variance != "learned_range":
@@ -319,7 +392,7 @@ class DDPM(Generator):
             # (stop-gradient on the mean); T · L_t is an unbiased estimate of L_vlb.
             mean_eps = eps.detach() if c.loss == "hybrid" else eps
             pred = diff.p_mean_variance(mean_eps, xt, d.t, c.variance, v, clip=False)
-            terms["vlb"] = diff.vlb_terms(d.x0, xt, d.t, pred)
+            terms["vlb"] = diff.vlb_terms(d.x0, xt, d.t, pred, c.likelihood_cdf)
         scale = {"simple": 0.0, "vlb": 1.0, "hybrid": c.hybrid_lambda}[c.loss]
         total = terms.get("mse", 0.0) + scale * diff.num_timesteps * terms.get("vlb", 0.0)
         return {"total": total, **terms}
@@ -436,16 +509,17 @@ class DDPM(Generator):
     @torch.no_grad()
     def bits_per_dim(self, batch: Batch) -> torch.Tensor:
         """Per-image L_vlb = L_T + sum_t L_t in bits/dim (Ho et al. eq. 5), one network pass
-        per timestep over the batch; the q_sample noise comes from the global RNG."""
+        per timestep over the batch, from t = T - 1 down to 0 (as improved-diffusion's
+        calc_bpd_loop); the q_sample noise comes from the global RNG."""
         d, c = self.diffusion, self.config
         x0 = batch.images.to(self.device)
         labels = self._net_labels(batch.labels, x0.shape[0])
         with eval_mode(self.unet):
             total = d.prior_bpd(x0)
-            for index in range(d.num_timesteps):
+            for index in reversed(range(d.num_timesteps)):
                 t = torch.full((x0.shape[0],), index, device=self.device, dtype=torch.long)
                 xt = d.q_sample(x0, t, torch.randn_like(x0))
                 eps, v = self._apply(xt, t, d, labels)
                 pred = d.p_mean_variance(eps, xt, t, c.variance, v, c.clip_denoised)
-                total = total + d.vlb_terms(x0, xt, t, pred)
+                total = total + d.vlb_terms(x0, xt, t, pred, c.likelihood_cdf)
         return total

@@ -7,7 +7,9 @@ t + 1, so index 0 is the last denoising step (the decoder p(x_0 | x_1)).
 Papers: Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models" (DDPM);
 Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models" (iDDPM);
 Song, Meng, Ermon 2020, "Denoising Diffusion Implicit Models" (DDIM).
-Schedules are kept in float64 and cast to the data's dtype when gathered.
+Schedules and every coefficient formed from them (square roots, 1 - alpha-bar, their
+ratios) are computed in float64 once and cast to the data's dtype when gathered: cast
+before forming 1 - alpha-bar, float32 keeps about 3 digits of it where it is near 1e-5.
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ def linear_betas(num_timesteps: int) -> torch.Tensor:
     the cosine schedule, betas are clipped at 0.999 (short chains, T <= 20, reach 1).
     """
     scale = 1000.0 / num_timesteps
-    betas = torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
+    betas = torch.linspace(
+        scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64, device="cpu"
+    )
     return betas.clamp(max=0.999)
 
 
 def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal 2021, eq. 17: alpha-bar_t = f(t) / f(0), f(t) = cos²((t/T + s)/(1 + s)
     · π/2), beta_t = 1 - alpha-bar_t / alpha-bar_{t-1}, clipped at 0.999."""
-    steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    steps = torch.arange(num_timesteps + 1, dtype=torch.float64, device="cpu") / num_timesteps
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
 
@@ -148,17 +152,41 @@ def normal_kl(
     )  # fmt: skip
 
 
+#: The normal CDFs of the decoder likelihood: the exact one (``torch.special.ndtr``) or the
+#: tanh approximation improved-diffusion and guided-diffusion use (for like-for-like bits/dim).
+DECODER_CDFS = ("exact", "tanh")
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of the standard normal CDF (Page 1977),
+    0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x³))): what OpenAI's decoder likelihood uses;
+    within about 2e-4 of the exact CDF."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
 def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, cdf: str = "exact"
 ) -> torch.Tensor:
     """Ho et al. 2020, eq. 13: log-probability (nats) of the 8-bit bin around each x in
-    [-1, 1] under N(mean, exp(log_scale)²); the edge bins extend to ±infinity."""
+    [-1, 1] under N(mean, exp(log_scale)²); the edge bins extend to ±infinity.
+
+    ``cdf="exact"`` integrates with the exact normal CDF (log-space at the edge bins);
+    ``cdf="tanh"`` with OpenAI's tanh approximation, as improved-diffusion computes it
+    (bits/dim then differ by about 1e-3 from the exact ones)."""
     inv_std = torch.exp(-log_scale)
     upper = (x - mean + 1.0 / 255.0) * inv_std
     lower = (x - mean - 1.0 / 255.0) * inv_std
-    log_cdf_upper = torch.special.log_ndtr(upper)  # bin x = -1: (-inf, upper]
-    log_sf_lower = torch.special.log_ndtr(-lower)  # bin x = +1: [lower, inf)
-    mid = torch.log((torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12))
+    if cdf == "tanh":
+        cdf_upper, cdf_lower = approx_standard_normal_cdf(upper), approx_standard_normal_cdf(lower)
+        log_cdf_upper = torch.log(cdf_upper.clamp(min=1e-12))
+        log_sf_lower = torch.log((1.0 - cdf_lower).clamp(min=1e-12))
+        mid = torch.log((cdf_upper - cdf_lower).clamp(min=1e-12))
+    elif cdf == "exact":
+        log_cdf_upper = torch.special.log_ndtr(upper)  # bin x = -1: (-inf, upper]
+        log_sf_lower = torch.special.log_ndtr(-lower)  # bin x = +1: [lower, inf)
+        mid = torch.log((torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12))
+    else:
+        raise ValueError(f"unknown decoder cdf {cdf!r}; valid: {', '.join(DECODER_CDFS)}")
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, mid))
 
 
@@ -183,6 +211,9 @@ class GaussianDiffusion:
     """Forward process q, its posteriors and the reverse-process steps for one beta schedule.
 
     ``timestep_map[t]`` is the original timestep of step t (identity unless respaced).
+    Tables are made on the CPU explicitly, also under a ``torch.device("meta")`` context
+    (where the harness builds generators to check a checkpoint's shapes), and copied to
+    the data's device on first use.
     """
 
     def __init__(self, betas: torch.Tensor, timestep_map: Sequence[int] | None = None) -> None:
@@ -192,10 +223,12 @@ class GaussianDiffusion:
         self.betas = betas
         self.num_timesteps = len(betas)
         n = self.num_timesteps
-        self.timestep_map = torch.tensor(timestep_map if timestep_map is not None else range(n))
+        self.timestep_map = torch.tensor(
+            timestep_map if timestep_map is not None else range(n), device="cpu"
+        )
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.alphas_cumprod_prev = torch.cat(
-            [torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]]
+            [torch.ones(1, dtype=torch.float64, device="cpu"), self.alphas_cumprod[:-1]]
         )
         # Ho et al. eq. 7: beta-tilde_t = (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t) · beta_t.
         self.posterior_variance = (
@@ -214,6 +247,17 @@ class GaussianDiffusion:
             (1.0 - self.alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - self.alphas_cumprod)
         )  # fmt: skip
         self.log_betas = torch.log(betas)
+        abar = self.alphas_cumprod
+        self.sqrt_alphas_cumprod = abar.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - abar).sqrt()
+        self.log_one_minus_alphas_cumprod = torch.log(1.0 - abar)
+        self.sqrt_recip_alphas_cumprod = (1.0 / abar).sqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1.0 / abar - 1.0).sqrt()
+        self.sqrt_alphas_cumprod_prev = self.alphas_cumprod_prev.sqrt()
+        # DDIM's sigma_t / eta (Song et al. eq. 16).
+        prev = self.alphas_cumprod_prev
+        self.ddim_sigma_per_eta = ((1.0 - prev) / (1.0 - abar) * (1.0 - abar / prev)).sqrt()
+        self._ddim_eps_coef: dict[float, torch.Tensor] = {}
         # fixed_large: sigma² = beta_t (Ho et al. section 3.2); at t = 0 beta-tilde_1
         # instead, as iDDPM does, for a better decoder likelihood (no noise is added there).
         self.log_large = torch.log(torch.cat([self.first_variance, betas[1:]]))
@@ -232,7 +276,7 @@ class GaussianDiffusion:
         if not kept or kept[0] < 0 or kept[-1] >= self.num_timesteps:
             raise ValueError(f"respaced timesteps must lie in [0, {self.num_timesteps})")
         abar = self.alphas_cumprod[kept]
-        prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        prev = torch.cat([torch.ones(1, dtype=torch.float64, device="cpu"), abar[:-1]])
         return GaussianDiffusion(1.0 - abar / prev, self.timestep_map[kept].tolist())
 
     # ----------------------------------------------------------------- helpers
@@ -253,8 +297,10 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Ho et al. eq. 4: x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps."""
-        abar = self._at(self.alphas_cumprod, t, x0)
-        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+        return (
+            self._at(self.sqrt_alphas_cumprod, t, x0) * x0
+            + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
 
     def q_posterior(
         self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
@@ -268,14 +314,17 @@ class GaussianDiffusion:
         return mean, var, self._at(self.posterior_log_variance_clipped, t, xt)
 
     def x0_from_eps(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Ho et al. eq. 4 solved for x_0."""
-        abar = self._at(self.alphas_cumprod, t, xt)
-        return (xt - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+        """Ho et al. eq. 4 solved for x_0: x_t / sqrt(alpha-bar) - sqrt(1 / alpha-bar - 1) eps."""
+        return (
+            self._at(self.sqrt_recip_alphas_cumprod, t, xt) * xt
+            - self._at(self.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+        )
 
     def eps_from_x0(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Ho et al. eq. 4 solved for eps."""
-        abar = self._at(self.alphas_cumprod, t, xt)
-        return (xt - abar.sqrt() * x0) / (1.0 - abar).sqrt()
+        return (self._at(self.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / self._at(
+            self.sqrt_recipm1_alphas_cumprod, t, xt
+        )
 
     # ----------------------------------------------------------------- variances
 
@@ -352,33 +401,45 @@ class GaussianDiffusion:
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
             eps = self.eps_from_x0(xt, t, x0)
-        abar = self._at(self.alphas_cumprod, t, xt)
-        abar_prev = self._at(self.alphas_cumprod_prev, t, xt)
-        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-        out = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
-        return out if noise is None else out + sigma * noise
+        if eta not in self._ddim_eps_coef:  # sqrt(1 - alpha-bar_prev - sigma²), in float64
+            sigma = eta * self.ddim_sigma_per_eta
+            coef = (1.0 - self.alphas_cumprod_prev - sigma**2).clamp(min=0).sqrt()
+            self._ddim_eps_coef[eta] = coef
+        out = (
+            self._at(self.sqrt_alphas_cumprod_prev, t, xt) * x0
+            + self._at(self._ddim_eps_coef[eta], t, xt) * eps
+        )
+        if noise is None:
+            return out
+        return out + eta * self._at(self.ddim_sigma_per_eta, t, xt) * noise
 
     # ----------------------------------------------------------------- likelihood
 
     def vlb_terms(
-        self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, pred: Prediction
+        self,
+        x0: torch.Tensor,
+        xt: torch.Tensor,
+        t: torch.Tensor,
+        pred: Prediction,
+        cdf: str = "exact",
     ) -> torch.Tensor:
         """Per-image L_t in bits/dim: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0 and
-        the decoder NLL -log p(x_0|x_1) at t = 0 (Ho et al. eq. 5; iDDPM eq. 4-6).
+        the decoder NLL -log p(x_0|x_1) at t = 0 (Ho et al. eq. 5; iDDPM eq. 4-6), its bins
+        integrated with the normal CDF ``cdf`` (``DECODER_CDFS``).
 
         Computed in float64: in float32 a KL near 0 cancels to small negative values."""
         x0, xt = x0.double(), xt.double()
         true_mean, _, true_log_var = self.q_posterior(x0, xt, t)
         mean, log_var = pred.mean.double(), pred.log_variance.double()
         kl = mean_flat(normal_kl(true_mean, true_log_var, mean, log_var)) / LN2
-        nll = mean_flat(-discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / LN2
+        nll = mean_flat(-discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var, cdf)) / LN2
         return torch.where(t.to(kl.device) == 0, nll, kl).to(pred.mean.dtype)
 
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
         """Per-image L_T = KL(q(x_T|x_0) || N(0, I)) in bits/dim (no parameters to learn)."""
         t = torch.full((x0.shape[0],), self.num_timesteps - 1, dtype=torch.long)
-        abar = self._at(self.alphas_cumprod, t, x0)
-        mean, log_var = abar.sqrt() * x0, torch.log(1.0 - abar).expand_as(x0)
+        mean = self._at(self.sqrt_alphas_cumprod, t, x0) * x0
+        log_var = self._at(self.log_one_minus_alphas_cumprod, t, x0).expand_as(x0)
         zero = torch.zeros_like(x0)
         return mean_flat(normal_kl(mean, log_var, zero, zero)) / LN2
 
@@ -414,8 +475,8 @@ class LossAwareTimesteps(UniformTimesteps):
 
     def __init__(self, num_timesteps: int, history: int = 10, uniform_mix: float = 1e-3) -> None:
         super().__init__(num_timesteps)
-        self.history = torch.zeros(num_timesteps, history, dtype=torch.float64)
-        self.counts = torch.zeros(num_timesteps, dtype=torch.long)
+        self.history = torch.zeros(num_timesteps, history, dtype=torch.float64, device="cpu")
+        self.counts = torch.zeros(num_timesteps, dtype=torch.long, device="cpu")
         self.uniform_mix = uniform_mix  # keeps every p_t > 0 (improved-diffusion uses 1e-3)
 
     def probabilities(self) -> torch.Tensor:

@@ -28,6 +28,7 @@ def build_unet(
     num_class_embeds: int = 0,
     norm_groups: int = 32,
     attention_head_dim: int | None = None,
+    num_heads: int | None = None,
     scale_shift_norm: bool = False,
     resblock_resample: bool = False,
     flip_sin_to_cos: bool = False,
@@ -41,9 +42,11 @@ def build_unet(
     ``attn_resolutions`` lists feature-map sizes (e.g. 16 for 16x16) that get attention;
     ``num_class_embeds`` > 0 adds a learned class embedding to the time embedding (give one
     extra class for the "no label" of classifier-free guidance). ``attention_head_dim=None``
-    means one head per block, as in Ho et al. 2020. ``time_embedding_dim=None`` is diffusers'
-    4 x ``channels``. ``resblock_resample`` resamples with residual blocks at every level
-    (BigGAN-style), else with a (strided or upsampling) convolution.
+    means one head per block, as in Ho et al. 2020; ``num_heads`` instead gives every attention
+    block that many heads, whatever its width (improved-diffusion's ``num_heads``).
+    ``time_embedding_dim=None`` is diffusers' 4 x ``channels``. ``resblock_resample``
+    resamples with residual blocks at every level (BigGAN-style), else with a (strided or
+    upsampling) convolution.
     ``attn_after_resample`` (needs ``resblock_resample``) also puts self-attention after the
     resampling block of each attention level, as v-diffusion-torch's UNet does.
     """
@@ -58,6 +61,8 @@ def build_unet(
     unknown = attn - set(sizes)
     if unknown:
         raise ValueError(f"attn_resolutions {sorted(unknown)} are not among the levels {sizes}")
+    if num_heads is not None and attention_head_dim is not None:
+        raise ValueError("give num_heads or attention_head_dim, not both")
     if attn_after_resample and not resblock_resample:
         raise ValueError("attn_after_resample needs resblock_resample")
     # diffusers' DownBlock2D / UpBlock2D ignore downsample_type: residual resampling at a
@@ -95,12 +100,28 @@ def build_unet(
         # papers' UNets (improved-diffusion, v-diffusion-torch) normalise before every
         # attention.
         mid_attention.group_norm = nn.GroupNorm(norm_groups, widths[-1], eps=norm_eps, affine=True)
+    if num_heads is not None:
+        _set_heads(net, num_heads)
     if attn_after_resample:
         for block in [*net.down_blocks, *net.up_blocks]:
             samplers = getattr(block, "downsamplers", None) or getattr(block, "upsamplers", None)
             if hasattr(block, "attentions") and samplers:
                 samplers[0] = ResampleThenAttend(samplers[0], _fresh_copy(block.attentions[0]))
     return net
+
+
+def _set_heads(net: nn.Module, heads: int) -> None:
+    """Give every attention block of ``net`` ``heads`` heads (diffusers' blocks take one head
+    width for the whole network; the heads' split of the channels holds no parameters)."""
+    from diffusers.models.attention_processor import Attention
+
+    for module in net.modules():
+        if isinstance(module, Attention):
+            width = module.to_q.out_features
+            if width % heads:
+                raise ValueError(f"num_heads {heads} does not divide {width} channels")
+            module.heads = heads
+            module.scale = (width // heads) ** -0.5
 
 
 class ResampleThenAttend(nn.Module):

@@ -39,8 +39,18 @@ from genbench.data.datasets import (
 # ---------------------------------------------------------------------------- registry
 
 
-def test_registry_lists_both_datasets() -> None:
-    assert DATASETS.names() == ["cifar10", "digits"]
+def test_registry_lists_the_datasets() -> None:
+    assert DATASETS.names() == ["cifar10", "digits", "imagenet64"]
+
+
+def test_imagenet64_is_a_shape_and_refuses_to_load_in_one_line() -> None:
+    """ImageNet 64x64 has the shape of guided-diffusion's class-conditional models (1000
+    classes) but no images: loading it says what to do instead."""
+    info = DATASETS.get("imagenet64").info
+    assert (info.channels, info.image_size, info.num_classes) == (3, 64, 1000)
+    with pytest.raises(DatasetError, match="--reference-stats") as exc:
+        DATASETS.get("imagenet64").load("train")
+    assert "\n" not in str(exc.value)
     assert get_dataset("cifar10") is Cifar10
     assert get_dataset("digits") is Digits
 

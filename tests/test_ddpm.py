@@ -129,11 +129,11 @@ def test_respaced_betas_reproduce_alpha_bar_at_the_kept_steps(name, spacing):
 
 @pytest.mark.parametrize("num_timesteps", [1000, 4000])
 def test_respacing_equals_improved_diffusion_for_every_count(num_timesteps):
-    """Every N from 1 to 1000 keeps the steps improved-diffusion's ``space_timesteps`` keeps
+    """Every N from 1 to T keeps the steps improved-diffusion's ``space_timesteps`` keeps
     (its float stride accumulation, not round(i * stride)); sections too."""
     from guided_diffusion.respace import space_timesteps  # the authors' code, a dev extra
 
-    for n in range(1, 1001):
+    for n in range(1, num_timesteps + 1):
         ours = parse_steps(n, num_timesteps).timesteps
         assert ours == tuple(sorted(space_timesteps(num_timesteps, [n]))), n
     for sections in ("10+15+20", "3+250+1", "100+100+100+100+100"):
@@ -228,7 +228,11 @@ def test_ddim_step_equals_diffusers(eta, name):
         ).prev_sample
         t = torch.full((2,), index, dtype=torch.long)
         got = ours.ddim_step(eps, x, t, eta, noise, clip=True)
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        # diffusers forms its coefficients in float32 (5e-5 off near t = 0); ours are
+        # float64 cast once: within float32 rounding of the same step in float64.
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        exact = ours.ddim_step(eps.double(), x.double(), t, eta, noise.double(), clip=True)
+        torch.testing.assert_close(got.double(), exact, rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- variances, VLB

@@ -71,6 +71,14 @@ def run_cmd(
     ] = None,
     data_root: DataRoot = None,
     inception_weights: InceptionWeights = None,
+    reference_stats: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="reference statistics to evaluate against (a pytorch-fid .npz, or one "
+            "`bench stats` wrote) instead of the spec's",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the resolved spec, write nothing")
     ] = False,
@@ -98,6 +106,7 @@ def run_cmd(
         data_root=data_root,
         inception_weights=inception_weights,
         checkpoints=parse_checkpoints(checkpoint),
+        reference_stats=reference_stats,
     )
     where = "--device" if device is not None else "benchmark.device"
     resolve_device(plan.benchmark.device, where)  # an unusable device fails a dry run too
