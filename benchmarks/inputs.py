@@ -105,15 +105,15 @@ class RunInputs:
             has_likelihood(m.generator) for m in plan.models.values()
         )
         self.test = self.dataset.load("test", bench.data_root) if needs_test else None
+        check_evaluation(plan)
+        for model in plan.models.values():  # a bad --checkpoint fails before the run exists
+            check_checkpoint(model)  # (and before the extractor's weights are fetched)
+            if model.train.trains:
+                check_micro_batches(model)
         self.extractor = load_extractor(
             evaluate.extractor, device, evaluate.weights, extractor_options(evaluate)
         )
         self.batch_size = evaluate.batch_size
-        check_evaluation(plan)
-        for model in plan.models.values():  # a bad --checkpoint fails before the run exists
-            check_checkpoint(model)
-            if model.train.trains:
-                check_micro_batches(model)
         if evaluate.reference_stats is not None:
             # Read now: a wrong file is a usage error before any run directory exists.
             self.stats = reference_from_file(evaluate, self.extractor)

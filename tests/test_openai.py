@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -377,6 +378,32 @@ def test_mismatching_checkpoint_is_one_line_naming_the_tensor(cli, tmp_path, cha
     assert len(result.err.strip().splitlines()) == 1  # checked before any work or progress
     assert "Traceback" not in result.err
     assert re.search(message, result.err), result.err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_imagenet64_spec_holds_their_flags_and_refuses_in_one_line(cli, tmp_path):
+    """Item 3: imagenet64-openai.toml is guided-diffusion's 64x64 model (its flags' config,
+    1000 classes, 250 respaced steps); without statistics, or with a checkpoint of another
+    network, it stops in one line before any work."""
+    plan = resolve(*read_spec("imagenet64-openai"), Overrides())
+    model = plan.models["ddpm"]
+    assert model.data_shape == DataShape(3, 64, 1000)
+    flags = config_from_openai_flags(ADM_IMAGENET64)
+    for field, value in flags.items():
+        assert getattr(model.config, field) == value, field
+    assert model.settings.steps == 250 and plan.evaluate.bpd_images == 0
+    out = tmp_path / "runs"
+    ckpt = _digits_checkpoint(tmp_path / "model.pt")
+    no_stats = cli("run", "imagenet64-openai", "--checkpoint", f"ddpm={ckpt}", "--out", str(out))
+    assert no_stats.code == 2 and "--reference-stats" in no_stats.err
+    stats = tmp_path / "stats.npz"
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    wrong = cli(
+        "run", "imagenet64-openai", "--checkpoint", f"ddpm={ckpt}",
+        "--reference-stats", str(stats), "--out", str(out),
+    )  # fmt: skip
+    assert wrong.code == 2 and len(wrong.err.strip().splitlines()) == 1, wrong.err
+    assert "time_embed.0.weight is [128, 32], the given flags' network expects [768" in wrong.err
     assert not out.exists() or not any(out.iterdir())
 
 

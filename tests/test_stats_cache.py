@@ -224,6 +224,14 @@ def test_run_with_a_statistics_file_as_reference(cli, tiny_spec, tmp_path: Path)
     assert refused.code == 2 and "need feature vectors" in refused.err
     assert not (tmp_path / "refused").exists()
 
+    # The same file given on the command line instead of in the spec.
+    plain = tiny_spec(steps=0, num_samples=64)
+    given = cli("run", str(plain), "--reference-stats", str(stats), "--out", str(tmp_path / "cli"))
+    assert given.code == 0, given.err
+    assert run_metrics(tmp_path / "cli")["protocol"]["reference"]["path"] == str(stats)
+    missing = cli("run", str(plain), "--reference-stats", str(tmp_path / "no.npz"), "--dry-run")
+    assert missing.code == 2 and "--reference-stats: no such file" in missing.err
+
 
 def test_spec_fills_and_checks_the_evaluation_protocol(tiny_spec, tmp_path: Path) -> None:
     plan = resolve(*read_spec(str(tiny_spec())), Overrides())
