@@ -1,6 +1,20 @@
-"""Shared fixtures: an in-process CLI runner and tiny spec files."""
+"""Shared fixtures: an in-process CLI runner and tiny spec files.
+
+The suite runs in ``-n auto`` pytest-xdist workers (pyproject's addopts): each worker gets
+an equal share of the cores for torch and BLAS, set here before anything imports torch, so
+workers never oversubscribe the machine (OpenMP threads spin while they wait, and two
+workers of two threads each on two cores run several times slower than one). Processes
+the tests start inherit the share.
+"""
 
 from __future__ import annotations
+
+import os
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # before torch is imported anywhere
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_var] = _share
 
 import io
 from contextlib import redirect_stderr, redirect_stdout

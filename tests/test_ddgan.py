@@ -150,7 +150,12 @@ def test_accumulated_update_equals_full_batch_update(parts):
         for key, value in params.items():
             torch.testing.assert_close(acc_params[key], value, rtol=0, atol=1e-5, msg=key)
         for key, value in grads.items():
-            torch.testing.assert_close(acc_grads[key], value, rtol=1e-4, atol=1e-6, msg=key)
+            # float32 sums of O(1) terms in another order: an element near zero keeps an
+            # absolute error of the terms' scale, so the tolerance follows the tensor's scale
+            scale = float(value.abs().max())
+            torch.testing.assert_close(
+                acc_grads[key], value, rtol=1e-4, atol=1e-6 + 1e-5 * scale, msg=key
+            )
 
 
 def test_r1_step_adds_exactly_the_penalty_gradient():

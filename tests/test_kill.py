@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
+
+from tests import spawn
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +55,7 @@ def _kill_when(spec: Path, out: Path, trigger: str | None, delay: float) -> None
 
     It waits on the run's progress, never on a clock: on a loaded machine the file just
     appears later (the loop ends anyway when the run does)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genbench", "run", str(spec), "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn.bench("run", str(spec), "--out", str(out))
     try:
         while trigger is not None and proc.poll() is None:
             if any(out.rglob(trigger)):

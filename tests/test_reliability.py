@@ -25,6 +25,7 @@ from PIL import Image
 
 from genbench.core.errors import Busy
 from genbench.store import files
+from tests import spawn
 from tests.test_eval_cli import varied_images, write_pngs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "schema_v1"
@@ -62,17 +63,12 @@ def _last_line(err: str) -> str:
 def _interrupt_when(spec: Path, out: Path, trigger: str) -> subprocess.CompletedProcess:
     """Start `bench run`; send SIGINT once file ``trigger`` appears in a model folder (waiting
     on that progress, not on a clock); return how the process ended."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genbench", "run", str(spec), "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn.bench("run", str(spec), "--out", str(out))
     while proc.poll() is None and not any(out.glob(f"*/*/{trigger}")):
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    code = proc.wait()
+    return subprocess.CompletedProcess(["bench", "run"], code, "", proc.stderr())
 
 
 def _values(run_dir: Path) -> dict[str, object]:

@@ -19,24 +19,19 @@ from safetensors.torch import load_file
 from genbench.benchmarks.trainer import Trainer, read_state, state_files
 from genbench.generators import GENERATORS
 from genbench.generators.training import LRSchedule, group_slices
+from tests import resume_worker, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8
 
 
-def _worker(name: str, folder: Path) -> subprocess.Popen:
+def _worker(name: str, folder: Path) -> spawn.Spawned:
+    """``tests.resume_worker`` in its own process, one thread."""
     folder.mkdir(exist_ok=True)
     states = folder / "training"
     states.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "tests.resume_worker", name, str(STEPS), str(states)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [*cmd, str(folder / "final.safetensors")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    out = folder / "final.safetensors"
+    return spawn.call(resume_worker.main, name, STEPS, states, out, threads=1)
 
 
 def _newest_step(states: Path) -> int:
@@ -55,16 +50,16 @@ def test_kill_and_resume_is_exact(name, tmp_path):
     for target in (3, 6):  # kill once the training state of this step is written
         proc = _worker(name, killed)
         while _newest_step(killed / "training") < target:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert proc.poll() is None, proc.stderr()[-2000:]
             time.sleep(0.01)  # waits on progress (a file), not on a deadline
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         seen.append(_newest_step(killed / "training"))
         assert not (killed / "final.safetensors").exists(), "killed after training ended"
     assert seen == sorted(seen) and seen[-1] < STEPS
-    assert plain.wait() == 0, plain.stderr.read().decode()[-2000:]
+    assert plain.wait() == 0, plain.stderr()[-2000:]
     last = _worker(name, killed)
-    assert last.wait() == 0, last.stderr.read().decode()[-2000:]
+    assert last.wait() == 0, last.stderr()[-2000:]
     want = load_file(str(tmp_path / "plain" / "final.safetensors"))
     got = load_file(str(killed / "final.safetensors"))
     assert want.keys() == got.keys()
