@@ -9,6 +9,7 @@ Each command module imports the library inside its commands, so ``bench --help``
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import click
 import typer
@@ -24,7 +25,32 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"bench (genbench) {version('genbench')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="print genbench's version and exit",
+        ),
+    ] = False,
+) -> None:
+    """Benchmark image generative models: train, sample, time, evaluate, report."""
+
 
 app.command("run")(run.run_cmd)
 app.command("resume")(run.resume_cmd)
@@ -77,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
     except _USAGE as exc:
         ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `bench` or `bench stats` alone
+            typer.echo(exc.format_message(), err=True)  # the help, as the user asked for it
+            return 2
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _say(f"{exc.format_message()}{hint}")
         return getattr(exc, "exit_code", 2)
