@@ -19,7 +19,7 @@ from genbench.core.progress import counting
 from genbench.data.datasets import DATASETS
 from genbench.eval.evaluator import Evaluator
 from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
-from genbench.eval.metrics import METRICS, MetricOptions
+from genbench.eval.metrics import KID_SUBSET_SIZE, METRICS, MetricOptions
 from genbench.eval.reference import ReferenceStats, StatsCache, dataset_reference
 
 
@@ -54,6 +54,17 @@ def check_evaluation(plan: RunPlan) -> None:
                 f"models.{model.name}.sample.num_samples: precision/recall with k = "
                 f"{evaluate.pr_k} needs more than {evaluate.pr_k} samples (and "
                 "evaluate.max_features); raise them"
+            )
+        if (
+            "kid" in evaluate.metrics
+            and evaluate.kid_subset_size is None
+            and kept < KID_SUBSET_SIZE
+        ):
+            raise GenbenchError(
+                f"models.{model.name}.sample.num_samples: KID keeps {kept} feature vectors, "
+                f"fewer than its default subset size of {KID_SUBSET_SIZE}; set "
+                f"evaluate.kid_subset_size (at most {kept}) or raise num_samples and "
+                "evaluate.max_features"
             )
 
 

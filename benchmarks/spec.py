@@ -248,7 +248,9 @@ class EvaluateSection(StrictModel):
     cache: bool = Field(True, description="reuse reference statistics in $BENCH_CACHE_DIR/stats")
     max_features: StrictInt = Field(10_000, ge=1, description="feature vectors kept for KID and PR")
     kid_subsets: StrictInt = Field(100, ge=1)
-    kid_subset_size: StrictInt = Field(1000, ge=2)
+    kid_subset_size: StrictInt | None = Field(
+        None, ge=2, description="KID subset size; None: 1000, and fewer samples is an error"
+    )
     pr_k: StrictInt = Field(3, ge=1, description="neighbourhood size of precision/recall")
 
     @field_validator("metrics")

@@ -26,6 +26,7 @@ from genbench.data.datasets import DATASETS
 from genbench.eval.evaluator import Evaluator
 from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
 from genbench.eval.metrics import METRICS, MetricOptions, frechet_distance
+from genbench.eval.metrics import kid_subset_size as kid_size
 from genbench.eval.reference import ReferenceStats, StatsCache, accumulate, dataset_reference
 from genbench.eval.sources import (
     Batches,
@@ -148,7 +149,7 @@ def evaluate(
     data_root: str | Path | None = None,
     max_features: int = 10_000,
     kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
+    kid_subset_size: int | None = None,
     pr_k: int = 3,
     progress: bool = True,
 ) -> EvalResult:
@@ -161,7 +162,8 @@ def evaluate(
     Inception: ``weights`` a local copy of its weights file, else the torch hub cache) or
     ``"digits"``; ``dims``, ``resize``, ``quantize`` and ``tf32`` are the protocol options
     of ``bench eval``. KID and precision/recall use the first ``max_features`` feature
-    vectors of each side. Returns an ``EvalResult``: ``result.value("fid")``,
+    vectors of each side; ``kid_subset_size=None`` means 1000 and refuses fewer images (set
+    it to use smaller subsets). Returns an ``EvalResult``: ``result.value("fid")``,
     ``result.metrics``, ``result.protocol``. Bad input is a one-line ``GenbenchError``
     raised before any network is loaded.
     """
@@ -182,6 +184,10 @@ def evaluate(
         pr_k=pr_k,
         max_features=max_features,
     )
+    if "kid" in names:
+        # Before any network loads: the counts are known from the sources.
+        counts = [_count(src, root) for src in (fake_src, real_src)]
+        kid_size(*(min(n, max_features) for n in counts), options.kid_subset_size)
     ext = load_extractor(
         extractor,
         resolve_device(device),
@@ -235,6 +241,16 @@ def evaluate(
         processes=processes,
         **speed,
     )
+
+
+def _count(src: Source, root: Path | None) -> int:
+    """How many images a source holds (a data set split: from its static facts)."""
+    if isinstance(src, ImageSet):
+        return src.count
+    if isinstance(src, DatasetSplit):
+        info = DATASETS.get(src.dataset).info
+        return info.train_size if src.split == "train" else info.test_size
+    return 0  # statistics only: check_sources has refused KID already
 
 
 def metrics_table(result: EvalResult) -> str:

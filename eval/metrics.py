@@ -96,16 +96,36 @@ def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(within - 2 * k_xy.sum() / (m * m))
 
 
-def kid_subset_size(n_generated: int, n_reference: int, subset_size: int) -> int:
-    """The subset size KID uses: ``subset_size``, or fewer when either side has fewer."""
-    return min(subset_size, n_generated, n_reference)
+KID_SUBSET_SIZE = 1000
+"""KID's default subset size (torch-fidelity's and the KID paper's)."""
+
+
+def kid_subset_size(n_generated: int, n_reference: int, subset_size: int | None) -> int:
+    """The subset size KID uses for ``n_generated`` and ``n_reference`` feature vectors.
+
+    A size the user set (``subset_size``) shrinks to the smaller side when a side has fewer.
+    The default (``None``: ``KID_SUBSET_SIZE``) does not: fewer vectors than it is a one-line
+    ``GenbenchError`` naming ``--kid-subset-size``, as torch-fidelity refuses, because a KID
+    from silently smaller subsets is not comparable with the published 1000-image figures.
+    """
+    if subset_size is not None:
+        return min(subset_size, n_generated, n_reference)
+    fewest = min(n_generated, n_reference)
+    if fewest < KID_SUBSET_SIZE:
+        side = "generated" if n_generated <= n_reference else "reference"
+        raise GenbenchError(
+            f"KID: {fewest} {side} images (feature vectors kept) are fewer than its default "
+            f"subset size of {KID_SUBSET_SIZE}; set --kid-subset-size N with N <= {fewest} "
+            f"(evaluate.kid_subset_size in a spec), or evaluate at least {KID_SUBSET_SIZE} images"
+        )
+    return KID_SUBSET_SIZE
 
 
 def kernel_inception_distance(
     generated: torch.Tensor | np.ndarray,
     reference: torch.Tensor | np.ndarray,
     subsets: int = 100,
-    subset_size: int = 1000,
+    subset_size: int | None = None,
     seed: int = KID_SEED,
 ) -> tuple[float, float]:
     """KID (Binkowski et al. 2018): mean and std over ``subsets`` random subsets of the
@@ -172,7 +192,9 @@ class MetricOptions:
 
     is_splits: int = 10
     kid_subsets: int = 100
-    kid_subset_size: int = 1000
+    kid_subset_size: int | None = None
+    """None: ``KID_SUBSET_SIZE``, and fewer images than it is an error (see
+    ``kid_subset_size``)."""
     kid_seed: int = KID_SEED
     pr_k: int = 3
     max_features: int = 10_000

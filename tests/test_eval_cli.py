@@ -213,3 +213,21 @@ def test_eval_speed_can_time_the_forward_on_every_kth_batch(cli, tmp_path: Path)
     assert "streaming path" in result.err and "7/7" in result.err  # the progress bar
     bad = cli(*args, "--forward-every", "0")
     assert bad.code == 2 and "--forward-every" in bad.err
+
+
+def test_kid_with_fewer_images_than_its_default_subset_is_refused(cli, tmp_path: Path) -> None:
+    # 120 images, KID's default subset size 1000: torch-fidelity refuses, and so do we (exit 2,
+    # before any network or feature is computed), naming the option that fixes it. A size the
+    # user sets is honoured.
+    real = write_pngs(tmp_path / "real", varied_images(120, 4, seed=5, channels=1, size=16))
+    fake = write_pngs(tmp_path / "fake", varied_images(120, 8, seed=6, channels=1, size=16))
+    out = tmp_path / "e.json"
+    common = ["--extractor", "digits", "--device", "cpu", "--num-workers", "0", "--out", str(out)]
+    run = cli("eval", str(real), str(fake), "--metrics", "fid,kid", *common)
+    assert run.code == 2 and not out.exists()
+    line = run.err.strip()
+    assert "\n" not in line and "--kid-subset-size" in line and "120" in line, line
+    run = cli("eval", str(real), str(fake), "--metrics", "kid", "--kid-subset-size", "100", *common)
+    assert run.code == 0, run.err
+    record = json.loads(out.read_text())
+    assert record["protocol"]["kid_subset_size"] == 100 and "kid" in record["metrics"]

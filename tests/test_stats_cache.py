@@ -180,12 +180,21 @@ def run_metrics(out: Path) -> dict:
     return json.loads((run / "dcgan" / "metrics.json").read_text())
 
 
+METRICS_KID_100 = 'metrics = ["fid", "is", "kid", "pr"]\nkid_subset_size = 100'
+
+
 def test_runs_reuse_cached_statistics_and_report_every_metric(
     cli, tiny_spec, tmp_path: Path, count_streams: list[int]
 ) -> None:
     spec = tiny_spec(steps=0, num_samples=100).read_text()
     spec = spec.replace('metrics = ["fid", "is"]', 'metrics = ["fid", "is", "kid", "pr"]')
     path = tmp_path / "all.toml"
+    # 100 samples, fewer than KID's default subset size (1000): refused before any work.
+    path.write_text(spec + "\n")
+    refused = cli("run", str(path), "--out", str(tmp_path / "refused"))
+    assert refused.code == 2 and "evaluate.kid_subset_size (at most 100)" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
+    spec = spec.replace('metrics = ["fid", "is", "kid", "pr"]', METRICS_KID_100)
     path.write_text(spec + "\n")
     results = []
     for name in ("a", "b"):
@@ -219,7 +228,8 @@ def test_run_with_a_statistics_file_as_reference(cli, tiny_spec, tmp_path: Path)
     reference = run_metrics(tmp_path / "runs")["protocol"]["reference"]
     assert reference["path"] == str(stats) and "count" not in reference  # unknown: not stated
 
-    path.write_text(spec.replace('metrics = ["fid", "is"]', extra.replace('"is"', '"kid"')))
+    kid = extra.replace('"is"', '"kid"') + "\nkid_subset_size = 50"
+    path.write_text(spec.replace('metrics = ["fid", "is"]', kid))
     refused = cli("run", str(path), "--out", str(tmp_path / "refused"))
     assert refused.code == 2 and "need feature vectors" in refused.err
     assert not (tmp_path / "refused").exists()
@@ -238,9 +248,9 @@ def test_spec_fills_and_checks_the_evaluation_protocol(tiny_spec, tmp_path: Path
     evaluate = plan.to_dict()["evaluate"]
     assert (evaluate["dims"], evaluate["resize"]) == (64, "bilinear_antialias")
     assert (evaluate["quantize"], evaluate["tf32"], evaluate["cache"]) == (True, True, True)
-    assert (evaluate["max_features"], evaluate["kid_subset_size"], evaluate["pr_k"]) == (
+    assert (evaluate["max_features"], evaluate.get("kid_subset_size"), evaluate["pr_k"]) == (
         10_000,
-        1000,
+        None,  # KID's default (1000), strict: fewer samples than it is refused
         3,
     )
     bad = tmp_path / "bad.toml"

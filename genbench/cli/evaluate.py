@@ -68,7 +68,14 @@ def eval_cmd(
     max_features: Annotated[
         int, typer.Option(metavar="N", min=1, help="feature vectors kept for KID and PR")
     ] = 10_000,
-    kid_subset_size: Annotated[int, typer.Option(metavar="N", min=2)] = 1000,
+    kid_subset_size: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=2,
+            help="KID subset size; default 1000, and fewer images than that is an error",
+        ),
+    ] = None,
     kid_subsets: Annotated[int, typer.Option(metavar="N", min=1)] = 100,
     data_root: DataRoot = None,
     out: Annotated[
