@@ -27,7 +27,13 @@ from genbench.eval.evaluator import Evaluator
 from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
 from genbench.eval.metrics import METRICS, MetricOptions, frechet_distance
 from genbench.eval.metrics import kid_subset_size as kid_size
-from genbench.eval.reference import ReferenceStats, StatsCache, accumulate, dataset_reference
+from genbench.eval.reference import (
+    ReferenceStats,
+    StatsCache,
+    accumulate,
+    cache_key,
+    dataset_reference,
+)
 from genbench.eval.sources import (
     Batches,
     DatasetSplit,
@@ -106,6 +112,11 @@ def reference_of(
         return ReferenceStats.from_npz(real.path)
     if isinstance(real, DatasetSplit):
         dataset = DATASETS.get(real.dataset).load(real.split, data_root)
+        cache = StatsCache()
+        key = cache_key(extractor, real.dataset, real.split, len(dataset))  # type: ignore[arg-type]
+        hit = cache.load(key, num_features)
+        if hit is not None:
+            return hit  # no progress bar: nothing to compute
         with _progress(progress, f"real {real.label}", len(dataset)) as advance:  # type: ignore[arg-type]
             return dataset_reference(
                 extractor,
@@ -114,7 +125,7 @@ def reference_of(
                 real.split,
                 batch_size=batch_size,
                 num_features=num_features,
-                cache=StatsCache(),
+                cache=cache,
                 on_batch=advance,
             )
     with _progress(progress, "real", real.count) as advance:

@@ -16,6 +16,7 @@ and an entry whose sidecar, key or hash does not match is recomputed, never trus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -181,7 +182,13 @@ class StatsCache:
     def path(self, key: dict[str, Any]) -> Path:
         """The ``.npz`` of ``key``'s entry; readable names, a hash of the whole key."""
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        name = f"{key['dataset']}-{key['split']}-{key['extractor']}-{key['dims']}-{key['resize']}"
+        # Files are named by their content's hash, not by any path a user gave.
+        what = (
+            f"{key['dataset']}-{key['split']}"
+            if "dataset" in key
+            else f"files-{key['content_sha256'][:12]}"
+        )
+        name = f"{what}-{key['extractor']}-{key['dims']}-{key['resize']}"
         return self.directory / f"{name}-{digest}.npz"
 
     def load(self, key: dict[str, Any], num_features: int = 0) -> ReferenceStats | None:
@@ -205,7 +212,11 @@ class StatsCache:
         features = None
         if num_features and ref.features is not None:
             features = ref.features[:num_features]
-        source = {"dataset": key["dataset"], "split": key["split"]}
+        source = (
+            {"dataset": key["dataset"], "split": key["split"]}
+            if "dataset" in key
+            else {"content_sha256": key["content_sha256"]}
+        )
         return ReferenceStats(ref.mu, ref.sigma, key["count"], features, source)
 
     def save(self, key: dict[str, Any], ref: ReferenceStats) -> Path:
@@ -252,6 +263,59 @@ def dataset_reference(
     if cache is not None:
         cache.save(key, ref)
     return ref
+
+
+def images_key(extractor: FeatureExtractor, content_sha256: str, count: int) -> dict[str, Any]:
+    """What reference statistics of image files (a folder, a zip, a samples ``.npz``) depend
+    on: their content, not their path."""
+    return {
+        "format": CACHE_FORMAT,
+        "content_sha256": content_sha256,
+        "count": count,
+        **extractor.protocol(),
+    }
+
+
+def image_statistics(
+    extractor: FeatureExtractor,
+    images: Any,
+    *,
+    batch_size: int = 250,
+    num_workers: int = 0,
+    num_features: int = 10_000,
+    force: bool = False,
+    cache: StatsCache | None = None,
+    progress: bool = False,
+) -> tuple[ReferenceStats, Path | None, bool]:
+    """``bench stats FOLDER`` (or a zip, a samples ``.npz``, an array): the statistics of an
+    ``ImageSet`` (``genbench.eval.sources``), from the cache when files with the same
+    content were measured under the same protocol, else computed (and cached when the
+    images come from files). Returns them, the cache entry (None: not cacheable) and
+    whether it was a cache hit. A progress bar is shown only while computing."""
+    cache = cache or StatsCache()
+    key = None
+    if images.content is not None:
+        key = images_key(extractor, images.content(), images.count)
+        hit = None if force else cache.load(key, num_features)
+        if hit is not None:
+            return _with_source(hit, images.source), cache.path(key), True
+        cache.path(key).with_suffix(".json").unlink(missing_ok=True)  # invalid until rewritten
+    bar = counting(f"{Path(images.label).name} features", images.count) if progress else None
+    with bar if bar is not None else contextlib.nullcontext(None) as advance:
+        stats, kept = accumulate(
+            extractor, images.batches(batch_size, num_workers), max(num_features, 0), advance
+        )
+    source = dict(images.source)
+    if key is not None:
+        source["content_sha256"] = key["content_sha256"]
+    ref = ReferenceStats.from_accumulated(stats, kept, source)
+    if key is None:
+        return ref, None, False
+    return ref, cache.save(key, ref), False
+
+
+def _with_source(ref: ReferenceStats, source: dict[str, Any]) -> ReferenceStats:
+    return dataclasses.replace(ref, source={**source, **ref.source})
 
 
 def split_statistics(

@@ -19,6 +19,7 @@ Each side of an evaluation may be
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +56,10 @@ class ImageSet:
     part: Callable[[int, int], Batches] | None = None
     """``part(start, stop)``: the batches of images ``start`` .. ``stop - 1`` only (None:
     the source cannot be split, and ``shard`` streams all of it on rank 0)."""
+    content: Callable[[], str] | None = None
+    """``content()``: the sha256 of the bytes the images are read from (files: their names
+    and bytes), the key statistics of them are cached under; None for arrays and callables,
+    which are never cached."""
 
     def shard(self, index: int, parts: int, batch_size: int) -> tuple[Batches, int]:
         """The batches that process ``index`` of ``parts`` evaluates: a contiguous run of
@@ -88,6 +93,42 @@ class DatasetSplit:
 
 
 Source = ImageSet | StatsFile | DatasetSplit
+
+
+_CHUNK = 1 << 20
+
+
+def _hash_file(digest: Any, path: Path) -> None:
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+
+
+def files_sha256(folder: Path, files: list[Path]) -> Callable[[], str]:
+    """``content()`` of image files in ``folder``: each file's name relative to the folder
+    and its bytes, in order (a renamed, added or edited image changes it)."""
+
+    def content() -> str:
+        digest = hashlib.sha256()
+        for path in files:
+            name = path.relative_to(folder).as_posix().encode()
+            digest.update(len(name).to_bytes(8, "little") + name)
+            digest.update(path.stat().st_size.to_bytes(8, "little"))
+            _hash_file(digest, path)
+        return digest.hexdigest()
+
+    return content
+
+
+def file_sha256(path: Path) -> Callable[[], str]:
+    """``content()`` of one file (a zip or a samples ``.npz``): its bytes."""
+
+    def content() -> str:
+        digest = hashlib.sha256()
+        _hash_file(digest, path)
+        return digest.hexdigest()
+
+    return content
 
 
 def _is_image(name: str) -> bool:
@@ -297,7 +338,12 @@ def _open_path(text: str, what: str) -> Source:
             raise GenbenchError(f"{what}: no image files ({exts}) in folder {path}")
         folder = _ImageFiles(files)
         return ImageSet(
-            {"folder": str(path)}, len(files), _loader_batches(folder), text, _loader_part(folder)
+            {"folder": str(path)},
+            len(files),
+            _loader_batches(folder),
+            text,
+            _loader_part(folder),
+            files_sha256(path, files),
         )
     if path.is_file() and path.suffix.lower() == ".zip":
         try:
@@ -317,6 +363,7 @@ def _open_path(text: str, what: str) -> Source:
             _loader_batches(archive_images),
             text,
             _loader_part(archive_images),
+            file_sha256(path),
         )
     if path.is_file() and path.suffix == ".npz":
         try:
@@ -328,7 +375,12 @@ def _open_path(text: str, what: str) -> Source:
             return StatsFile(path, text)
         array = _sample_array(path)
         return ImageSet(
-            {"path": str(path)}, len(array), _array_batches(array), text, _array_part(array)
+            {"path": str(path)},
+            len(array),
+            _array_batches(array),
+            text,
+            _array_part(array),
+            file_sha256(path),
         )
     if not path.exists():
         raise GenbenchError(

@@ -231,3 +231,69 @@ def test_kid_with_fewer_images_than_its_default_subset_is_refused(cli, tmp_path:
     assert run.code == 0, run.err
     record = json.loads(out.read_text())
     assert record["protocol"]["kid_subset_size"] == 100 and "kid" in record["metrics"]
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
+def test_stats_of_a_folder_is_pytorch_fids_npz_with_bench_evals_fid(
+    cli, folders, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    real, fake = folders
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    ours = tmp_path / "random_inception.pth"
+    ours.symlink_to(weights)
+    common = ["--dims", "64", "--device", "cpu", "--num-workers", "0"]
+    stats = tmp_path / "real_stats.npz"
+    made = cli("stats", str(real), *common, "--inception-weights", str(ours), "--out", str(stats))
+    assert made.code == 0, made.err
+    assert made.out.startswith("computed: ") and f"copy: {stats}" in made.out
+    assert "70 images, 64-d" in made.out and "70/70" in made.err  # a progress bar
+
+    # pytorch-fid's own command line reads the .npz as a statistics file.
+    monkeypatch.setenv("TORCH_HOME", str(weights.parents[2]))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    argv = ["pytorch_fid", "--device", "cpu", "--dims", "64", "--batch-size", "25"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--num-workers", "0", str(stats), str(fake)])
+    fid_score.main()
+    theirs = float(re.search(r"FID:\s+(\S+)", capsys.readouterr().out).group(1))
+    out = tmp_path / "eval.json"
+    run = cli("eval", str(real), str(fake), *common, "--inception-weights", str(ours),
+              "--out", str(out))  # fmt: skip
+    assert run.code == 0, run.err
+    assert json.loads(out.read_text())["metrics"]["fid"]["value"] == pytest.approx(theirs, rel=1e-4)
+    assert theirs > 1.0
+
+
+def test_stats_cache_image_files_by_content_and_refuse_unknown_sources_first(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    images = varied_images(12, 4, seed=7, channels=1, size=16)
+    folder = write_pngs(tmp_path / "imgs", images)
+    common = ["--extractor", "digits", "--device", "cpu", "--num-workers", "0"]
+    first = cli("stats", str(folder), *common)
+    assert first.code == 0 and first.out.startswith("computed: ") and "12/12" in first.err
+    again = cli("stats", str(folder), *common)
+    # A cache hit: the same entry, and no progress bar left on the screen.
+    assert again.code == 0 and again.out.startswith("cached: ") and again.err == ""
+    assert again.out.splitlines()[0][8:] == first.out.splitlines()[0][10:]
+    # The same images under another folder name hit the same entry (the key is the content
+    # and the names inside the folder, not the path) ...
+    moved = folder.rename(tmp_path / "elsewhere")
+    assert cli("stats", str(moved), *common).out.startswith("cached: ")
+    # ... and an edited image is a new entry.
+    save_image(images[0].flip(-1), moved / "000.png", normalize=True, value_range=(-1, 1))
+    edited = cli("stats", str(moved), *common)
+    assert edited.out.startswith("computed: ") and edited.out != first.out
+
+    # A name that is neither a data set nor a file: refused before the (absent) Inception
+    # weights are looked for, listing the data sets.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    for source, expected in (
+        ("cifar100", "'cifar100' is neither a data set (cifar10, digits"),
+        (str(tmp_path / "absent"), "does not exist"),
+    ):
+        unknown = cli("stats", source, "--device", "cpu")
+        assert unknown.code == 2 and expected in unknown.err, unknown.err
+        assert len(unknown.err.strip().splitlines()) == 1 and "Downloading" not in unknown.err

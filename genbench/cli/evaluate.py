@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -125,8 +125,17 @@ def eval_cmd(
 
 
 def stats_cmd(
-    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="registered data set")],
-    split: Annotated[str, typer.Option(metavar="SPLIT", help="train or test")] = "train",
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="a data set (its --split), DATASET:SPLIT, an image folder, a .zip of images "
+            "or a samples .npz",
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option(metavar="SPLIT", help="train or test (for a data set name)")
+    ] = "train",
     extractor: Extractor = "inception",
     dims: Dims = None,
     resize: Resize = None,
@@ -134,6 +143,10 @@ def stats_cmd(
     quantize: Quantize = True,
     batch_size: BatchSize = 250,
     device: Device = "auto",
+    num_workers: Annotated[
+        int | None,
+        typer.Option(metavar="N", min=0, help="image loading processes (default min(8, CPUs))"),
+    ] = None,
     inception_weights: InceptionWeights = None,
     data_root: DataRoot = None,
     num_features: Annotated[
@@ -142,43 +155,85 @@ def stats_cmd(
     ] = 10_000,
     force: Annotated[bool, typer.Option("--force", help="recompute even if cached")] = False,
     out: Annotated[
-        Path | None, typer.Option(metavar="PATH", help="also write a copy of the .npz here")
+        Path | None,
+        typer.Option(metavar="PATH", help="also write a copy of the .npz here (pytorch-fid's)"),
     ] = None,
 ) -> None:
-    """Compute (or find) the reference statistics of DATASET's SPLIT and cache them as a
-    pytorch-fid .npz (mu, sigma, features) with a JSON sidecar holding their key."""
+    """Reference statistics of SOURCE, cached as a pytorch-fid .npz (mu, sigma, features)
+    with a JSON sidecar holding their key: a data set split by name, image files by content
+    hash. `python -m pytorch_fid` reads the .npz (--out) as it reads its own."""
     # Imported here: `bench --help` and `bench report` must not load torch.
     from genbench.core.device import resolve_device
     from genbench.eval.extractors import ExtractorOptions, load_extractor
-    from genbench.eval.reference import split_statistics
+    from genbench.eval.reference import image_statistics, split_statistics
 
     file_out(out)
+    target = _stats_source(source, split)  # bad input fails before any weights load
     ext = load_extractor(
         extractor,
         resolve_device(device or "auto"),
         inception_weights,
         ExtractorOptions(dims, resize, quantize, not strict_fp32),
     )
-    ref, path, cached = split_statistics(
-        ext,
-        dataset,
-        split,
-        data_root=data_root,
-        batch_size=batch_size,
-        num_features=num_features,
-        force=force,
-        progress=True,
-    )
+    if isinstance(target, tuple):
+        name, split = target
+        ref, path, cached = split_statistics(
+            ext,
+            name,
+            split,
+            data_root=data_root,
+            batch_size=batch_size,
+            num_features=num_features,
+            force=force,
+            progress=True,
+        )
+        what = f"{name} {split}"
+    else:
+        ref, path, cached = image_statistics(
+            ext,
+            target,
+            batch_size=batch_size,
+            num_workers=default_workers() if num_workers is None else num_workers,
+            num_features=num_features,
+            force=force,
+            progress=True,
+        )
+        what = target.label
     if out is not None:
         ref.save(out)
     typer.echo(f"{'cached' if cached else 'computed'}: {path}")
     kept = 0 if ref.features is None else len(ref.features)
     typer.echo(
-        f"{dataset} {split}: {ref.count} images, {ref.dim}-d, stats sha256 {ref.sha256[:12]}, "
+        f"{what}: {ref.count} images, {ref.dim}-d, stats sha256 {ref.sha256[:12]}, "
         f"{kept} feature vectors kept"
     )
     if out is not None:
         typer.echo(f"copy: {out}")
+
+
+def _stats_source(text: str, split: str) -> Any:
+    """``bench stats``' SOURCE: ``(data set, split)`` or an ``ImageSet``; a one-line usage
+    error (listing the data sets) when it is neither a data set nor readable image files."""
+    from genbench.core.errors import GenbenchError, UnknownNameError
+    from genbench.data.datasets import DATASETS, SPLITS
+    from genbench.eval.sources import DatasetSplit, ImageSet, open_source
+
+    if not Path(text).exists() and ":" not in text and "/" not in text:
+        if split not in SPLITS:
+            raise GenbenchError(f"--split: unknown split {split!r}; valid choices: train, test")
+        try:
+            return DATASETS.canonical(text), split
+        except UnknownNameError as exc:
+            raise GenbenchError(
+                f"SOURCE: {text!r} is neither a data set ({', '.join(exc.choices)}) nor an "
+                "existing folder, .zip or .npz"
+            ) from None
+    opened = open_source(text, "SOURCE")
+    if isinstance(opened, DatasetSplit):
+        return opened.dataset, opened.split
+    if not isinstance(opened, ImageSet):
+        raise GenbenchError(f"SOURCE: {text} already holds statistics (mu, sigma), not images")
+    return opened
 
 
 def eval_speed_cmd(
