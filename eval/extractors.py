@@ -446,7 +446,9 @@ def _extractor_options(options: ExtractorOptions) -> dict[str, Any]:
     }
 
 
-EXTRACTORS: Registry[ExtractorLoader] = Registry("feature extractor", base=ExtractorLoader)
+EXTRACTORS: Registry[ExtractorLoader] = Registry(
+    "feature extractor", base=ExtractorLoader, group="genbench.extractors"
+)
 
 
 def _build_digits(

@@ -278,7 +278,7 @@ def _pr(inputs: MetricInputs) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "k": k}
 
 
-METRICS: Registry[Metric] = Registry("metric", base=Metric)
+METRICS: Registry[Metric] = Registry("metric", base=Metric, group="genbench.metrics")
 METRICS.add(
     "fid",
     Metric(

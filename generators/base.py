@@ -226,4 +226,6 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-GENERATORS: Registry[type[Generator]] = Registry("generator", base=Generator)
+GENERATORS: Registry[type[Generator]] = Registry(
+    "generator", base=Generator, group="genbench.generators"
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -158,15 +158,24 @@ def list_cmd() -> None:
     from genbench.generators import GENERATORS
 
     typer.echo("specs:       " + ", ".join(available_specs()))
-    gens = [
+    for label, registry in (
+        ("generators", GENERATORS),
+        ("datasets", DATASETS),
+        ("extractors", EXTRACTORS),
+        ("metrics", METRICS),
+    ):
+        typer.echo(f"{label + ':':<13}" + ", ".join(_listed(registry, n) for n in registry.names()))
+
+
+def _listed(registry: Any, name: str) -> str:
+    """``name (alias a, b) [where it came from]``; built-ins say nothing of their origin."""
+    aliases = registry.aliases(name)
+    origin = registry.origin(name)
+    return (
         name
-        + (f" (alias {', '.join(GENERATORS.aliases(name))})" if GENERATORS.aliases(name) else "")
-        for name in GENERATORS.names()
-    ]
-    typer.echo("generators:  " + ", ".join(gens))
-    typer.echo("datasets:    " + ", ".join(DATASETS.names()))
-    typer.echo("extractors:  " + ", ".join(EXTRACTORS.names()))
-    typer.echo("metrics:     " + ", ".join(METRICS.names()))
+        + (f" (alias {', '.join(aliases)})" if aliases else "")
+        + ("" if origin == "built-in" else f" [{origin}]")
+    )
 
 
 def env_cmd(device: Device = "auto") -> None:

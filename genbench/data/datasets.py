@@ -56,7 +56,9 @@ class ImageDataset(ABC):
         """Return the split as a torch Dataset of ``(image in [-1, 1], int label)``."""
 
 
-DATASETS: Registry[type[ImageDataset]] = Registry("dataset", base=ImageDataset)
+DATASETS: Registry[type[ImageDataset]] = Registry(
+    "dataset", base=ImageDataset, group="genbench.datasets"
+)
 
 
 def _check_split(split: str) -> None:
