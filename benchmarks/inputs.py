@@ -20,7 +20,7 @@ from genbench.data.datasets import DATASETS
 from genbench.eval.evaluator import Evaluator
 from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
 from genbench.eval.metrics import KID_SUBSET_SIZE, METRICS, MetricOptions
-from genbench.eval.reference import ReferenceStats, StatsCache, dataset_reference
+from genbench.eval.reference import ReferenceStats, StatsCache, cache_key, dataset_reference
 
 
 def extractor_options(evaluate: EvaluateSection) -> ExtractorOptions:
@@ -141,15 +141,24 @@ class RunInputs:
     def _compute_stats(self) -> ReferenceStats:
         evaluate = self.plan.evaluate
         assert self.reference is not None  # set whenever no statistics file is given
+        bench = self.plan.benchmark
+        name = self.dataset.cache_name(bench.data_root)
+        cache = StatsCache() if evaluate.cache else None
+        num_features = evaluate.max_features if needs_features(evaluate) else 0
+        if cache is not None:
+            key = cache_key(self.extractor, name, evaluate.reference, len(self.reference))  # type: ignore[arg-type]
+            hit = cache.load(key, num_features)
+            if hit is not None:
+                return hit  # no progress bar: nothing to compute
         with counting("reference statistics", len(self.reference)) as advance:  # type: ignore[arg-type]
             return dataset_reference(
                 self.extractor,
                 self.reference,
-                self.plan.benchmark.dataset,
+                name,
                 evaluate.reference,
                 batch_size=self.batch_size,
-                num_features=evaluate.max_features if needs_features(evaluate) else 0,
-                cache=StatsCache() if evaluate.cache else None,
+                num_features=num_features,
+                cache=cache,
                 on_batch=advance,
             )
 

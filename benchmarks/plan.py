@@ -58,6 +58,7 @@ class Overrides:
     time_budget: str | None = None
     num_samples: int | None = None
     data_root: Path | None = None
+    dataset: str | None = None
     inception_weights: Path | None = None
     checkpoints: dict[str, Path] = field(default_factory=dict)
     reference_stats: Path | None = None
@@ -233,7 +234,12 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
     """Validate every name, config and setting, merge overrides; ``SpecError`` on any
     problem (one line per field, naming the field path)."""
     ov = overrides or Overrides()
-    given = {"device": ov.device, "seed": ov.seed, "data_root": ov.data_root}
+    given = {
+        "device": ov.device,
+        "seed": ov.seed,
+        "data_root": ov.data_root,
+        "dataset": ov.dataset,
+    }
     # Validated like the spec's own values: `--seed -5` is as wrong as `seed = -5`.
     bench = validate_section(
         BenchmarkSection,
@@ -244,7 +250,7 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
     _checked_name(bench.name, f"{source}: benchmark.name")
     bench = bench.model_copy(update={"data_root": _absolute(bench.data_root)})
     dataset = _lookup(DATASETS, bench.dataset, f"{source}: benchmark.dataset")
-    info = dataset.info
+    info = dataset.describe(bench.data_root)  # the user's files: read from their headers
     shape = DataShape(info.channels, info.image_size, info.num_classes)
     _lookup(EXTRACTORS, spec.evaluate.extractor, f"{source}: evaluate.extractor")
     for metric in spec.evaluate.metrics:

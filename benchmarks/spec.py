@@ -47,7 +47,9 @@ class BenchmarkSection(StrictModel):
     dataset: str = Field("digits", description="registered data set")
     seed: StrictInt = Field(0, ge=0, lt=2**63, description="seed for initialisation and data order")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    data_root: Path | None = Field(None, description="directory holding the data set")
+    data_root: Path | None = Field(
+        None, description="directory holding the data set; images: the folder or .zip itself"
+    )
 
 
 _DURATION = re.compile(

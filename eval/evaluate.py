@@ -111,9 +111,11 @@ def reference_of(
     if isinstance(real, StatsFile):
         return ReferenceStats.from_npz(real.path)
     if isinstance(real, DatasetSplit):
-        dataset = DATASETS.get(real.dataset).load(real.split, data_root)
+        registered = DATASETS.get(real.dataset)
+        dataset = registered.load(real.split, data_root)
+        name = registered.cache_name(data_root)
         cache = StatsCache()
-        key = cache_key(extractor, real.dataset, real.split, len(dataset))  # type: ignore[arg-type]
+        key = cache_key(extractor, name, real.split, len(dataset))  # type: ignore[arg-type]
         hit = cache.load(key, num_features)
         if hit is not None:
             return hit  # no progress bar: nothing to compute
@@ -121,7 +123,7 @@ def reference_of(
             return dataset_reference(
                 extractor,
                 dataset,
-                real.dataset,
+                name,
                 real.split,
                 batch_size=batch_size,
                 num_features=num_features,
@@ -259,7 +261,7 @@ def _count(src: Source, root: Path | None) -> int:
     if isinstance(src, ImageSet):
         return src.count
     if isinstance(src, DatasetSplit):
-        info = DATASETS.get(src.dataset).info
+        info = DATASETS.get(src.dataset).describe(root)
         return info.train_size if src.split == "train" else info.test_size
     return 0  # statistics only: check_sources has refused KID already
 

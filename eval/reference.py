@@ -337,6 +337,7 @@ def split_statistics(
     cache = cache or StatsCache()
     name = DATASETS.canonical(dataset, where="DATASET")
     data = DATASETS.get(name).load(split, data_root)
+    name = DATASETS.get(name).cache_name(data_root)
     key = cache_key(extractor, name, split, len(data))  # type: ignore[arg-type]
     ref = None if force else cache.load(key, num_features)
     if ref is not None:

@@ -36,6 +36,7 @@ def load_spec(
     time_budget: str | None = None,
     num_samples: int | None = None,
     data_root: str | Path | None = None,
+    dataset: str | None = None,
     inception_weights: str | Path | None = None,
     checkpoints: Mapping[str, str | Path] | None = None,
     reference_stats: str | Path | None = None,
@@ -52,6 +53,7 @@ def load_spec(
         time_budget=time_budget,
         num_samples=num_samples,
         data_root=Path(data_root) if data_root is not None else None,
+        dataset=dataset,
         inception_weights=Path(inception_weights) if inception_weights is not None else None,
         checkpoints={k: Path(v) for k, v in (checkpoints or {}).items()},
         reference_stats=Path(reference_stats) if reference_stats is not None else None,
@@ -118,7 +120,7 @@ def build(
     if config is None or isinstance(config, Mapping):
         config = cls.Config.model_validate(dict(config or {}))
     if isinstance(data, str):
-        info = DATASETS.get(data, where="data").info
+        info = DATASETS.get(data, where="data").describe()
         data = DataShape(info.channels, info.image_size, info.num_classes)
     if not isinstance(config, cls.Config):
         raise GenbenchError(

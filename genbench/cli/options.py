@@ -20,7 +20,10 @@ Models = Annotated[
 Device = Annotated[str | None, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")]
 DataRoot = Annotated[
     Path | None,
-    typer.Option(metavar="DIR", help="directory holding the data set (e.g. CIFAR-10)"),
+    typer.Option(
+        metavar="PATH",
+        help="directory holding the data set (CIFAR-10); for dataset images: your folder or .zip",
+    ),
 ]
 InceptionWeights = Annotated[
     Path | None,

@@ -69,6 +69,12 @@ def run_cmd(
         list[str] | None,
         typer.Option(metavar="MODEL=PATH", help="start MODEL from a saved checkpoint (repeatable)"),
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME", help="train and evaluate on this data set instead of the spec's"
+        ),
+    ] = None,
     data_root: DataRoot = None,
     inception_weights: InceptionWeights = None,
     reference_stats: Annotated[
@@ -104,6 +110,7 @@ def run_cmd(
         time_budget=time_budget,
         num_samples=num_samples,
         data_root=data_root,
+        dataset=dataset,
         inception_weights=inception_weights,
         checkpoints=parse_checkpoints(checkpoint),
         reference_stats=reference_stats,

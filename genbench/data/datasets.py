@@ -55,6 +55,18 @@ class ImageDataset(ABC):
     def load(cls, split: str, root: Path | None = None, download: bool = True) -> TorchDataset:
         """Return the split as a torch Dataset of ``(image in [-1, 1], int label)``."""
 
+    @classmethod
+    def describe(cls, root: Path | None = None) -> DatasetInfo:
+        """The facts of the data under ``root``: ``info`` for a fixed data set; a data set
+        of the user's files (``images``) reads them from ``root``."""
+        return cls.info
+
+    @classmethod
+    def cache_name(cls, root: Path | None = None) -> str:
+        """The name reference statistics of this data set are cached under: its name, or
+        for the user's files one that holds their content's hash."""
+        return cls.info.name
+
 
 DATASETS: Registry[type[ImageDataset]] = Registry(
     "dataset", base=ImageDataset, group="genbench.datasets"
@@ -277,11 +289,16 @@ class ImageNet64(ImageDataset):
         )
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Static facts about the data set registered as ``name`` (no loading, no download)."""
-    return get_dataset(name).info
+def dataset_info(name: str, root: Path | None = None) -> DatasetInfo:
+    """Facts about the data set registered as ``name`` (no download; ``images`` reads the
+    headers of the files under ``root``)."""
+    return get_dataset(name).describe(root)
 
 
 def get_dataset(name: str) -> type[ImageDataset]:
     """The registered data set class for ``name`` (``UnknownNameError`` listing choices)."""
     return DATASETS.get(name)
+
+
+# Registered last: it builds on the base class above.
+from genbench.data import images as _images  # noqa: E402, F401  (registers "images")
