@@ -316,10 +316,22 @@ def _resolve_model(
     where = ("models", name)
     _checked_name(name, f"{source}: models.{name}", model=True)
     gen_cls = _lookup(GENERATORS, entry.generator, f"{source}: models.{name}.generator")
-    config = validate_section(gen_cls.Config, entry.config, (*where, "config"), source)
     checkpoint = ov.checkpoints.get(name, entry.checkpoint)
-    if checkpoint is not None and not Path(checkpoint).is_file():
+    config_data = entry.config
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        # A diffusers folder (a pipeline, or a UNet's save_pretrained) is the generator's
+        # pretrained network, with the process its scheduler config describes.
+        if "pretrained" not in gen_cls.Config.model_fields:
+            raise SpecError(
+                f"models.{name}.checkpoint: {checkpoint} is a folder; generator "
+                f"{entry.generator!r} takes checkpoint files only (diffusers folders: ddpm)"
+            )
+        replaced = getattr(gen_cls.Config, "FROM_PRETRAINED", frozenset())
+        config_data = {k: v for k, v in config_data.items() if k not in replaced}
+        config_data["pretrained"] = str(_absolute(checkpoint))
+    elif checkpoint is not None and not Path(checkpoint).is_file():
         raise SpecError(f"models.{name}.checkpoint: no such file: {checkpoint}")
+    config = validate_section(gen_cls.Config, config_data, (*where, "config"), source)
     train_data = {**spec.train.model_dump(exclude_unset=True), **entry.train}
     own = LENGTH_KEYS & entry.train.keys()
     if own:  # the model's own length replaces the global one
@@ -359,6 +371,9 @@ def _resolve_model(
         sample=sample.model_copy(update=dict.fromkeys(SETTING_KEYS)),
         settings=settings,
         # Absolute: the resolved spec must mean the same from any directory (bench resume).
-        checkpoint=_absolute(checkpoint),
+        # A folder became the config's pretrained network above.
+        checkpoint=None
+        if checkpoint is None or Path(checkpoint).is_dir()
+        else _absolute(checkpoint),
         data_shape=shape,
     )

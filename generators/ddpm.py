@@ -1,6 +1,7 @@
 """DDPM (Ho et al. 2020) with the improvements of Nichol & Dhariwal 2021 (iDDPM).
 
-An epsilon-predicting ``diffusers.UNet2DModel`` on a linear or cosine beta schedule, with a
+An epsilon-predicting (or v- or x_0-predicting) ``diffusers.UNet2DModel`` on a linear,
+cosine or scaled-linear beta schedule, with a
 fixed-small, fixed-large or learned-range variance (the network then outputs twice the image
 channels), trained with L_simple, L_vlb or the hybrid L_simple + lambda L_vlb, timesteps
 drawn uniformly or by loss-aware importance sampling. Sampling: ancestral on the full chain
@@ -10,7 +11,9 @@ Class-conditional models use classifier-free guidance (Ho & Salimans 2021).
 Defaults are Ho et al.'s CIFAR-10 model (T = 1000, linear, fixed-large, L_simple, 35.7M
 parameters); ``benchmarks/specs/cifar10.toml`` holds the iDDPM CIFAR-10 setting. A
 diffusers directory (``UNet2DModel.save_pretrained``, the format of the published
-``google/ddpm-cifar10-32``) loads with ``pretrained = "DIR"`` or ``DDPM.from_pretrained``.
+``google/ddpm-cifar10-32``) loads with ``pretrained = "DIR"`` or ``DDPM.from_pretrained``;
+a pipeline folder's scheduler config sets the process it was trained with
+(``genbench.generators.diffusers_pipeline``).
 Those published weights are reported to be the non-EMA checkpoint (FID about 12), not the
 paper's FID 3.17 model. Checkpoints of OpenAI's improved-diffusion and guided-diffusion
 load through ``import_state`` (``genbench.generators.openai_checkpoint``) when the config
@@ -23,7 +26,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from diffusers import UNet2DModel
@@ -41,7 +44,14 @@ from genbench.generators.base import (
     eval_mode,
     random_hflip,
 )
+from genbench.generators.diffusers_pipeline import (
+    config_from_scheduler,
+    local_folder,
+    read_scheduler,
+    scheduler_file,
+)
 from genbench.generators.diffusion import (
+    RANGED_SCHEDULES,
     STEPS_GRAMMAR,
     TIMESTEP_SAMPLERS,
     GaussianDiffusion,
@@ -80,6 +90,18 @@ BACKBONE_FIELDS = (
     "time_embedding",
 )
 
+#: The process a pipeline's scheduler config sets (``diffusers_pipeline``).
+PROCESS_FIELDS = (
+    "num_timesteps",
+    "schedule",
+    "beta_start",
+    "beta_end",
+    "prediction",
+    "variance",
+    "clip_denoised",
+    "rescale_timesteps",
+)
+
 #: The sinusoidal timestep embeddings, as ``build_unet``'s (flip_sin_to_cos, freq_shift):
 #: Ho et al.'s (sines first, frequencies 10000^(-i / (d/2 - 1))) and OpenAI's (cosines
 #: first, 10000^(-i / (d/2))), which improved- and guided-diffusion checkpoints need.
@@ -97,13 +119,28 @@ def _diffusers_dir(path: Path) -> Path | None:
 class DDPMConfig(GeneratorConfig):
     """DDPM hyper-parameters; defaults are Ho et al. 2020's CIFAR-10 setting."""
 
+    FROM_PRETRAINED: ClassVar[frozenset[str]] = frozenset(
+        {*BACKBONE_FIELDS, *PROCESS_FIELDS, "image_size", "loss"}
+    )
+    """What a diffusers folder given as ``--checkpoint ddpm=DIR`` supplies: a spec entry's
+    values of these are dropped for it (the folder's network and process replace them)."""
+
     image_size: int | None = Field(None, ge=4, description="resolution; None = the data's")
     pretrained: Path | None = Field(
         None, description="diffusers UNet2DModel directory to start from (backbone from it)"
     )
     # diffusion
     num_timesteps: int = Field(1000, ge=2, le=65_535, description="T")
-    schedule: Literal["linear", "cosine"] = "linear"
+    schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
+    beta_start: float | None = Field(
+        None, gt=0, lt=1, description="first beta of a linear schedule; None: 1e-4 x 1000 / T"
+    )
+    beta_end: float | None = Field(
+        None, gt=0, lt=1, description="last beta of a linear schedule; None: 0.02 x 1000 / T"
+    )
+    prediction: Literal["epsilon", "v", "x0"] = Field(
+        "epsilon", description="what the network predicts: eps (Ho et al.), v or x_0"
+    )
     variance: Literal["fixed_small", "fixed_large", "learned_range"] = "fixed_large"
     loss: Literal["simple", "vlb", "hybrid"] = "simple"
     hybrid_lambda: float = Field(0.001, ge=0, description="lambda of L_simple + lambda L_vlb")
@@ -160,8 +197,41 @@ class DDPMConfig(GeneratorConfig):
             raise ValueError(f"{path} is not a directory holding a diffusers config.json")
         return path
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_scheduler(cls, data: Any) -> Any:
+        """A diffusers pipeline folder's scheduler sets the process it was trained with
+        (``genbench.generators.diffusers_pipeline``); a field the user also set must agree."""
+        if not isinstance(data, dict) or data.get("pretrained") is None:
+            return data
+        folder = local_folder(data["pretrained"])  # a Hub id: its cached snapshot
+        data = {**data, "pretrained": folder}
+        file = scheduler_file(folder)
+        if file is None:
+            return data
+        fields = config_from_scheduler(read_scheduler(file), str(file))
+        for key, value in fields.items():
+            if key in data and data[key] != value:
+                raise ValueError(
+                    f"{key} = {data[key]!r} contradicts the pipeline's scheduler ({file}: "
+                    f"{key} = {value!r}); drop it"
+                )
+        filled = {**data, **fields}
+        if fields["variance"] == "learned_range" and "loss" not in data:
+            filled["loss"] = "hybrid"  # the loss that trains a learned range (iDDPM)
+        return filled
+
     @model_validator(mode="after")
     def _consistent(self) -> DDPMConfig:
+        if (self.beta_start is None) != (self.beta_end is None):
+            raise ValueError("give beta_start and beta_end together")
+        if self.beta_start is not None:
+            if self.schedule not in RANGED_SCHEDULES:
+                raise ValueError(
+                    f"beta_start / beta_end do not apply to schedule {self.schedule!r}"
+                )
+            if not self.beta_start < self.beta_end:  # type: ignore[operator]
+                raise ValueError("beta_start must be below beta_end")
         if self.variance == "learned_range" and self.loss == "simple":
             raise ValueError("learned_range variance needs loss 'hybrid' or 'vlb' to train it")
         if any(self.channels * m % self.norm_groups for m in self.channel_mult):
@@ -243,7 +313,9 @@ class DDPM(Generator):
         self.out_channels = data.channels * (2 if config.variance == "learned_range" else 1)
         self.image_size = config.image_size or data.image_size
         self.unet = self._build_unet().to(self.device)
-        self.diffusion = GaussianDiffusion.from_schedule(config.schedule, config.num_timesteps)
+        self.diffusion = GaussianDiffusion.from_schedule(
+            config.schedule, config.num_timesteps, config.beta_start, config.beta_end
+        )
         self.timesteps = TIMESTEP_SAMPLERS[config.timestep_sampler](config.num_timesteps)
         self._respaced: dict[tuple[int, ...], GaussianDiffusion] = {}
 
@@ -330,6 +402,26 @@ class DDPM(Generator):
             raise ValueError("this model has no 'no label' class (null_label = false): give labels")
         return net_labels(labels, n, self.null_label, self.device)
 
+    def _outputs(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        diffusion: GaussianDiffusion,
+        labels: Any,
+        net: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network's prediction (eps, v or x_0: ``config.prediction``) and learned-range
+        v for step indices ``t`` of ``diffusion``."""
+        # Original timesteps scaled to [0, 1000) whatever T is (improved-diffusion's
+        # rescale_timesteps), so the time embedding sees the DDPM range.
+        scale = 1000.0 / self.config.num_timesteps if self.config.rescale_timesteps else 1.0
+        t_net = diffusion.table(diffusion.timestep_map, x.device)[t].float() * scale
+        out = unet_apply(self.unet if net is None else net, x, t_net, labels)
+        if self.config.variance != "learned_range":
+            return out, None
+        pred, raw = out.chunk(2, dim=1)
+        return pred, (raw + 1.0) / 2.0  # network output in [-1, 1] -> v in [0, 1]
+
     def _apply(
         self,
         x: torch.Tensor,
@@ -339,16 +431,20 @@ class DDPM(Generator):
         net: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """eps and (learned-range) v for step indices ``t`` of ``diffusion``, through
-        ``net`` (default: the generator's UNet)."""
-        # Original timesteps scaled to [0, 1000) whatever T is (improved-diffusion's
-        # rescale_timesteps), so the time embedding sees the DDPM range.
-        scale = 1000.0 / self.config.num_timesteps if self.config.rescale_timesteps else 1.0
-        t_net = diffusion.table(diffusion.timestep_map, x.device)[t].float() * scale
-        out = unet_apply(self.unet if net is None else net, x, t_net, labels)
-        if self.config.variance != "learned_range":
-            return out, None
-        eps, raw = out.chunk(2, dim=1)
-        return eps, (raw + 1.0) / 2.0  # network output in [-1, 1] -> v in [0, 1]
+        ``net`` (default: the generator's UNet): the network's prediction as eps."""
+        pred, v = self._outputs(x, t, diffusion, labels, net)
+        return self.eps_of(pred, x, t, diffusion), v
+
+    def eps_of(
+        self, pred: torch.Tensor, x: torch.Tensor, t: torch.Tensor, diffusion: GaussianDiffusion
+    ) -> torch.Tensor:
+        """The network's prediction (``config.prediction``) at x_t as eps; the samplers,
+        guidance and the VLB work in eps."""
+        if self.config.prediction == "v":
+            return diffusion.eps_from_v(x, t, pred)
+        if self.config.prediction == "x0":
+            return diffusion.eps_from_x0(x, t, pred)
+        return pred
 
     # ----------------------------------------------------------------- training
 
@@ -383,10 +479,15 @@ class DDPM(Generator):
         bits/dim) where used."""
         c, diff = self.config, self.diffusion
         xt = diff.q_sample(d.x0, d.t, d.noise)
-        eps, v = self._apply(xt, d.t, diff, d.labels, net)
+        pred, v = self._outputs(xt, d.t, diff, d.labels, net)
+        eps = self.eps_of(pred, xt, d.t, diff)
         terms: dict[str, torch.Tensor] = {}
         if c.loss in ("simple", "hybrid"):
-            terms["mse"] = mean_flat((d.noise - eps) ** 2)  # Ho et al. eq. 14
+            # Ho et al. eq. 14 for eps; the same MSE on v (Salimans & Ho) or x_0 otherwise.
+            target = {"epsilon": d.noise, "x0": d.x0}.get(c.prediction)
+            if target is None:
+                target = diff.v_target(d.x0, d.t, d.noise)
+            terms["mse"] = mean_flat((target - pred) ** 2)
         if c.loss in ("vlb", "hybrid"):
             # iDDPM section 3.1: in the hybrid loss L_vlb trains only the variance
             # (stop-gradient on the mean); T · L_t is an unbiased estimate of L_vlb.

@@ -27,18 +27,35 @@ LN2 = math.log(2.0)
 # --------------------------------------------------------------------------- schedules
 
 
-def linear_betas(num_timesteps: int) -> torch.Tensor:
+def linear_betas(
+    num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
+) -> torch.Tensor:
     """Ho et al. 2020, section 4: beta from 1e-4 to 0.02 over T = 1000 steps.
 
     For other T the end points are scaled by 1000 / T (as improved-diffusion does) so the
     schedule keeps the same alpha-bar curve; T = 1000 gives exactly the paper's values. Like
     the cosine schedule, betas are clipped at 0.999 (short chains, T <= 20, reach 1).
+    ``beta_start`` and ``beta_end`` given: exactly those end points, unscaled (diffusers'
+    ``linear``).
     """
-    scale = 1000.0 / num_timesteps
-    betas = torch.linspace(
-        scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64, device="cpu"
-    )
+    if beta_start is None or beta_end is None:
+        scale = 1000.0 / num_timesteps
+        beta_start, beta_end = scale * 1e-4, scale * 0.02
+    betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64, device="cpu")
     return betas.clamp(max=0.999)
+
+
+def scaled_linear_betas(
+    num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
+) -> torch.Tensor:
+    """Latent diffusion's schedule (diffusers' ``scaled_linear``): sqrt(beta) linear from
+    sqrt(beta_start) to sqrt(beta_end), default 0.00085 to 0.012."""
+    start = 0.00085 if beta_start is None else beta_start
+    end = 0.012 if beta_end is None else beta_end
+    roots = torch.linspace(
+        math.sqrt(start), math.sqrt(end), num_timesteps, dtype=torch.float64, device="cpu"
+    )
+    return roots.square().clamp(max=0.999)
 
 
 def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -49,16 +66,29 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
 
 
-BETA_SCHEDULES: dict[str, Callable[[int], torch.Tensor]] = {
+BETA_SCHEDULES: dict[str, Callable[..., torch.Tensor]] = {
     "linear": linear_betas,
     "cosine": cosine_betas,
+    "scaled_linear": scaled_linear_betas,
 }
+RANGED_SCHEDULES = ("linear", "scaled_linear")
+"""Schedules whose end points ``beta_start`` / ``beta_end`` may be given."""
 
 
-def get_betas(name: str, num_timesteps: int) -> torch.Tensor:
-    """The named beta schedule (see ``BETA_SCHEDULES``) with ``num_timesteps`` steps."""
+def get_betas(
+    name: str,
+    num_timesteps: int,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
+) -> torch.Tensor:
+    """The named beta schedule (see ``BETA_SCHEDULES``) with ``num_timesteps`` steps; the end
+    points apply to the linear schedules only."""
     if name not in BETA_SCHEDULES:
         raise ValueError(f"unknown beta schedule {name!r}; valid: {', '.join(BETA_SCHEDULES)}")
+    if name in RANGED_SCHEDULES:
+        return BETA_SCHEDULES[name](num_timesteps, beta_start, beta_end)
+    if beta_start is not None or beta_end is not None:
+        raise ValueError(f"beta_start / beta_end apply to {' and '.join(RANGED_SCHEDULES)} only")
     return BETA_SCHEDULES[name](num_timesteps)
 
 
@@ -266,8 +296,14 @@ class GaussianDiffusion:
         self._copies: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
-    def from_schedule(cls, name: str, num_timesteps: int) -> GaussianDiffusion:
-        return cls(get_betas(name, num_timesteps))
+    def from_schedule(
+        cls,
+        name: str,
+        num_timesteps: int,
+        beta_start: float | None = None,
+        beta_end: float | None = None,
+    ) -> GaussianDiffusion:
+        return cls(get_betas(name, num_timesteps, beta_start, beta_end))
 
     def respaced(self, timesteps: Sequence[int]) -> GaussianDiffusion:
         """iDDPM section 4: the process on a subset S of timesteps, with
@@ -318,6 +354,21 @@ class GaussianDiffusion:
         return (
             self._at(self.sqrt_recip_alphas_cumprod, t, xt) * xt
             - self._at(self.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+        )
+
+    def eps_from_v(self, xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Salimans & Ho 2022: with v = sqrt(abar) eps - sqrt(1 - abar) x_0,
+        eps = sqrt(abar) v + sqrt(1 - abar) x_t."""
+        return (
+            self._at(self.sqrt_alphas_cumprod, t, xt) * v
+            + self._at(self.sqrt_one_minus_alphas_cumprod, t, xt) * xt
+        )
+
+    def v_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The v of ``x0`` and ``noise`` at t: sqrt(abar) eps - sqrt(1 - abar) x_0."""
+        return (
+            self._at(self.sqrt_alphas_cumprod, t, x0) * noise
+            - self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
         )
 
     def eps_from_x0(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -482,10 +482,10 @@ def test_unconditional_when_the_data_has_no_labels():
 def test_label_dropout_uses_the_null_class(monkeypatch):
     gen = _tiny(conditional=True, p_uncond=1.0)
     seen = []
-    real = gen._apply
+    real = gen._outputs  # what training calls the network through
     monkeypatch.setattr(
         gen,
-        "_apply",
+        "_outputs",
         lambda x, t, d, labels, *net: seen.append(labels) or real(x, t, d, labels, *net),
     )
     fit(gen, Batch(_images(4), torch.tensor([1, 2, 3, 4])))
@@ -685,3 +685,22 @@ def test_smoke_ddpm_trained_fid_at_most_half_of_untrained(tmp_path):
         assert metrics["train_steps"] == steps and metrics["nfe"] == 10
         fid[steps] = metrics["metrics"]["fid"]["value"]
     assert fid[200] <= 0.5 * fid[0], fid
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_v_and_x0_predictions_train_on_their_own_target(prediction):
+    from genbench.generators.ddpm import TrainingDraws
+
+    gen = _tiny(prediction=prediction, variance="fixed_small")
+    x0, noise = _images(3), _images(3, seed=1)
+    t = torch.tensor([0, 20, 49])
+    draws = TrainingDraws(x0, None, t, torch.ones(3), noise)
+    d = gen.diffusion
+    xt = d.q_sample(x0, t, noise)
+    pred, _ = gen._outputs(xt, t, d, None)
+    abar = d.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    target = a * noise - s * x0 if prediction == "v" else x0
+    torch.testing.assert_close(gen.losses(draws)["mse"], ((pred - target) ** 2).mean((1, 2, 3)))
+    # Converted to eps, the exact prediction gives back the noise that made x_t.
+    torch.testing.assert_close(gen.eps_of(target, xt, t, d), noise, rtol=1e-4, atol=1e-4)
