@@ -19,7 +19,7 @@ import markupsafe
 
 from genbench.reports.markdown import DIGITS_NOTE, READING_GUIDE
 from genbench.reports.model import Cell, Report, Table, flatten
-from genbench.reports.plots import Plot, all_plots
+from genbench.reports.plots import Missing, Plot, all_plots
 from genbench.reports.tables import run_summary
 
 SORT_SCRIPT = """
@@ -117,9 +117,10 @@ def report_grid_size(spec: dict[str, Any], model: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def render_html(report: Report) -> str:
-    """The whole report as one HTML page."""
-    figures = all_plots(report)
+def render_html(report: Report, figures: list[Plot | Missing] | None = None) -> str:
+    """The whole report as one HTML page (``figures``: ``all_plots(report)``, drawn here
+    unless given)."""
+    figures = all_plots(report) if figures is None else figures
     template_file = resources.files("genbench.reports") / "templates" / "report.html.j2"
     template_text = template_file.read_text(encoding="utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)

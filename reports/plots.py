@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from genbench.reports import fmt
@@ -43,13 +43,22 @@ DPI = 144
 
 @dataclass
 class Plot:
-    """One figure: what it shows, how to read it, and the PNG."""
+    """One figure: what it shows, how to read it, and the PNG (``svg()`` draws it again as
+    SVG, for papers, only when asked)."""
 
     key: str
     title: str
     caption: str
     png: bytes
     wide: bool = False  # spans the page (small multiples)
+    draw: Callable[[Any], None] | None = field(default=None, repr=False)
+    size: tuple[float, float] = (6.4, 4.0)
+
+    def svg(self) -> bytes:
+        """The same figure as SVG (vector: scales for print)."""
+        if self.draw is None:
+            raise ValueError(f"plot {self.key} keeps no drawing to render as SVG")
+        return _render(self.draw, self.size, "svg")
 
 
 @dataclass
@@ -66,7 +75,9 @@ def tex_safe(text: Any) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _render(draw: Callable[[Any], None], size: tuple[float, float] = (6.4, 4.0)) -> bytes:
+def _render(
+    draw: Callable[[Any], None], size: tuple[float, float] = (6.4, 4.0), kind: str = "png"
+) -> bytes:
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -76,8 +87,9 @@ def _render(draw: Callable[[Any], None], size: tuple[float, float] = (6.4, 4.0))
         FigureCanvasAgg(fig)
         draw(fig)
         buf = io.BytesIO()
-        # No "Software" text chunk: the PNG then depends only on what it shows.
-        fig.savefig(buf, format="png", metadata={"Software": None})
+        # No "Software" text chunk (or SVG date): the file depends only on what it shows.
+        metadata = {"Software": None} if kind == "png" else {"Date": None, "Creator": None}
+        fig.savefig(buf, format=kind, metadata=metadata)
     return buf.getvalue()
 
 
@@ -204,7 +216,7 @@ def fid_vs_time(report: Report) -> Plot | Missing:
         "different marks were measured under different protocols or timing setups and get "
         "their own front."
     )
-    return Plot("fid_time", title, caption, _render(draw))
+    return Plot("fid_time", title, caption, _render(draw), draw=draw)
 
 
 def fid_vs_nfe(report: Report) -> Plot | Missing:
@@ -248,7 +260,7 @@ def fid_vs_nfe(report: Report) -> Plot | Missing:
         "Sampling cost in network evaluations, independent of hardware. Hollow diamonds, if "
         "any, are published figures whose protocol matches a measured run."
     )
-    return Plot("fid_nfe", title, caption, _render(draw))
+    return Plot("fid_nfe", title, caption, _render(draw), draw=draw)
 
 
 def _fid_axes(ax: Any, xs: list[float], xlabel: str, title: str) -> None:
@@ -293,7 +305,7 @@ def fid_vs_train_time(report: Report) -> Plot | Missing:
         "Each line is one model across the runs of the report, by the training time it had "
         "(the same device assumed: compare runs of one machine)."
     )
-    return Plot("fid_train_time", title, caption, _render(draw))
+    return Plot("fid_train_time", title, caption, _render(draw), draw=draw)
 
 
 def throughput(report: Report) -> Plot | Missing:
@@ -344,7 +356,7 @@ def throughput(report: Report) -> Plot | Missing:
         "`bench speed`; single points are the timing of a `bench run`. Compare lines on the "
         "same device only."
     )
-    return Plot("throughput", title, caption, _render(draw))
+    return Plot("throughput", title, caption, _render(draw), draw=draw)
 
 
 def training_losses(report: Report) -> Plot | Missing:
@@ -391,7 +403,9 @@ def training_losses(report: Report) -> Plot | Missing:
         "Every value the generator logs (losses, and e.g. a GAN's mean discriminator outputs "
         "d_real / d_fake), averaged over each logging interval of train_log.jsonl."
     )
-    return Plot("losses", title, caption, _render(draw, size), wide=len(logged) > 1)
+    return Plot(
+        "losses", title, caption, _render(draw, size), len(logged) > 1, draw=draw, size=size
+    )
 
 
 def speed_history(report: Report) -> Plot | Missing:
@@ -441,7 +455,7 @@ def speed_history(report: Report) -> Plot | Missing:
         "From the speed history file: one line per model, batch size, options and machine "
         "(@ fingerprint). Only points of one line are comparable with each other."
     )
-    return Plot("history", title, caption, _render(draw))
+    return Plot("history", title, caption, _render(draw), draw=draw)
 
 
 FIGURES = [

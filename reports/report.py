@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io as stdio
 from pathlib import Path
 
+from genbench.core import io
 from genbench.core.errors import GenbenchError
 from genbench.reports.html import render_html
 from genbench.reports.load import ReportInputs, load_inputs
 from genbench.reports.markdown import markdown_report
-from genbench.reports.model import Groups, Report
+from genbench.reports.model import Cell, Groups, Report, Table
+from genbench.reports.plots import Plot, all_plots
 from genbench.reports.published import PublishedFigure, load_published, published_table
 from genbench.reports.tables import model_labels, repeats_table, results_table, speed_table
 from genbench.store import files
@@ -122,10 +126,53 @@ def emit_report(
     if not targets:
         return markdown_report(report, html_name=None)
     html_name = targets["html"].name if "html" in targets else None
+    figures = all_plots(report) if "html" in targets else []
     rendered = {
-        kind: markdown_report(report, html_name=html_name) if kind == "md" else render_html(report)
+        kind: markdown_report(report, html_name=html_name)
+        if kind == "md"
+        else render_html(report, figures)
         for kind in targets
     }
+    written = []
     for kind, path in targets.items():
-        files.write_text(path, rendered[kind])
-    return "".join(f"wrote {path}\n" for path in targets.values())
+        written.append(files.write_text(path, rendered[kind]))
+    first = next(iter(targets.values()))
+    if report.inputs.runs:
+        table = first.with_name(f"{first.stem}-results.csv")
+        written.append(io.write_text_atomic(table, results_csv(report.results)))
+    lines = [f"wrote {path}" for path in written]
+    plots = [f for f in figures if isinstance(f, Plot)]
+    if plots:
+        folder = targets["html"].with_name(f"{targets['html'].stem}-figures")
+        for plot in plots:
+            io.write_bytes_atomic(folder / f"{plot.key}.png", plot.png)
+            io.write_bytes_atomic(folder / f"{plot.key}.svg", plot.svg())
+        lines.append(f"wrote {folder}/ ({len(plots)} figures, each as .png and .svg)")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def results_csv(table: Table) -> str:
+    """The results table as CSV for analysis: one header row, then the rows; numeric
+    columns hold the numbers themselves (unrounded, no marks), others their full text (the
+    run column: the whole run id)."""
+    buffer = stdio.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(c.header for c in table.columns)
+    for row in table.rows:
+        writer.writerow(
+            _csv_number(cell.sort) if column.numeric else _csv_text(cell)
+            for column, cell in zip(table.columns, row, strict=True)
+        )
+    return buffer.getvalue()
+
+
+def _csv_number(value: float | str | None) -> str:
+    if value is None:
+        return ""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _csv_text(cell: Cell) -> str:
+    # A text cell's sort key is its full value (the run column shows only the run's tag).
+    return cell.sort if isinstance(cell.sort, str) else cell.text

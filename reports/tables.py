@@ -61,6 +61,11 @@ def timing_setting(model: ModelResult) -> dict[str, Any]:
     }
 
 
+def run_tag(run_id: str) -> str:
+    """A run id's random tag (its last part), as short as a table cell allows."""
+    return run_id.rsplit("-", 1)[-1]
+
+
 def model_labels(models: list[ModelResult]) -> list[str]:
     """Unique display names: the model name, plus ``@<run tag>`` where names repeat."""
     counts: dict[str, int] = {}
@@ -68,7 +73,7 @@ def model_labels(models: list[ModelResult]) -> list[str]:
         counts[m.name] = counts.get(m.name, 0) + 1
     labels = []
     for m in models:
-        tag = m.run.run_id.rsplit("-", 1)[-1]
+        tag = run_tag(m.run.run_id)
         labels.append(m.name if counts[m.name] == 1 else f"{m.name} @{tag}")
     return labels
 
@@ -206,10 +211,19 @@ def results_table(
             protocols.label(protocol_setting(m))
             timings.label(timing_setting(m))
     metric_cols = [c for c in METRIC_COLUMNS if not c.optional or _has(models, c)]
+    # Columns that would repeat one value, or another column, are left out so that two runs
+    # fit a 1,400 px page: the run list above names the runs in full and their devices.
+    several_runs = len({m.run.run_id for m in models}) > 1
+    devices = {
+        device_label(m.run.environment, m.timing.device if m.timing else None) for m in models
+    }
     columns = [
-        Column("run", "run directory"),
-        Column("model", "model name in the spec"),
-        Column("generator", "registered generator"),
+        *(
+            [Column("run", "run directory: its random tag (the runs are listed above)")]
+            if several_runs
+            else []
+        ),
+        Column("model", "model name in the spec (and its generator, where the names differ)"),
         Column("train steps", "optimiser updates", numeric=True),
         Column("parameters", "parameters of the sampling network", numeric=True),
         Column("NFE", "network evaluations per generated image", numeric=True),
@@ -222,17 +236,19 @@ def results_table(
         Column("images/s ↑", "sampling throughput after warm-up (median of repeats)", True),
         Column("s per 50k ↓", "time to sample 50,000 images at that throughput", True),
         Column("train time", "wall-clock training time", numeric=True),
-        Column("device", "where sampling and training ran"),
+        *([Column("device", "where sampling and training ran")] if len(devices) > 1 else []),
     ]
     rows = []
     for m, label in zip(models, labels, strict=True):
         md, t = m.metrics, m.timing
         pmarks = () if md.failure else protocols.marks(protocol_setting(m))
         tmarks = () if md.failure else timings.marks(timing_setting(m))
+        name = m.name if several_runs else label  # the run column tells repeated names apart
+        if md.generator != m.name:
+            name = f"{name} ({md.generator})"
         cells = [
-            Cell.text_of(m.run.run_id),
-            Cell(label, label),
-            Cell.text_of(md.generator),
+            *([Cell(run_tag(m.run.run_id), m.run.run_id)] if several_runs else []),
+            Cell(name, name),
             Cell.number(str(md.train_steps), md.train_steps),
             Cell.number(fmt.count(md.parameters), md.parameters),
             Cell.number(fmt.MISSING if md.nfe is None else str(md.nfe), md.nfe),
@@ -250,8 +266,9 @@ def results_table(
             Cell.number(throughput_text(t), t.images_per_s if t else None, tmarks),
             Cell.number(fmt.duration(s_per_50k), s_per_50k, tmarks),
             Cell.number(fmt.duration(md.train_time_s), md.train_time_s),
-            Cell.text_of(device_label(m.run.environment, t.device if t else None)),
         ]
+        if len(devices) > 1:
+            cells.append(Cell.text_of(device_label(m.run.environment, t.device if t else None)))
         rows.append(cells)
     notes = [*protocol_notes(protocols), *timing_notes(models, timings)]
     small = sorted(

@@ -6,6 +6,7 @@ write), so each test states exactly the numbers it expects in the report.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -141,14 +142,27 @@ def write_run(
     return run
 
 
-def table_rows(markdown: str, prefix: str = "| run-") -> list[list[str]]:
-    lines = [line for line in markdown.splitlines() if line.startswith(prefix)]
-    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+def _results_lines(markdown: str) -> list[str]:
+    """The lines of the results table: the first table after "## Results"."""
+    lines = markdown[markdown.index("## Results") :].splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def table_rows(markdown: str, prefix: str | None = None) -> list[list[str]]:
+    """Rows of the results table, or of any table whose rows start with ``prefix``."""
+    if prefix is not None:
+        return [_cells(x) for x in markdown.splitlines() if x.startswith(prefix)]
+    return [_cells(x) for x in _results_lines(markdown)[2:]]
 
 
 def header(markdown: str) -> list[str]:
-    line = next(x for x in markdown.splitlines() if x.startswith("| run |"))
-    return [c.strip() for c in line.split("|")[1:-1]]
+    return _cells(_results_lines(markdown)[0])
 
 
 @pytest.fixture
@@ -174,10 +188,9 @@ def test_markdown_table_has_every_column_with_sensible_precision(two_protocols):
     from genbench.reports.markdown import markdown_report
 
     text = markdown_report(md)
-    assert header(text) == [
+    assert header(text) == [  # generator and device repeat a value here, so they merge / go
         "run",
         "model",
-        "generator",
         "train steps",
         "parameters",
         "NFE",
@@ -190,12 +203,11 @@ def test_markdown_table_has_every_column_with_sensible_precision(two_protocols):
         "images/s ↑",
         "s per 50k ↓",
         "train time",
-        "device",
     ]
     a, b = table_rows(text)
-    assert a[:7] == ["run-a-0001", "dcgan @0001", "dcgan", "1500", "99.0k", "1", "default"]
-    assert a[7:12] == ["249.38 [a]", "6.97 ± 0.25 [a]", "0.0123 ± 0.0010 [a]", "–", "–"]
-    assert b[7:12] == [
+    assert a[:6] == ["0001", "dcgan", "1500", "99.0k", "1", "default"]  # the run's tag
+    assert a[6:11] == ["249.38 [a]", "6.97 ± 0.25 [a]", "0.0123 ± 0.0010 [a]", "–", "–"]
+    assert b[6:11] == [
         "120.50 [b]",
         "6.97 ± 0.25 [b]",
         "0.0123 ± 0.0010 [b]",
@@ -203,7 +215,7 @@ def test_markdown_table_has_every_column_with_sensible_precision(two_protocols):
         "0.432 [b]",
     ]
     # one timing setup: no speed marks; 3 significant figures and the IQR of the repeats
-    assert a[12:] == ["24,900 (IQR 2.0%)", "2.0 s", "35.4 s", "AMD EPYC (2 threads)"]
+    assert a[11:] == ["24,900 (IQR 2.0%)", "2.0 s", "35.4 s"]
 
 
 def test_different_protocols_are_marked_and_the_note_says_what_differs(two_protocols):
@@ -224,7 +236,7 @@ def test_one_protocol_no_marks_and_repeats_get_mean_sd_and_min(tmp_path):
     ]
     text = emit_report(runs)
     rows = table_rows(text)
-    assert [r[7] for r in rows] == ["10.00", "12.00"]  # same protocol: no [a]/[b]
+    assert [r[6] for r in rows] == ["10.00", "12.00"]  # same protocol: no [a]/[b]
     assert "different evaluation protocols" not in text
     assert "Evaluation protocol of every quality value: dtype=float32" in text
     assert "## Repeated runs" in text
@@ -244,7 +256,7 @@ def test_speed_values_from_different_devices_are_marked(tmp_path):
     assert a[i : i + 2] == ["24,900 (IQR 2.0%) [t1]", "2.0 s [t1]"]
     assert b[i : i + 2] == ["24,900 (IQR 2.0%) [t2]", "2.0 s [t2]"]
     # quality values from different devices are marked too, the device named as the cause
-    assert (a[7], b[7]) == ("10.00 [a]", "10.00 [b]")
+    assert (a[6], b[6]) == ("10.00 [a]", "10.00 [b]")
     assert "- [a] measured_on=AMD EPYC" in text and "- [b] measured_on=NVIDIA H100" in text
     assert b[-1] == "NVIDIA H100 80GB HBM3"
     assert "measured on different devices or timing setups" in text
@@ -260,8 +272,9 @@ def test_older_runs_without_kid_pr_or_timing_render_with_dashes(tmp_path):
     run = write_run(tmp_path, "run-a-0001", [files])
     text = emit_report([run])
     (row,) = table_rows(text)
-    assert header(text)[6:9] == ["sampling", "FID ↓", "IS ↑"]
-    assert row[6:] == ["default", "50.00", "–", "–", "–", "35.4 s", "AMD EPYC (2 threads)"]
+    assert header(text)[:2] == ["model", "train steps"]  # one run: no run column
+    assert header(text)[4:7] == ["sampling", "FID ↓", "IS ↑"]
+    assert row[4:] == ["default", "50.00", "–", "–", "–", "35.4 s"]
     assert "Not computed in these runs: KID, precision, recall" in text
 
 
@@ -272,7 +285,7 @@ def test_bits_per_dim_column_when_a_model_reports_it(tmp_path):
     text = emit_report([run])
     cols = header(text)
     assert "bits/dim ↓" in cols
-    rows = {r[1]: r for r in table_rows(text)}
+    rows = {r[0]: r for r in table_rows(text)}
     i = cols.index("bits/dim ↓")
     assert rows["ddpm"][i] == "3.752" and rows["dcgan"][i] == "–"
     assert rows["ddpm"][cols.index("NFE")] == "1000"
@@ -283,7 +296,7 @@ def test_sampling_settings_show_the_guidance_scale(tmp_path):
     files["metrics"]["sample"].update(steps=6, guidance=1.5)
     run = write_run(tmp_path, "run-a-0001", [files, model_files("dcgan", 40.0)])
     text = emit_report([run])
-    rows = {r[1]: r for r in table_rows(text)}
+    rows = {r[0]: r for r in table_rows(text)}
     i = header(text).index("sampling")
     assert rows["edm"][i] == "steps 6, guidance s = 1.5" and rows["dcgan"][i] == "default"
 
@@ -299,7 +312,7 @@ def test_markdown_cells_cannot_break_the_table(tmp_path):
     text = emit_report([run])
     (row,) = table_rows(text)
     assert len(row) == len(header(text))
-    assert row[1] == "a\\|b&lt;i&gt;"
+    assert row[0] == "a\\|b&lt;i&gt; (dcgan)"
 
 
 # --------------------------------------------------------------------------- published
@@ -403,7 +416,7 @@ def test_html_escapes_every_user_string_and_fetches_nothing(tmp_path):
     run = write_run(tmp_path, "run-<img src=x onerror=alert(2)>", [files], dirs=["evil"])
     cost = write_run(tmp_path, "run-b-0002", [model_files("cost $5 $x", 11.0)])
     out = tmp_path / "out"
-    assert emit_report([run, cost], "html", out) == f"wrote {out / 'report.html'}\n"
+    assert emit_report([run, cost], "html", out).startswith(f"wrote {out / 'report.html'}\n")
     html = (out / "report.html").read_text()
     assert evil not in html and "<b>gen</b>" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -546,7 +559,9 @@ def test_cli_report_outputs_and_usage_errors(cli, two_protocols, tmp_path):
     assert printed.code == 0 and printed.out.startswith("# genbench report")
     target = tmp_path / "r.html"
     made = cli("report", *runs, "--format", "html", "--out", str(target))
-    assert made.code == 0 and made.out == f"wrote {target}\n" and target.stat().st_size > 10_000
+    assert made.code == 0 and target.stat().st_size > 10_000
+    assert made.out.splitlines()[:2] == [f"wrote {target}", f"wrote {tmp_path / 'r-results.csv'}"]
+    assert made.out.splitlines()[2].startswith(f"wrote {tmp_path / 'r-figures'}/ (")
     for args, message in [
         (["--format", "html"], "--format html: give --out PATH"),
         (["--format", "pdf"], "--format: unknown format 'pdf'; valid choices: md, html, both"),
@@ -573,7 +588,7 @@ def test_report_overwrites_nothing_but_its_own_file(cli, two_protocols):
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert cli("report", str(run), "--out", str(run)).code == 0  # md into the run directory
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    assert set(after) - set(before) == {run / "report.md"}
+    assert set(after) - set(before) == {run / "report.md", run / "report-results.csv"}
     assert all(after[p] == data for p, data in before.items())
     assert not list(run.rglob("*.partial"))
 
@@ -594,8 +609,8 @@ def test_bench_run_writes_report_md_and_html(cli, tiny_spec, tmp_path):
     md = (run / "report.md").read_text()
     assert md in result.out  # what `bench run` prints is the stored report
     metrics = json.loads((run / "dcgan" / "metrics.json").read_text())
-    (row,) = table_rows(md, f"| {run.name} |")
-    assert row[1] == "dcgan" and row[7] == f"{metrics['metrics']['fid']['value']:,.2f}"
+    (row,) = table_rows(md)
+    assert row[0] == "dcgan" and row[5] == f"{metrics['metrics']['fid']['value']:,.2f}"
     html = (run / "report.html").read_text()
     assert 'alt="samples of dcgan"' in html and 'alt="FID against sampling time"' in html
     assert f"report:  {run / 'report.html'}" in result.out
@@ -611,3 +626,30 @@ def test_fid_against_training_time_draws_one_line_per_model_across_runs(two_prot
         m.metrics.train_time_s = None
     missing = fid_vs_train_time(report)
     assert isinstance(missing, Missing) and "training time" in missing.reason
+
+
+def test_report_writes_a_results_csv_and_each_figure_as_png_and_svg(two_protocols, tmp_path):
+    import csv
+
+    out = tmp_path / "paper"
+    printed = emit_report(two_protocols, "both", out)
+    rows = list(csv.reader((out / "report-results.csv").open(encoding="utf-8")))
+    head, a, b = rows
+    assert head[:3] == ["run", "model", "train steps"] and "FID ↓" in head
+    fid = head.index("FID ↓")
+    # the whole run id, and the numbers themselves: unrounded, no protocol marks
+    assert (a[0], a[1], a[2], a[fid]) == ("run-a-0001", "dcgan", "1500", "249.3811")
+    assert (b[0], b[fid], b[head.index("precision ↑")]) == ("run-b-0002", "120.5", "0.81234")
+    assert a[head.index("precision ↑")] == ""  # not measured in that run
+    figures = sorted((out / "report-figures").iterdir())
+    pngs = [p for p in figures if p.suffix == ".png"]
+    svgs = [p for p in figures if p.suffix == ".svg"]
+    assert len(pngs) >= 3 and [p.stem for p in pngs] == [p.stem for p in svgs]
+    html = (out / "report.html").read_text()
+    for png, svg in zip(pngs, svgs, strict=True):
+        assert png.read_bytes().startswith(b"\x89PNG") and b"<svg" in svg.read_bytes()[:400]
+        # the same PNG as the one embedded in the page
+        assert base64.b64encode(png.read_bytes()).decode() in html
+    assert (
+        f"wrote {out / 'report-figures'}/ ({len(pngs)} figures, each as .png and .svg)" in printed
+    )

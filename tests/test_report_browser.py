@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,5 +122,62 @@ def test_headless_chromium_renders_the_report(report_html, tmp_path):
     for img in plots + samples:  # every embedded PNG decoded and laid out
         assert min(img["natural"]) > 0 and min(img["shown"]) > 0, img
     # the page's own script ran under its CSP: sorting works both ways
-    assert m["ascending"] == ["wide", "deep", "dcgan"]
-    assert m["descending"] == ["dcgan", "deep", "wide"]
+    # (models named other than their generator show it: "wide (dcgan)")
+    assert m["ascending"] == ["wide (dcgan)", "deep (dcgan)", "dcgan"]
+    assert m["descending"] == ["dcgan", "deep (dcgan)", "wide (dcgan)"]
+
+
+FIT = """
+window.addEventListener("load", function () {
+  var table = document.querySelector("table.sortable");
+  var wrap = table.parentElement;
+  var out = document.createElement("pre");
+  out.id = "measure";
+  out.textContent = JSON.stringify({
+    page: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+    wrapper: [wrap.scrollWidth, wrap.clientWidth],
+    right: [table.getBoundingClientRect().right, document.body.getBoundingClientRect().right],
+    heads: Array.prototype.map.call(table.tHead.rows[0].cells, function (c) {
+      return c.textContent; }),
+    first: Array.prototype.map.call(table.tBodies[0].rows[0].cells, function (c) {
+      return c.textContent; })});
+  document.body.appendChild(out);
+});
+""".strip()
+
+
+def test_two_runs_fit_1400_px_without_horizontal_overflow(tmp_path, monkeypatch):
+    # Two real-looking runs of all five models with every metric column filled (KID,
+    # precision/recall, bits/dim) and sampling settings: the widest results table a smoke
+    # comparison gives.
+    extra = {
+        "kid": {"value": 0.012345, "std": 0.00102},
+        "pr": {"precision": 0.61234, "recall": 0.4321, "k": 3},
+    }
+    runs = []
+    for run_id in ("smoke-20261203-162316-ad67", "smoke-20261203-170102-9f3e"):
+        models = [
+            model_files(name, 123.456, extra_metrics=extra, generator=name, nfe=nfe)
+            for name, nfe in (("dcgan", 1), ("ddpm", 10), ("vdpm", 8), ("edm", 11), ("ddgan", 4))
+        ]
+        models[1]["metrics"]["extra"] = {"bits_per_dim": {"value": 3.7519}}
+        models[2]["metrics"]["sample"].update(steps=8, guidance=1.5)
+        runs.append(write_run(tmp_path, run_id, models))
+    out = tmp_path / "report"
+    emit_report(runs, "html", out)
+    page = (out / "report.html").read_text()
+    monkeypatch.setattr(sys.modules[__name__], "MEASURE", FIT)
+    probe = tmp_path / "probe.html"
+    probe.write_text(_with_measurement(page))
+    dom = _chromium(
+        "--window-size=1400,1000", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()
+    ).stdout
+    found = re.search(r'<pre id="measure">(.*?)</pre>', dom, re.S)
+    assert found, "the measuring script did not run"
+    m = json.loads(htmllib.unescape(found.group(1)))
+    assert m["page"][0] <= m["page"][1] == 1400, m  # no page scroll bar
+    assert m["wrapper"][0] <= m["wrapper"][1], m  # the table's own scroller has nothing to do
+    assert m["right"][0] <= m["right"][1] + 0.5, m  # inside the body's column
+    # Shortened and merged: the run's tag, one model column, no constant device column.
+    assert m["heads"][:3] == ["run", "model", "train steps"] and "device" not in m["heads"]
+    assert m["first"][:2] == ["ad67", "dcgan"]
