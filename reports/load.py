@@ -37,8 +37,21 @@ class ReportInputs:
     history_error: str | None = None
 
 
+def _found_under(folder: Path) -> list[Path]:
+    """The run and speed directories anywhere under ``folder``, in path order (a run's own
+    model folders are not searched: a run directory is a leaf)."""
+    found: list[Path] = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
+        if is_run_dir(sub) or is_speed_dir(sub):
+            found.append(sub)
+        else:
+            found.extend(_found_under(sub))
+    return found
+
+
 def load_inputs(paths: list[Path], history: Path | None = None) -> ReportInputs:
-    """Read run and speed directories (in the order given) and the speed history file."""
+    """Read run and speed directories (in the order given; a folder that is neither stands
+    for every one found under it) and the speed history file."""
     inputs = ReportInputs()
     seen: set[Path] = set()
     for raw in paths:
@@ -55,10 +68,22 @@ def load_inputs(paths: list[Path], history: Path | None = None) -> ReportInputs:
             inputs.speed.append(load_speed(path))
         elif not path.exists():
             raise GenbenchError(f"{path}: no such directory")
+        elif path.is_dir() and (found := _found_under(path)):
+            # A folder of runs (`bench report runs/`): every run and speed directory in it.
+            for sub in found:
+                if sub.resolve() not in seen:
+                    seen.add(sub.resolve())
+                    if is_run_dir(sub):
+                        run = load_run(sub)
+                        inputs.runs.append(run)
+                        inputs.models.extend(run.models.values())
+                    else:
+                        inputs.speed.append(load_speed(sub))
         else:
             raise GenbenchError(
                 f"{path}: not a genbench run directory (no run.json) nor a speed directory "
-                "(no speed.json); pass directories made by `bench run` or `bench speed`"
+                "(no speed.json), and none is under it; pass directories made by `bench "
+                "run` or `bench speed`, or a folder holding them"
             )
     if history is not None:
         inputs.history = read_speed_history(history)

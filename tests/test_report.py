@@ -653,3 +653,16 @@ def test_report_writes_a_results_csv_and_each_figure_as_png_and_svg(two_protocol
     assert (
         f"wrote {out / 'report-figures'}/ ({len(pngs)} figures, each as .png and .svg)" in printed
     )
+
+
+def test_a_folder_of_runs_reports_every_run_found_under_it(cli, tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "smoke-20261203-100000-aaaa", [model_files("dcgan", 10.0)])
+    write_run(runs / "older", "smoke-20261202-100000-bbbb", [model_files("dcgan", 12.0)])
+    (runs / "notes").mkdir()  # neither a run nor holding one: skipped
+    result = cli("report", str(runs))
+    assert result.code == 0, result.err
+    assert [r[0] for r in table_rows(result.out)] == ["bbbb", "aaaa"]  # path order
+    assert "from 2 run(s)" in result.out
+    empty = cli("report", str(runs / "notes"))
+    assert empty.code == 2 and "and none is under it" in empty.err

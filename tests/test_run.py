@@ -104,10 +104,15 @@ def test_report_compares_runs_and_rejects_non_runs(cli, tiny_spec, tmp_path):
     runs = sorted(out.iterdir())
     report = cli("report", *map(str, runs))
     assert report.code == 0
-    rows = [line for line in report.out.splitlines() if line.startswith("| tiny-")]
-    assert len(rows) == 2
-    assert {row.split(" | ")[3] for row in rows} == {"0", "3"}  # train steps column
-    bad = cli("report", str(tmp_path))
+    starts = tuple(f"| {run.name.rsplit('-', 1)[-1]} |" for run in runs)  # each run's tag
+
+    def rows(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(starts)]
+
+    assert len(rows(report.out)) == 2
+    assert {row.split(" | ")[2] for row in rows(report.out)} == {"0", "3"}  # train steps
+    assert rows(cli("report", str(out)).out) == rows(report.out)  # the folder: the same runs
+    bad = cli("report", str(runs[0] / "dcgan"))
     assert bad.code == 2 and "not a genbench run directory" in bad.err
 
 
@@ -199,8 +204,11 @@ def test_report_marks_values_from_different_protocols(cli, tiny_spec, tmp_path):
     spec = str(tiny_spec(steps=0, num_samples=64))
     assert cli("run", spec, "--out", str(out)).code == 0
     assert cli("run", spec, "--out", str(out), "--num-samples", "80").code == 0
-    report = cli("report", *map(str, sorted(out.iterdir()))).out
-    rows = [line for line in report.splitlines() if line.startswith("| tiny-")]
+    runs = sorted(out.iterdir())
+    report = cli("report", *map(str, runs)).out
+    starts = tuple(f"| {run.name.rsplit('-', 1)[-1]} |" for run in runs)  # each run's tag
+    rows = [line for line in report.splitlines() if line.startswith(starts)]
+    assert len(rows) == 2
     assert {"[a]" in rows[0] or "[a]" in rows[1], "[b]" in rows[0] or "[b]" in rows[1]} == {True}
     assert "different evaluation protocols" in report
     assert "num_samples=64" in report and "num_samples=80" in report
