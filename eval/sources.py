@@ -383,6 +383,13 @@ def _open_path(text: str, what: str) -> Source:
             file_sha256(path),
         )
     if not path.exists():
+        name, sep, _ = text.partition(":")
+        if sep and name.isidentifier():  # meant as DATASET:SPLIT, of a data set not known
+            raise GenbenchError(
+                f"{what}: unknown data set {name!r} in {text}; valid choices: "
+                f"{', '.join(DATASETS.names())} (as DATASET:SPLIT), or an existing folder, "
+                ".zip or .npz"
+            )
         raise GenbenchError(
             f"{what}: {text} does not exist (nor names a data set split such as cifar10:train)"
         )

@@ -170,7 +170,14 @@ def test_usage_errors_are_one_line(cli, tmp_path: Path) -> None:
         (["eval", one, one, "--metrics", "fid,fdi"], "unknown metric 'fdi'"),
         (["eval", one, one, "--extractor", "digits", "--dims", "2048"], "dims 2048 is not"),
         (["eval", one, one, "--resize", "bicubic"], "resize 'bicubic' is not offered"),
-        (["eval", "nosuch:train", one], "nosuch:train does not exist (nor names a data set"),
+        (
+            ["eval", "nosuch:train", one],
+            "unknown data set 'nosuch' in nosuch:train; valid choices: cifar10, digits,",
+        ),
+        (
+            ["eval", str(Path(one).parent / "absent"), one],
+            "absent does not exist (nor names a data set",
+        ),
     ]
     for args, message in cases:
         out = [] if "--out" in args else ["--out", str(tmp_path / "out.json")]
