@@ -19,7 +19,7 @@ from genbench.reports import fmt
 from genbench.reports.model import Report
 from genbench.reports.published import matched
 from genbench.reports.tables import protocol_setting, speed_setting, timing_setting
-from genbench.store.records import Timing
+from genbench.store.records import NOISY_ADVICE, NOISY_IQR_SHARE, Timing, is_noisy
 from genbench.store.runs import ModelResult
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any colour vision.
@@ -312,6 +312,7 @@ def throughput(report: Report) -> Plot | Missing:
     """images/s per model against batch size: speed records, else each run's timing."""
     title = "Sampling throughput by model and batch size"
     series: dict[str, list[tuple[float, float]]] = {}
+    noisy: list[tuple[float, float]] = []  # ringed in the plot
     for s in report.inputs.speed:
         for r in s.run.results:
             b, ips = fmt.number(r.batch_size), fmt.number(r.images_per_s)
@@ -320,6 +321,8 @@ def throughput(report: Report) -> Plot | Missing:
             device = speed_setting(s.run.environment, r)["device"]
             name = f"{r.model} ({', '.join(speed_options(r))}; {device})"
             series.setdefault(name, []).append((b, ips))
+            if is_noisy(r.median_s, r.iqr_s):
+                noisy.append((b, ips))
     for m, label in zip(report.inputs.models, report.labels, strict=True):
         if m.timing is None:
             continue
@@ -327,6 +330,8 @@ def throughput(report: Report) -> Plot | Missing:
         if b is not None and ips is not None:
             device = timing_setting(m)["device"]
             series.setdefault(f"{label} (bench run; {device})", []).append((b, ips))
+            if is_noisy(m.timing.median_s, m.timing.iqr_s):
+                noisy.append((b, ips))
     if not series:
         return Missing("throughput", title, "no timing results")
 
@@ -341,6 +346,17 @@ def throughput(report: Report) -> Plot | Missing:
                 label=tex_safe(name),
                 markersize=6,
                 **style,
+            )
+        if noisy:
+            ax.scatter(
+                [b for b, _ in noisy],
+                [v for _, v in noisy],
+                s=220,
+                facecolors="none",
+                edgecolors="#c00000",
+                linewidths=1.5,
+                label=f"{NOISY_ADVICE} (IQR > {100 * NOISY_IQR_SHARE:.0f}% of median)",
+                zorder=5,
             )
         batches = sorted({b for pts in series.values() for b, _ in pts})
         ax.set_xscale("log", base=2)

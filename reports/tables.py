@@ -20,7 +20,15 @@ from typing import Any
 from genbench.reports import fmt
 from genbench.reports.load import ReportInputs
 from genbench.reports.model import Cell, Column, Groups, Table, describe
-from genbench.store.records import Environment, MetricValue, SampleInfo, Timing
+from genbench.store.records import (
+    NOISY_ADVICE,
+    NOISY_IQR_SHARE,
+    Environment,
+    MetricValue,
+    SampleInfo,
+    Timing,
+    is_noisy,
+)
 from genbench.store.runs import ModelResult, RunResult
 
 KID_FEW = 100
@@ -93,6 +101,8 @@ def throughput_text(timing: Timing | None) -> str:
     spread = _iqr_percent(timing)
     if text != fmt.MISSING and spread is not None:
         text = f"{text} (IQR {spread:.1f}%)" if spread < 10 else f"{text} (IQR {spread:.0f}%)"
+        if is_noisy(timing.median_s, timing.iqr_s):
+            text = text[:-1] + ", noisy)"
     return text + processes_text(timing)
 
 
@@ -330,6 +340,13 @@ def timing_notes(models: list[ModelResult], timings: Groups) -> list[str]:
         f"after {'/'.join(map(str, warmups))} untimed warm-up call(s); IQR is the "
         "interquartile range of those calls relative to the median."
     )
+    noisy = sum(is_noisy(t.median_s, t.iqr_s) for t in timed)
+    if noisy:
+        how += (
+            f" {noisy} of {len(timed)} timings spread more than "
+            f"{100 * NOISY_IQR_SHARE:.0f}% of their median and are marked noisy ("
+            f"{NOISY_ADVICE}): another process or a throttled CPU interfered."
+        )
     if any(t.processes and t.processes > 1 for t in timed):
         how += (
             " Under several processes it is rank 0's while every rank samples at once; after "

@@ -666,3 +666,35 @@ def test_a_folder_of_runs_reports_every_run_found_under_it(cli, tmp_path):
     assert "from 2 run(s)" in result.out
     empty = cli("report", str(runs / "notes"))
     assert empty.code == 2 and "and none is under it" in empty.err
+
+
+def test_noisy_timings_are_flagged_in_the_table_the_notes_and_the_speed_output(tmp_path):
+    from genbench.benchmarks.speed_format import format_table, speedups
+    from genbench.store.records import SpeedResult
+
+    quiet = model_files("dcgan", 10.0)
+    loud = model_files("ddpm", 20.0, generator="ddpm")
+    loud["timing"] = timing(400.0, iqr_fraction=0.25)
+    edge = model_files("edm", 30.0, generator="edm")
+    edge["timing"] = timing(500.0, iqr_fraction=0.10)  # exactly 10%: not above it
+    text = emit_report([write_run(tmp_path, "run-a-0001", [quiet, loud, edge])])
+    rows = {r[0]: r for r in table_rows(text)}
+    i = header(text).index("images/s ↑")
+    assert rows["ddpm"][i] == "400 (IQR 25%, noisy)"
+    assert rows["dcgan"][i] == "24,900 (IQR 2.0%)" and rows["edm"][i] == "500 (IQR 10%)"
+    assert "1 of 3 timings spread more than 10% of their median and are marked noisy" in text
+
+    ours = SpeedResult.model_validate(speed_record(16, 4000.0))
+    stock = SpeedResult.model_validate(
+        {**speed_record(16, 2000.0), "iqr_s": 0.2 * 16 / 2000.0, "baseline": "diffusers",
+         "generator": "diffusers.DDPMPipeline"}
+    )  # fmt: skip
+    table = format_table([ours, stock])
+    assert table.splitlines()[-1] == (
+        "noisy: rerun on a quiet machine (1 of 2 results spread more than 10% of their median)"
+    )
+    assert sum(" noisy" in line for line in table.splitlines()[2:-1]) == 1
+    (ratio,) = speedups([ours, stock])
+    assert ratio.startswith("dcgan batch 16") and ratio.endswith(
+        "(noisy: rerun on a quiet machine)"
+    )

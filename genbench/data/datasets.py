@@ -298,7 +298,3 @@ def dataset_info(name: str, root: Path | None = None) -> DatasetInfo:
 def get_dataset(name: str) -> type[ImageDataset]:
     """The registered data set class for ``name`` (``UnknownNameError`` listing choices)."""
     return DATASETS.get(name)
-
-
-# Registered last: it builds on the base class above.
-from genbench.data import images as _images  # noqa: E402, F401  (registers "images")

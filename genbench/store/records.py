@@ -241,6 +241,19 @@ class FastPathsRecord(Strict):
     cuda_graphs: bool | None = None
 
 
+NOISY_IQR_SHARE = 0.10
+"""A timing whose repeats spread (IQR) more than this share of their median is noisy."""
+NOISY_ADVICE = "noisy: rerun on a quiet machine"
+
+
+def is_noisy(median_s: float | None, iqr_s: float | None) -> bool:
+    """Whether repeats with this median and IQR spread too much to be trusted (more than
+    ``NOISY_IQR_SHARE`` of the median): another process or a throttled CPU interfered."""
+    if median_s is None or iqr_s is None or not median_s > 0:
+        return False
+    return iqr_s > NOISY_IQR_SHARE * median_s
+
+
 class Timing(Record):
     """``<model>/timing.json``: one timed sampling configuration; seconds per call of
     ``batch_size`` images, raw repeats kept."""
