@@ -40,7 +40,15 @@ from genbench.data.datasets import (
 
 
 def test_registry_lists_the_datasets() -> None:
-    assert DATASETS.names() == ["cifar10", "digits", "imagenet64", "images"]
+    assert DATASETS.names() == [
+        "cifar10",
+        "digits",
+        "emnist",
+        "fashion_mnist",
+        "imagenet64",
+        "images",
+        "mnist",
+    ]
 
 
 def test_imagenet64_is_a_shape_and_refuses_to_load_in_one_line() -> None:

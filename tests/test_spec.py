@@ -165,3 +165,16 @@ def test_dry_run_prints_resolved_spec_and_writes_nothing(cli, tmp_path, monkeypa
     assert data["models"]["dcgan"]["train"]["steps"] == 0
     assert data["models"]["dcgan"]["config"]["ngf"] == 32
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mnist_spec_resolves_on_the_mnist_shape():
+    plan = _plan("mnist")
+    assert plan.benchmark.dataset == "mnist" and plan.evaluate.extractor == "inception"
+    assert set(plan.models) == {"dcgan", "ddpm", "vdpm", "edm", "ddgan"}
+    assert {m.data_shape.image_size for m in plan.models.values()} == {32}
+    assert plan.models["ddpm"].train.steps == round(20 * 60000 / 128)  # 20 epochs
+    fashion = _plan("mnist", dataset="fashion_mnist", models=["ddpm"])
+    assert fashion.benchmark.dataset == "fashion_mnist"
+    assert (
+        _plan("mnist", dataset="emnist", models=["edm"]).models["edm"].data_shape.num_classes == 47
+    )

@@ -1,3 +1,7 @@
 """Image data sets behind one registry (``genbench.data.datasets.DATASETS``)."""
 
-from genbench.data import images  # noqa: F401  (registers "images", the user's own files)
+# Registered here, not in datasets.py, which they build on (no import cycle).
+from genbench.data import (
+    idx,  # noqa: F401  (mnist, fashion_mnist, emnist)
+    images,  # noqa: F401  ("images", the user's own files)
+)
