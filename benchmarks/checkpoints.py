@@ -17,7 +17,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from genbench.benchmarks.plan import ResolvedModel
-from genbench.core import io
+from genbench.core import io, safe_pickle
+from genbench.core.download import one_line
 from genbench.core.errors import CheckpointError
 from genbench.generators import Generator
 
@@ -62,9 +63,24 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+def _pickle_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a plain Python pickle of whole networks (EDM's ``.pkl``), read by
+    ``genbench.core.safe_pickle``: no class of the file is imported, no code of it runs."""
+    try:
+        state = safe_pickle.load_tensors(path)
+    except Exception as exc:  # a foreign, possibly broken file: one line
+        raise CheckpointError(f"{path}: not a readable pickle ({one_line(exc)})") from None
+    if not state:
+        raise CheckpointError(f"{path}: a pickle without any network tensors")
+    return state
+
+
 def _torch_state(path: Path) -> dict[str, torch.Tensor]:
     """A flat dict of tensors written by ``torch.save``, read without running pickled code
-    (memory-mapped when the file allows: a published model may be gigabytes)."""
+    (memory-mapped when the file allows: a published model may be gigabytes); a ``.pkl``
+    is a plain pickle (``_pickle_state``)."""
+    if path.suffix.lower() == ".pkl":
+        return _pickle_state(path)
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal
@@ -46,6 +46,7 @@ from genbench.generators.base import (
     GeneratorConfig,
     eval_mode,
 )
+from genbench.generators.edm_checkpoint import import_edm_state, is_edm_state
 from genbench.generators.guidance import (
     GuidedSettings,
     check_guidance,
@@ -396,6 +397,18 @@ class EDM(Generator):
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
+
+    def import_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state of an official EDM checkpoint (NVlabs/edm ``network-snapshot-*.pkl``,
+        its EMA network; ``genbench.generators.edm_checkpoint``), read as tensors only."""
+        if not is_edm_state(state):
+            raise ValueError(
+                "neither a genbench safetensors checkpoint nor an EDM network pickle (no "
+                "ema.model.map_layer0.weight in it)"
+            )
+        mult = tuple(self.config.channel_mult)
+        converted = import_edm_state(self.net, state, self.image_size, mult)
+        return {f"net.{key}": value for key, value in converted.items()}
 
     # ---------------------------------------------------------------- denoiser
 
