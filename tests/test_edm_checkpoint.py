@@ -187,3 +187,22 @@ def test_fir_resampling_and_foreign_files_are_refused(tmp_path: Path, monkeypatc
     junk.write_bytes(b"not a pickle at all")
     with pytest.raises(CheckpointError, match="not a readable pickle"):
         load_checkpoint(_edm(2), junk, "edm")
+
+
+def test_a_pickle_that_calls_code_runs_nothing(tmp_path: Path) -> None:
+    import os
+
+    from genbench.core.safe_pickle import Foreign, load_object
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"ema": Evil(), "w": torch.ones(2)}))
+    obj = load_object(path)
+    assert isinstance(obj["ema"], Foreign) and obj["ema"].name == "posix.system"
+    assert obj["ema"].args == (f"touch {marker}",) and not marker.exists()
+    assert torch.equal(obj["w"], torch.ones(2))
