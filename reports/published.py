@@ -53,6 +53,8 @@ class PublishedFigure(BaseModel):
     verified: bool
     verification: str
     protocol: PublishedProtocol
+    origin: str | None = Field(default=None, exclude=True)
+    """The user's file it came from (``bench report --published``); None: shipped."""
 
     def fid_text(self) -> str:
         if isinstance(self.fid, tuple):
@@ -88,6 +90,27 @@ def load_published(path: Path | None = None) -> list[PublishedFigure]:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise GenbenchError(f"{path}: duplicate figure id {duplicates[0]!r}")
+    return figures
+
+
+def with_users_figures(paths: list[Path]) -> list[PublishedFigure]:
+    """The shipped figures plus those of the user's files (``bench report --published``),
+    each validated as the shipped file is; an id used twice is a one-line error."""
+    figures = load_published()
+    seen = {f.id: "vendor/published.toml" for f in figures}
+    for path in paths:
+        if not Path(path).is_file():
+            raise GenbenchError(f"--published {path}: no such file")
+        for figure in load_published(Path(path)):
+            if figure.id in seen:
+                raise GenbenchError(
+                    f"{path}: figure id {figure.id!r} is already used by {seen[figure.id]}; "
+                    "give it another id"
+                )
+            seen[figure.id] = str(path)
+            if figure.origin is None:
+                figure = figure.model_copy(update={"origin": Path(path).name})
+            figures.append(figure)
     return figures
 
 
@@ -143,7 +166,7 @@ def published_table(
         low = f.fid[0] if isinstance(f.fid, tuple) else f.fid
         rows.append(
             [
-                Cell(f.model, f.model),
+                Cell(f"{f.model} [{f.origin}]" if f.origin else f.model, f.model),
                 Cell(f.fid_text(), low),
                 Cell(fmt.fixed(f.is_, 2), f.is_),
                 Cell(f.sampler),
@@ -165,6 +188,11 @@ def published_table(
         "feature size, reference split and sample count; the FID implementation and other "
         "details may still differ (see the columns)."
     ]
+    if any(f.origin for f in shown):
+        notes.append(
+            "Models marked [file] come from that file of the user's (bench report "
+            "--published), not from genbench's vendor/published.toml."
+        )
     notes += [f"{f.id}: {f.verification}" for f in shown if not f.verified]
     return Table(columns, rows, notes), note
 

@@ -14,7 +14,12 @@ from genbench.reports.load import ReportInputs, load_inputs
 from genbench.reports.markdown import markdown_report
 from genbench.reports.model import Cell, Groups, Report, Table
 from genbench.reports.plots import Plot, all_plots
-from genbench.reports.published import PublishedFigure, load_published, published_table
+from genbench.reports.published import (
+    PublishedFigure,
+    load_published,
+    published_table,
+    with_users_figures,
+)
 from genbench.reports.tables import model_labels, repeats_table, results_table, speed_table
 from genbench.store import files
 from genbench.store.records import RunStatus
@@ -45,9 +50,13 @@ def build_report(inputs: ReportInputs, published: list[PublishedFigure] | None =
     )
 
 
-def load_report(paths: list[Path], history: Path | None = None) -> Report:
-    """Read run/speed directories (and a speed history file) and build their report."""
-    return build_report(load_inputs(paths, history))
+def load_report(
+    paths: list[Path], history: Path | None = None, published: list[Path] | None = None
+) -> Report:
+    """Read run/speed directories (and a speed history file) and build their report, with
+    the user's published figures (``published``: TOML files) beside the shipped ones."""
+    figures = with_users_figures(published) if published else None
+    return build_report(load_inputs(paths, history), figures)
 
 
 def write_run_reports(
@@ -114,7 +123,11 @@ def resolve_history(history: Path | None) -> Path | None:
 
 
 def emit_report(
-    paths: list[Path], fmt: str = "md", out: Path | None = None, history: Path | None = None
+    paths: list[Path],
+    fmt: str = "md",
+    out: Path | None = None,
+    history: Path | None = None,
+    published: list[Path] | None = None,
 ) -> str:
     """``bench report``: render and write; returns what to print (markdown or written paths).
 
@@ -122,7 +135,7 @@ def emit_report(
     so a bad argument never leaves a half-written report behind.
     """
     targets = output_paths(fmt, out)
-    report = load_report(paths, resolve_history(history))
+    report = load_report(paths, resolve_history(history), published)
     if not targets:
         return markdown_report(report, html_name=None)
     html_name = targets["html"].name if "html" in targets else None

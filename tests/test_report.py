@@ -698,3 +698,52 @@ def test_noisy_timings_are_flagged_in_the_table_the_notes_and_the_speed_output(t
     assert ratio.startswith("dcgan batch 16") and ratio.endswith(
         "(noisy: rerun on a quiet machine)"
     )
+
+
+USERS_FIGURE = """
+[[figure]]
+id = "{id}"
+model = "Our lab's DDPM (digits)"
+generator = "ddpm"
+dataset = "digits"
+conditional = false
+fid = 7.5
+sampler = "ddim10"
+nfe = 10
+citation = "Us. A digits DDPM. Lab report 2026"
+source = "table 2"
+verified = false
+verification = "our own run, not re-checked"
+[figure.protocol]
+num_samples = 1000
+reference_split = "train"
+extractor = "digits_cnn"
+feature_dim = 64
+fid_implementation = "genbench 0.x"
+"""
+
+
+def test_users_published_figures_stand_beside_the_shipped_ones(cli, tmp_path):
+    run = write_run(tmp_path, "run-a-0001", [model_files("dcgan", 10.0)])
+    mine = tmp_path / "mine.toml"
+    mine.write_text(USERS_FIGURE.format(id="lab-ddpm"))
+    result = cli("report", str(run), "--published", str(mine))
+    assert result.code == 0, result.err
+    (row,) = table_rows(result.out, "| Our lab's DDPM")
+    assert row[0] == "Our lab's DDPM (digits) [mine.toml]" and row[1] == "7.50"
+    assert row[-1] == "NOT VERIFIED" and "come from that file of the user's" in result.out
+    assert "Our lab's DDPM" not in cli("report", str(run)).out  # only when asked for
+
+    # Validated like the shipped file: a missing field, an id already used, no file.
+    broken = tmp_path / "broken.toml"
+    broken.write_text(USERS_FIGURE.format(id="x").replace('sampler = "ddim10"\n', ""))
+    clash = tmp_path / "clash.toml"
+    clash.write_text(USERS_FIGURE.format(id="ddpm-ho2020"))
+    for path, message in (
+        (broken, f"{broken}: figure.0.sampler: Field required"),
+        (clash, "figure id 'ddpm-ho2020' is already used by vendor/published.toml"),
+        (tmp_path / "none.toml", "--published"),
+    ):
+        bad = cli("report", str(run), "--published", str(path))
+        assert bad.code == 2 and message in bad.err, bad.err
+        assert len(bad.err.strip().splitlines()) == 1

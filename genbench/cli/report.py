@@ -35,10 +35,18 @@ def report_cmd(
         ),
     ] = None,
     history: History = None,
+    published: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="FILE.toml",
+            help="your own published figures, beside genbench's (vendor/published.toml's "
+            "format; repeatable)",
+        ),
+    ] = None,
 ) -> None:
     """Compare every model of RUN_DIRS: markdown tables, or an HTML page with plots."""
     # Imported here, as in every command: the CLI loads a library module only when its
     # command runs (reports need no torch; `bench --help` needs nothing).
     from genbench.reports.report import emit_report
 
-    typer.echo(emit_report(run_dirs, report_format, out, history), nl=False)
+    typer.echo(emit_report(run_dirs, report_format, out, history, published), nl=False)
