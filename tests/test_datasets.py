@@ -65,9 +65,9 @@ def test_imagenet64_is_a_shape_and_refuses_to_load_in_one_line() -> None:
 
 def test_unknown_dataset_lists_choices() -> None:
     with pytest.raises(
-        UnknownNameError, match="unknown dataset 'mnist'; valid choices: cifar10, digits"
+        UnknownNameError, match="unknown dataset 'svhn'; valid choices: cifar10, digits"
     ):
-        get_dataset("mnist")
+        get_dataset("svhn")
 
 
 def test_dataset_info_without_loading() -> None:

@@ -184,5 +184,5 @@ def test_dataset_override_on_the_command_line(cli, digit_files: dict[str, Path])
     assert 'dataset = "images"' in result.out and f'data_root = "{folder}"' in result.out
     missing = cli(*args, "--dataset", "images")
     assert missing.code == 2 and "pass --data-root FOLDER or FILE.zip" in missing.err
-    unknown = cli(*args, "--dataset", "mnist")
-    assert unknown.code == 2 and "unknown dataset 'mnist'; valid choices: cifar10" in unknown.err
+    unknown = cli(*args, "--dataset", "svhn")
+    assert unknown.code == 2 and "unknown dataset 'svhn'; valid choices: cifar10" in unknown.err

@@ -101,8 +101,8 @@ def test_spec_errors_name_the_field(tmp_path, extra, expected):
 
 
 def test_unknown_dataset(tmp_path):
-    path = _write(tmp_path, BASE.replace('name = "t"', 'name = "t"\ndataset = "mnist"'))
-    with pytest.raises(SpecError, match=r"benchmark.dataset: unknown dataset 'mnist'; valid"):
+    path = _write(tmp_path, BASE.replace('name = "t"', 'name = "t"\ndataset = "svhn"'))
+    with pytest.raises(SpecError, match=r"benchmark.dataset: unknown dataset 'svhn'; valid"):
         resolve(*read_spec(path))
 
 
