@@ -39,3 +39,17 @@ def test_license_and_citation_match_pyproject():
     assert citation["cff-version"] == "1.2.0"
     assert citation["version"] == project["version"] and citation["license"] == "MIT"
     assert citation["title"] and citation["authors"]
+
+
+def test_a_real_run_prints_no_third_party_warnings(tiny_spec, tmp_path) -> None:
+    # In its own process (pytest would swallow warnings in-process): a run that trains,
+    # samples, times and evaluates writes progress bars and results, never a library's
+    # DeprecationWarning / UserWarning / FutureWarning.
+    from tests import spawn
+
+    run = spawn.bench("run", str(tiny_spec(steps=3, num_samples=64)), "--out", str(tmp_path / "r"))
+    assert run.wait() == 0, run.stderr()
+    noisy = [line for line in run.stderr().splitlines() if "Warning" in line or "warn(" in line]
+    assert noisy == [], noisy
+    (done,) = (tmp_path / "r").iterdir()
+    assert (done / "dcgan" / "metrics.json").is_file()
