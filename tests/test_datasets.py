@@ -41,6 +41,7 @@ from genbench.data.datasets import (
 
 def test_registry_lists_the_datasets() -> None:
     assert DATASETS.names() == [
+        "celeba",
         "cifar10",
         "digits",
         "emnist",

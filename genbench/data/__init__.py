@@ -2,6 +2,7 @@
 
 # Registered here, not in datasets.py, which they build on (no import cycle).
 from genbench.data import (
+    celeba,  # noqa: F401  (celeba, 64x64)
     idx,  # noqa: F401  (mnist, fashion_mnist, emnist)
     images,  # noqa: F401  ("images", the user's own files)
 )
