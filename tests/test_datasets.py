@@ -66,7 +66,7 @@ def test_imagenet64_is_a_shape_and_refuses_to_load_in_one_line() -> None:
 
 def test_unknown_dataset_lists_choices() -> None:
     with pytest.raises(
-        UnknownNameError, match="unknown dataset 'svhn'; valid choices: cifar10, digits"
+        UnknownNameError, match="unknown dataset 'svhn'; valid choices: celeba, cifar10, digits"
     ):
         get_dataset("svhn")
 

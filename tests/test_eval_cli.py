@@ -172,7 +172,7 @@ def test_usage_errors_are_one_line(cli, tmp_path: Path) -> None:
         (["eval", one, one, "--resize", "bicubic"], "resize 'bicubic' is not offered"),
         (
             ["eval", "nosuch:train", one],
-            "unknown data set 'nosuch' in nosuch:train; valid choices: cifar10, digits,",
+            "unknown data set 'nosuch' in nosuch:train; valid choices: celeba, cifar10, digits,",
         ),
         (
             ["eval", str(Path(one).parent / "absent"), one],
@@ -298,7 +298,7 @@ def test_stats_cache_image_files_by_content_and_refuse_unknown_sources_first(
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     for source, expected in (
-        ("cifar100", "'cifar100' is neither a data set (cifar10, digits"),
+        ("cifar100", "'cifar100' is neither a data set (celeba, cifar10, digits"),
         (str(tmp_path / "absent"), "does not exist"),
     ):
         unknown = cli("stats", source, "--device", "cpu")
