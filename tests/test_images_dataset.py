@@ -185,4 +185,7 @@ def test_dataset_override_on_the_command_line(cli, digit_files: dict[str, Path])
     missing = cli(*args, "--dataset", "images")
     assert missing.code == 2 and "pass --data-root FOLDER or FILE.zip" in missing.err
     unknown = cli(*args, "--dataset", "svhn")
-    assert unknown.code == 2 and "unknown dataset 'svhn'; valid choices: celeba, cifar10" in unknown.err
+    assert (
+        unknown.code == 2
+        and "unknown dataset 'svhn'; valid choices: celeba, cifar10" in unknown.err
+    )
