@@ -375,6 +375,11 @@ def throughput(report: Report) -> Plot | Missing:
     return Plot("throughput", title, caption, _render(draw), draw=draw)
 
 
+def _is_lr(key: str) -> bool:
+    """A logged learning rate (``lr``, ``lr_G``, ``lr_D``), not a loss."""
+    return key == "lr" or key.startswith("lr_")
+
+
 def training_losses(report: Report) -> Plot | Missing:
     """One panel per model: every logged loss against the training step."""
     title = "Training losses and logged statistics"
@@ -393,8 +398,24 @@ def training_losses(report: Report) -> Plot | Missing:
         for ax in axes.flat[len(logged) :]:
             ax.set_visible(False)
         for ax, (label, log) in zip(axes.flat, logged, strict=False):
-            # Every logged name with a finite value somewhere (a diverged run logs None).
-            keys = list(dict.fromkeys(k for r in log for k, v in r.losses.items() if v is not None))
+            # Every logged name with a finite value somewhere (a diverged run logs None); the
+            # learning rates (orders of magnitude below the losses) get an axis of their own.
+            named = dict.fromkeys(k for r in log for k, v in r.losses.items() if v is not None)
+            keys = [k for k in named if not _is_lr(k)]
+            rates = [k for k in named if _is_lr(k)]
+            if rates:
+                twin = ax.twinx()
+                for key in rates:
+                    pts = [(r.step, r.losses[key]) for r in log if r.losses.get(key) is not None]
+                    twin.plot(
+                        [s for s, _ in pts],
+                        [v for _, v in pts],
+                        color="#777777",
+                        linestyle=":",
+                        label=tex_safe(key),
+                    )
+                twin.set_ylabel("learning rate (dotted)")
+                twin.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
             for i, key in enumerate(keys):
                 pts = [(r.step, r.losses[key]) for r in log if r.losses.get(key) is not None]
                 ax.plot(

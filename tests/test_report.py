@@ -747,3 +747,29 @@ def test_users_published_figures_stand_beside_the_shipped_ones(cli, tmp_path):
         bad = cli("report", str(run), "--published", str(path))
         assert bad.code == 2 and message in bad.err, bad.err
         assert len(bad.err.strip().splitlines()) == 1
+
+
+def test_learning_rates_are_drawn_on_their_own_axis(tmp_path):
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from genbench.reports.plots import STYLE, training_losses
+
+    run = write_run(tmp_path, "run-a-0001", [model_files("dcgan", 10.0)])
+    log = run / "dcgan" / "train_log.jsonl"
+    rows = [
+        {"step": s, "loss_d": 1.0 / s, "loss_g": 2.0, "lr_D": 2e-4 * s / 150, "lr_G": 2e-4}
+        for s in (50, 100, 150)
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot = training_losses(load_report([run]))
+    with matplotlib.rc_context(STYLE):
+        fig = Figure()
+        FigureCanvasAgg(fig)
+        plot.draw(fig)
+    main, twin = fig.axes  # one panel and its twin
+    assert [line.get_label() for line in main.get_lines()] == ["loss_d", "loss_g"]
+    assert [line.get_label() for line in twin.get_lines()] == ["lr_D", "lr_G"]
+    assert twin.get_ylabel() == "learning rate (dotted)"
+    assert max(max(line.get_ydata()) for line in twin.get_lines()) == pytest.approx(2e-4)
