@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,6 +43,7 @@ from genbench.generators.base import (
     eval_mode,
     random_hflip,
 )
+from genbench.generators.ddgan_checkpoint import import_ddgan_state, is_ddgan_state
 from genbench.generators.ddgan_nets import DDGANDiscriminatorNet, DDGANGeneratorNet, norm_groups
 from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
 
@@ -205,6 +206,18 @@ class DDGAN(Generator):
 
     def sampling_modules(self) -> list[str]:
         return ["G"]
+
+    def import_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state of an official DDGAN generator (NVlabs/denoising-diffusion-gan
+        ``netG_*.pth``; ``genbench.generators.ddgan_checkpoint``), read as tensors only. The
+        published files hold G only: D keeps its current (initial) weights."""
+        if not is_ddgan_state(state):
+            raise ValueError(
+                "neither a genbench safetensors checkpoint nor an official DDGAN generator "
+                "(no module.z_transform.1.weight in it)"
+            )
+        G = {f"G.{key}": value for key, value in import_ddgan_state(self.G, state).items()}
+        return G | {f"D.{key}": value for key, value in self.D.state_dict().items()}
 
     # ------------------------------------------------------------------ training
 

@@ -38,6 +38,15 @@ from diffusers.models.normalization import AdaGroupNorm
 from torch import nn
 
 Resample = Literal["none", "down", "up"]
+EPS = 1e-6
+"""The epsilon of every group norm, as in the official code (``eps=1e-6``)."""
+
+
+def official_time(t: torch.Tensor) -> torch.Tensor:
+    """The time the official code embeds for reverse step ``t`` (1..T, x_t -> x_{t-1}):
+    ``t - 1``, the index of the pair's earlier image, so official weights see the times
+    they were trained with."""
+    return t - 1
 
 
 def _fir_kernel(x: torch.Tensor, gain: float) -> torch.Tensor:
@@ -143,10 +152,10 @@ class AdaResBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.resample_kind = resample
-        self.norm1 = AdaGroupNorm(w_dim, cin, norm_groups(cin))
+        self.norm1 = AdaGroupNorm(w_dim, cin, norm_groups(cin), eps=EPS)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.temb = nn.Linear(temb_dim, cout)
-        self.norm2 = AdaGroupNorm(w_dim, cout, norm_groups(cout))
+        self.norm2 = AdaGroupNorm(w_dim, cout, norm_groups(cout), eps=EPS)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
         needs_skip = cin != cout or resample != "none"
@@ -168,6 +177,7 @@ def self_attention(channels: int) -> Attention:
         heads=1,
         dim_head=channels,
         norm_num_groups=norm_groups(channels),
+        eps=EPS,
         residual_connection=True,
         rescale_output_factor=math.sqrt(2.0),
         bias=True,
@@ -199,7 +209,8 @@ class Stage(nn.Module):
 
 
 class DDGANGeneratorNet(nn.Module):
-    """G(x_t, z, t) -> predicted x_0 in [-1, 1] (tanh output, as the official model)."""
+    """G(x_t, z, t) -> predicted x_0 in [-1, 1] (tanh output, as the official model); t is
+    the reverse step, 1..T (``official_time``)."""
 
     def __init__(
         self,
@@ -246,13 +257,13 @@ class DDGANGeneratorNet(nn.Module):
             raise ValueError(
                 f"progressive_input must be 'none' or 'residual', not {progressive_input!r}"
             )
-        self.norm_out = nn.GroupNorm(norm_groups(channels), channels)
+        self.norm_out = nn.GroupNorm(norm_groups(channels), channels, eps=EPS)
         # Not zero-initialised (NCSN++ does): an untrained G must still map seeds to images.
         self.conv_out = nn.Conv2d(channels, in_channels, 3, padding=1)
         init_weights(self)
 
     def forward(self, x_t: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(self.time_proj(t))
+        temb = self.time_mlp(self.time_proj(official_time(t)))
         w = self.mapping(z)
         h = self.conv_in(x_t)
         skips = [h]
@@ -348,7 +359,7 @@ def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
 
 
 class DDGANDiscriminatorNet(nn.Module):
-    """D(x_{t-1}, x_t, t) -> one logit per pair (N,)."""
+    """D(x_{t-1}, x_t, t) -> one logit per pair (N,); t is the reverse step, 1..T."""
 
     def __init__(
         self,
@@ -378,7 +389,7 @@ class DDGANDiscriminatorNet(nn.Module):
         init_weights(self)
 
     def forward(self, x_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = F.leaky_relu(self.time_mlp(self.time_proj(t)), 0.2)
+        temb = F.leaky_relu(self.time_mlp(self.time_proj(official_time(t))), 0.2)
         h = self.conv_in(torch.cat([x_prev, x_t], dim=1))
         for block in self.blocks:
             h = block(h, temb)
