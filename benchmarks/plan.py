@@ -113,7 +113,7 @@ class RunPlan:
             sample = m.sample.model_dump(mode="json", exclude_none=True)
             entry: dict[str, Any] = {
                 "generator": m.generator,
-                "config": m.config.model_dump(mode="json", exclude_none=True),
+                "config": m.config.view(),
                 "train": m.train.model_dump(mode="json", exclude_none=True),
                 "sample": {**sample, **m.settings.given()},
             }
@@ -130,7 +130,12 @@ class RunPlan:
 
     def to_toml(self) -> str:
         header = f"{RESOLVED_HEADER} (from {self.source}); every default filled in\n"
-        return header + tomli_w.dumps(self.to_dict())
+        notes = "".join(
+            f"# models.{name}: {line}\n"
+            for name, m in self.models.items()
+            for line in m.config.notes()
+        )
+        return header + tomli_w.dumps(self.to_dict()) + notes
 
 
 def select_models(spec: Spec, wanted: list[str], generators: Registry) -> list[str]:

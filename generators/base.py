@@ -31,6 +31,16 @@ class GeneratorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    def view(self) -> dict[str, Any]:
+        """The settings a resolved spec shows (``bench run --dry-run``): every field that
+        applies, defaults filled in; the output is itself a valid config."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def notes(self) -> list[str]:
+        """Lines about what the config loads from elsewhere (a pretrained network's
+        layout), shown as comments beside the resolved spec; none by default."""
+        return []
+
 
 class SampleSettings(BaseModel):
     """A generator's sampling settings: what a spec's ``[sample] steps`` and ``guidance``

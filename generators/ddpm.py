@@ -23,6 +23,7 @@ holds the flags that made them.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,21 @@ BACKBONE_FIELDS = (
     "scale_shift_norm",
     "resblock_updown",
     "time_embedding",
+)
+
+#: The keys of a diffusers UNet's config.json that a dry run shows.
+PRETRAINED_SHOWN = (
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "up_block_types",
+    "attention_head_dim",
+    "norm_num_groups",
+    "time_embedding_type",
+    "num_class_embeds",
 )
 
 #: The process a pipeline's scheduler config sets (``diffusers_pipeline``).
@@ -248,6 +264,39 @@ class DDPMConfig(GeneratorConfig):
         if self.pretrained is not None and given:
             raise ValueError(f"pretrained supplies the backbone; drop {', '.join(given)}")
         return self
+
+    def view(self) -> dict[str, Any]:
+        """With ``pretrained``, the backbone fields are the folder's, not these defaults:
+        they are left out (``notes`` describes the folder's network)."""
+        out = super().view()
+        if self.pretrained is not None:
+            out = {k: v for k, v in out.items() if k not in BACKBONE_FIELDS}
+        return out
+
+    def notes(self) -> list[str]:
+        """The pretrained UNet's layout, from its config.json (without loading weights)."""
+        if self.pretrained is None:
+            return []
+        folder = _diffusers_dir(self.pretrained)
+        try:
+            config = json.loads((folder / "config.json").read_text()) if folder else None
+        except (OSError, ValueError) as exc:
+            return [f"pretrained network {self.pretrained}: config.json unreadable ({exc})"]
+        if not isinstance(config, dict):
+            return [f"pretrained network {self.pretrained}: config.json holds no object"]
+        shown = ", ".join(
+            f"{key} = {json.dumps(config[key])}"
+            for key in PRETRAINED_SHOWN
+            if config.get(key) is not None
+        )
+        line = f"pretrained network {folder}: {config.get('_class_name', 'UNet2DModel')}"
+        try:
+            with torch.device("meta"):  # layout only: no memory, no weights read
+                params = sum(p.numel() for p in UNet2DModel.from_config(config).parameters())
+            line += f", {params / 1e6:.2f}M parameters"
+        except Exception:  # a config diffusers cannot build: loading will say why
+            pass
+        return [line, f"  {shown}"] if shown else [line]
 
 
 def load_pretrained_unet(path: Path) -> UNet2DModel:

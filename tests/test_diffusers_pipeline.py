@@ -161,6 +161,18 @@ def test_checkpoint_folder_on_the_command_line(cli, tmp_path: Path) -> None:
     c = entry["config"]
     assert c["pretrained"] == str(path) and "checkpoint" not in entry
     assert (c["num_timesteps"], c["schedule"], c["prediction"]) == (500, "cosine", "v")
+    # The folder's network, not the default backbone, is what the dry run shows.
+    assert "channels" not in c and "channel_mult" not in c
+    params = sum(p.numel() for p in _unet().parameters())
+    network = f"# models.ddpm: pretrained network {path / 'unet'}: UNet2DModel, "
+    assert f"{network}{params / 1e6:.2f}M parameters\n" in result.out
+    assert "block_out_channels = [8, 16]" in result.out and "layers_per_block = 1" in result.out
+    # ... and the resolved spec runs as a spec, resolving to itself.
+    resolved = tmp_path / "resolved.toml"
+    resolved.write_text(result.out)
+    again = cli("run", str(resolved), "--dry-run")
+    assert again.code == 0, again.err
+    assert tomllib.loads(again.out)["models"] == tomllib.loads(result.out)["models"]
     # smoke's entry asks for 400 steps, so they fine-tune the folder's network (a spec
     # entry that sets no length evaluates a checkpoint as it is)
     assert entry["train"]["steps"] == 400
