@@ -308,32 +308,54 @@ def fid_vs_train_time(report: Report) -> Plot | Missing:
     return Plot("fid_train_time", title, caption, _render(draw), draw=draw)
 
 
+@dataclass(frozen=True)
+class _Speed:
+    """One throughput point: a series name, its batch size, its median images/s, the
+    images/s at the ends of its IQR (None without repeats) and whether it is noisy."""
+
+    name: str
+    batch: float
+    ips: float
+    spread: tuple[float, float] | None
+    noisy: bool
+
+
+def _speed_point(name: str, batch: Any, ips: Any, median_s: Any, iqr_s: Any) -> _Speed | None:
+    b, v = fmt.number(batch), fmt.number(ips)
+    if b is None or v is None:
+        return None
+    median, iqr = fmt.number(median_s), fmt.number(iqr_s)
+    spread = None
+    if median and iqr and iqr < 2 * median:  # images/s at median -+ IQR/2 of the time
+        spread = (v * median / (median + iqr / 2), v * median / (median - iqr / 2))
+    return _Speed(name, b, v, spread, is_noisy(median_s, iqr_s))
+
+
 def throughput(report: Report) -> Plot | Missing:
-    """images/s per model against batch size: speed records, else each run's timing."""
-    title = "Sampling throughput by model and batch size"
-    series: dict[str, list[tuple[float, float]]] = {}
-    noisy: list[tuple[float, float]] = []  # ringed in the plot
+    """images/s per model against batch size (speed records, else each run's timing); with
+    a single batch size, one bar per model with its IQR, fastest first."""
+    points: list[_Speed] = []
     for s in report.inputs.speed:
         for r in s.run.results:
-            b, ips = fmt.number(r.batch_size), fmt.number(r.images_per_s)
-            if b is None or ips is None:
-                continue
             device = speed_setting(s.run.environment, r)["device"]
             name = f"{r.model} ({', '.join(speed_options(r))}; {device})"
-            series.setdefault(name, []).append((b, ips))
-            if is_noisy(r.median_s, r.iqr_s):
-                noisy.append((b, ips))
+            points.append(_speed_point(name, r.batch_size, r.images_per_s, r.median_s, r.iqr_s))
     for m, label in zip(report.inputs.models, report.labels, strict=True):
-        if m.timing is None:
-            continue
-        b, ips = fmt.number(m.timing.batch_size), fmt.number(m.timing.images_per_s)
-        if b is not None and ips is not None:
-            device = timing_setting(m)["device"]
-            series.setdefault(f"{label} (bench run; {device})", []).append((b, ips))
-            if is_noisy(m.timing.median_s, m.timing.iqr_s):
-                noisy.append((b, ips))
-    if not series:
+        if m.timing is not None:
+            name = f"{label} (bench run; {timing_setting(m)['device']})"
+            t = m.timing
+            points.append(_speed_point(name, t.batch_size, t.images_per_s, t.median_s, t.iqr_s))
+    kept = [p for p in points if p is not None]
+    batches = sorted({p.batch for p in kept})
+    if len(batches) == 1:
+        return _throughput_bars(kept, batches[0])
+    title = "Sampling throughput by model and batch size"
+    if not kept:
         return Missing("throughput", title, "no timing results")
+    series: dict[str, list[tuple[float, float]]] = {}
+    for p in kept:
+        series.setdefault(p.name, []).append((p.batch, p.ips))
+    noisy = [(p.batch, p.ips) for p in kept if p.noisy]  # ringed in the plot
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
@@ -358,7 +380,6 @@ def throughput(report: Report) -> Plot | Missing:
                 label=f"{NOISY_ADVICE} (IQR > {100 * NOISY_IQR_SHARE:.0f}% of median)",
                 zorder=5,
             )
-        batches = sorted({b for pts in series.values() for b, _ in pts})
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [f"{b:g}" for b in batches])
         ax.set_yscale("log")
@@ -373,6 +394,58 @@ def throughput(report: Report) -> Plot | Missing:
         "same device only."
     )
     return Plot("throughput", title, caption, _render(draw), draw=draw)
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _throughput_bars(points: list[_Speed], batch: float) -> Plot:
+    """One horizontal bar per timing, fastest on top, the IQR as an error bar, noisy bars
+    hatched in red; a log axis when the speeds span more than 20x."""
+    title = f"Sampling throughput by model (batch size {batch:g})"
+    points = sorted(points, key=lambda p: p.ips)  # barh draws bottom-up: fastest on top
+    log = points[-1].ips > 20 * points[0].ips
+    # "model (context)": a context every bar shares goes into the axis label once.
+    contexts = {p.name.partition(" (")[2] for p in points}
+    shared = contexts.pop().removesuffix(")") if len(contexts) == 1 else ""
+    names = [p.name.partition(" (")[0] if shared else p.name for p in points]
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        y = list(range(len(points)))
+        err = [
+            [p.ips - p.spread[0] if p.spread else 0.0 for p in points],
+            [p.spread[1] - p.ips if p.spread else 0.0 for p in points],
+        ]
+        bars = ax.barh(y, [p.ips for p in points], xerr=err, capsize=3, ecolor="#333333",
+                       color=[_style_for(i)["color"] for i in y])  # fmt: skip
+        for bar, p in zip(bars, points, strict=True):
+            if p.noisy:
+                bar.set_hatch("//")
+                bar.set_edgecolor("#c00000")
+            text = f" {_rate(p.ips)}/s" + (" (noisy)" if p.noisy else "")
+            end = p.spread[1] if p.spread else p.ips  # past the whisker
+            ax.annotate(text, (end, bar.get_y() + bar.get_height() / 2), va="center",
+                        fontsize="small", color="#c00000" if p.noisy else "black")  # fmt: skip
+        ax.set_yticks(y, [tex_safe(n) for n in names])
+        if log:
+            ax.set_xscale("log")
+        scale = "log scale; " if log else ""
+        where = f"\n{tex_safe(shared)}" if shared else ""
+        ax.set_xlabel(f"images per second ({scale}higher is better){where}")
+        ax.margins(x=0.25)
+        ax.set_title(title)
+
+    caption = (
+        f"Median throughput after warm-up, every timing at batch size {batch:g}; the whiskers "
+        "span the repeats' interquartile range, and hatched red bars spread more than "
+        f"{100 * NOISY_IQR_SHARE:.0f}% of their median ({NOISY_ADVICE}). Compare bars of the "
+        "same device only."
+    )
+    height = max(2.5, 1.2 + 0.45 * len(points))
+    return Plot("throughput", title, caption, _render(draw, (6.4, height)), draw=draw,
+                size=(6.4, height))  # fmt: skip
 
 
 def _is_lr(key: str) -> bool:

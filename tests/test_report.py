@@ -439,7 +439,7 @@ def test_html_has_sortable_tables_plots_and_sample_grids(two_protocols):
         "FID against sampling time",
         "FID against network evaluations per image (NFE)",
         "FID against training time",
-        "Sampling throughput by model and batch size",
+        "Sampling throughput by model (batch size 64)",  # one batch size: bars
         "Training losses and logged statistics",
     ):
         assert f'alt="{title}"' in html
@@ -773,3 +773,46 @@ def test_learning_rates_are_drawn_on_their_own_axis(tmp_path):
     assert [line.get_label() for line in twin.get_lines()] == ["lr_D", "lr_G"]
     assert twin.get_ylabel() == "learning rate (dotted)"
     assert max(max(line.get_ydata()) for line in twin.get_lines()) == pytest.approx(2e-4)
+
+
+def test_one_batch_size_draws_one_bar_per_model_with_its_spread(tmp_path):
+    """With every timing at one batch size, a line plot would stack points on one x: the
+    throughput plot is a bar per model instead, fastest on top, IQR whiskers, noisy bars
+    hatched; several batch sizes keep the lines."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.container import BarContainer
+    from matplotlib.figure import Figure
+
+    from genbench.reports.plots import STYLE, throughput
+
+    quiet = model_files("dcgan", 10.0)
+    loud = model_files("ddpm", 20.0, generator="ddpm")
+    loud["timing"] = timing(400.0, iqr_fraction=0.25)
+    edm = model_files("edm", 30.0, generator="edm")
+    edm["timing"] = timing(500.0, iqr_fraction=0.04)
+    plot = throughput(load_report([write_run(tmp_path, "run-a-0001", [quiet, loud, edm])]))
+    batch = quiet["timing"]["batch_size"]
+    assert plot.title == f"Sampling throughput by model (batch size {batch})"
+    with matplotlib.rc_context(STYLE):
+        fig = Figure()
+        FigureCanvasAgg(fig)
+        plot.draw(fig)
+    (ax,) = fig.axes
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert names == ["ddpm", "edm", "dcgan"]  # bottom-up: the fastest on top
+    assert ax.get_xlabel().endswith("\nbench run; AMD EPYC (2 threads)")  # shared: said once
+    assert [b.get_width() for b in bars] == pytest.approx([400.0, 500.0, 24927.3])
+    assert [bool(b.get_hatch()) for b in bars] == [True, False, False]  # ddpm: IQR 25%
+    assert ax.get_xscale() == "log"  # 24,927 / 400 > 20
+    # the whisker of edm spans its IQR: 500 images/s at median -+ 2% of the time
+    err = bars.errorbar.lines[2][0].get_segments()[1]
+    assert err[0][0] == pytest.approx(500 / 1.02) and err[1][0] == pytest.approx(500 / 0.98)
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == [" 400/s (noisy)", " 500/s", " 24,927/s"]
+
+    other = model_files("vdpm", 40.0, generator="vdpm")
+    other["timing"] = {**timing(300.0), "batch_size": 2 * batch}
+    lines = throughput(load_report([write_run(tmp_path, "run-b-0001", [quiet, other])]))
+    assert lines.title == "Sampling throughput by model and batch size"
