@@ -18,9 +18,20 @@ from genbench.core.errors import GenbenchError
 from genbench.core.progress import counting
 from genbench.data.datasets import DATASETS
 from genbench.eval.evaluator import Evaluator
-from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
+from genbench.eval.extractors import (
+    EXTRACTORS,
+    ExtractorOptions,
+    FeatureExtractor,
+    load_extractor,
+)
 from genbench.eval.metrics import KID_SUBSET_SIZE, METRICS, MetricOptions
-from genbench.eval.reference import ReferenceStats, StatsCache, cache_key, dataset_reference
+from genbench.eval.reference import (
+    ReferenceStats,
+    StatsCache,
+    cache_key,
+    check_stats_protocol,
+    dataset_reference,
+)
 
 
 def extractor_options(evaluate: EvaluateSection) -> ExtractorOptions:
@@ -121,6 +132,13 @@ class RunInputs:
             check_checkpoint(model)  # (and before the extractor's weights are fetched)
             if model.train.trains:
                 check_micro_batches(model)
+        if evaluate.reference_stats is not None:
+            check_stats_protocol(
+                evaluate.reference_stats,
+                EXTRACTORS.canonical(evaluate.extractor),
+                evaluate.resize,
+                "evaluate.reference_stats",
+            )
         self.extractor = load_extractor(
             evaluate.extractor, device, evaluate.weights, extractor_options(evaluate)
         )

@@ -24,7 +24,12 @@ from genbench.core.errors import GenbenchError
 from genbench.core.progress import counting
 from genbench.data.datasets import DATASETS
 from genbench.eval.evaluator import Evaluator
-from genbench.eval.extractors import ExtractorOptions, FeatureExtractor, load_extractor
+from genbench.eval.extractors import (
+    EXTRACTORS,
+    ExtractorOptions,
+    FeatureExtractor,
+    load_extractor,
+)
 from genbench.eval.metrics import METRICS, MetricOptions, frechet_distance
 from genbench.eval.metrics import kid_subset_size as kid_size
 from genbench.eval.reference import (
@@ -32,6 +37,7 @@ from genbench.eval.reference import (
     StatsCache,
     accumulate,
     cache_key,
+    check_stats_protocol,
     dataset_reference,
 )
 from genbench.eval.sources import (
@@ -185,6 +191,9 @@ def evaluate(
     real_src = open_source(real, "real", num_samples=num_samples, seeds=seeds)
     fake_src = open_source(fake, "fake", num_samples=num_samples, seeds=seeds)
     check_sources(real_src, fake_src, names)
+    for side, src in (("real", real_src), ("fake", fake_src)):
+        if isinstance(src, StatsFile):  # clean-fid's files say how they were made
+            check_stats_protocol(src.path, EXTRACTORS.canonical(extractor), resize, side)
     for side, src in (("real", real_src), ("fake", fake_src)):
         if isinstance(src, ImageSet) and src.count < 2:
             raise GenbenchError(

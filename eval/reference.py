@@ -4,7 +4,11 @@
 the first feature vectors (KID and precision/recall need them) and where it all came from. It
 is read from and written to pytorch-fid's ``.npz`` format: ``mu`` and ``sigma``, plus an
 optional ``features`` array that pytorch-fid ignores, so a TTUR or pytorch-fid statistics file
-is accepted as a reference and ours are usable by pytorch-fid.
+is accepted as a reference and ours are usable by pytorch-fid. clean-fid's statistics files
+(``make_custom_stats`` and its downloads: ``<name>_<mode>[_<model>]_<split>_<res>.npz`` with
+``mu`` and ``sigma``, and ``..._kid.npz`` with the feature vectors ``feats``) are read too;
+their name says how the features were made (``clean_fid_name``), and ``check_stats_protocol``
+refuses one made another way than the evaluation at hand.
 
 ``StatsCache`` keeps one entry per (dataset, split, image count, extractor protocol: id,
 weights sha256, resize, dims, quantize, TF32, ...) under ``$BENCH_CACHE_DIR/stats`` (default
@@ -21,6 +25,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,6 +61,78 @@ def cache_root() -> Path:
 def stats_cache_dir() -> Path:
     """Where reference statistics are cached: ``cache_root() / "stats"``."""
     return cache_root() / "stats"
+
+
+CLEAN_FID_FILE = re.compile(
+    r"^(?P<name>.+?)_(?P<mode>clean|legacy_pytorch|legacy_tensorflow)"
+    r"(?:_(?P<model>clip_vit_b_32))?_(?P<split>[a-z0-9]+)_(?P<res>na|\d+)(?P<kid>_kid)?\.npz$"
+)
+"""clean-fid's statistics file names (``fid.make_custom_stats``, ``get_reference_statistics``)."""
+CLEAN_FID_RESIZE = {"clean": "clean", "legacy_pytorch": "bilinear"}
+"""The genbench ``resize`` that makes the same Inception features as each clean-fid mode
+(``legacy_tensorflow``, TensorFlow's resize, has none)."""
+
+
+@dataclass(frozen=True)
+class CleanFidName:
+    """What a clean-fid statistics file's name says about it."""
+
+    mode: str
+    model: str  # "inception_v3" or "clip_vit_b_32"
+    kid: bool  # the ``_kid.npz`` companion (feature vectors), not the moments
+
+
+def clean_fid_name(path: Path) -> CleanFidName | None:
+    """The clean-fid protocol a statistics file's name states, or None for other names."""
+    match = CLEAN_FID_FILE.match(Path(path).name.lower())
+    if match is None:
+        return None
+    return CleanFidName(match["mode"], match["model"] or "inception_v3", match["kid"] is not None)
+
+
+def check_stats_protocol(path: Path, extractor: str, resize: str | None, what: str) -> None:
+    """A clean-fid statistics file made another way than this evaluation (another feature
+    network, another resize) gives FIDs that mean nothing: a one-line ``GenbenchError``
+    naming the option to change. Files with other names are not checked."""
+    name = clean_fid_name(path)
+    if name is None:
+        return
+    if name.model != "inception_v3":
+        raise GenbenchError(
+            f"{what}: {path} holds clean-fid's {name.model} features, which no genbench "
+            "extractor makes; use Inception statistics"
+        )
+    if extractor != "inception":
+        raise GenbenchError(
+            f"{what}: {path} holds clean-fid's Inception features; evaluate with the "
+            f"inception extractor, not {extractor!r}"
+        )
+    want = CLEAN_FID_RESIZE.get(name.mode)
+    if want is None:
+        raise GenbenchError(
+            f"{what}: {path} was made in clean-fid's {name.mode} mode (TensorFlow's resize), "
+            "which genbench cannot reproduce; use a 'clean' or 'legacy_pytorch' file"
+        )
+    if (resize or "bilinear") != want:
+        raise GenbenchError(
+            f"{what}: {path} was made in clean-fid's {name.mode} mode; this evaluation resizes "
+            f"{resize or 'bilinear'!r}: pass --resize {want} (evaluate.resize = {want!r})"
+        )
+
+
+def _clean_fid_features(path: Path) -> np.ndarray | None:
+    """The ``feats`` of the ``_kid.npz`` beside clean-fid moments file ``path``, if any."""
+    name = clean_fid_name(path)
+    if name is None or name.kid:
+        return None
+    companion = path.with_name(path.name[: -len(".npz")] + "_kid.npz")
+    if not companion.is_file():
+        return None
+    try:
+        with np.load(companion) as data:
+            return np.asarray(data["feats"], dtype=np.float32) if "feats" in data.files else None
+    except Exception as exc:
+        raise GenbenchError(f"cannot read clean-fid features {companion} ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -103,22 +180,34 @@ class ReferenceStats:
 
     @classmethod
     def from_npz(cls, path: Path, count: int | None = None) -> ReferenceStats:
-        """Read a pytorch-fid style ``.npz`` (``mu``, ``sigma``, optional ``features``);
-        ``GenbenchError`` (one line) when it is missing, unreadable or lacks the moments."""
+        """Read a pytorch-fid style ``.npz`` (``mu``, ``sigma``, optional ``features``), or
+        clean-fid's (moments with the ``feats`` of a ``_kid.npz`` beside them, or that
+        ``_kid.npz`` alone); ``GenbenchError`` (one line) when it is missing, unreadable or
+        lacks the moments."""
         path = Path(path)
         if not path.is_file():
             raise GenbenchError(f"reference statistics file not found: {path}")
         try:
             with np.load(path) as data:
                 missing = {"mu", "sigma"} - set(data.files)
-                if missing:
+                if missing and "feats" in data.files:  # clean-fid's _kid.npz: the vectors
+                    features = np.asarray(data["feats"], dtype=np.float32)
+                    if features.ndim != 2 or len(features) < 2:
+                        raise GenbenchError(f"{path}: feats is not a (N >= 2, D) array")
+                    mu = features.mean(axis=0, dtype=np.float64)
+                    sigma = np.cov(features.astype(np.float64), rowvar=False)
+                    count = len(features) if count is None else count
+                elif missing:
                     raise GenbenchError(
                         f"{path} lacks {', '.join(sorted(missing))}: not a statistics file "
                         "(pytorch-fid's .npz holds mu and sigma)"
                     )
-                mu = np.asarray(data["mu"], dtype=np.float64)
-                sigma = np.asarray(data["sigma"], dtype=np.float64)
-                features = data["features"] if "features" in data.files else None
+                else:
+                    mu = np.asarray(data["mu"], dtype=np.float64)
+                    sigma = np.asarray(data["sigma"], dtype=np.float64)
+                    features = data["features"] if "features" in data.files else None
+            if features is None:
+                features = _clean_fid_features(path)
         except GenbenchError:
             raise
         except Exception as exc:
@@ -128,7 +217,11 @@ class ReferenceStats:
             raise GenbenchError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
             raise GenbenchError(f"{path}: mu or sigma hold NaN or infinite values")
-        return cls(mu, sigma, count, features, {"path": str(path)})
+        source: dict[str, Any] = {"path": str(path)}
+        clean = clean_fid_name(path)
+        if clean is not None:
+            source["clean_fid"] = {"mode": clean.mode, "model": clean.model}
+        return cls(mu, sigma, count, features, source)
 
     def save(self, path: Path) -> None:
         """Write as pytorch-fid's ``.npz`` (plus ``features`` when kept), atomically."""

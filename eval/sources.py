@@ -77,7 +77,8 @@ class ImageSet:
 
 @dataclass
 class StatsFile:
-    """A ``.npz`` holding pytorch-fid statistics (``mu``, ``sigma``)."""
+    """A ``.npz`` holding pytorch-fid statistics (``mu``, ``sigma``), or clean-fid's feature
+    vectors (``feats``, its ``_kid.npz``)."""
 
     path: Path
     label: str
@@ -371,7 +372,7 @@ def _open_path(text: str, what: str) -> Source:
                 names = set(data.files)
         except Exception as exc:
             raise GenbenchError(f"{what}: cannot read {path} ({exc})") from None
-        if {"mu", "sigma"} <= names:
+        if {"mu", "sigma"} <= names or names == {"feats"}:  # feats: clean-fid's _kid.npz
             return StatsFile(path, text)
         array = _sample_array(path)
         return ImageSet(

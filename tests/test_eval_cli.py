@@ -304,3 +304,62 @@ def test_stats_cache_image_files_by_content_and_refuse_unknown_sources_first(
         unknown = cli("stats", source, "--device", "cpu")
         assert unknown.code == 2 and expected in unknown.err, unknown.err
         assert len(unknown.err.strip().splitlines()) == 1 and "Downloading" not in unknown.err
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
+def test_clean_fid_statistics_files_are_read_and_their_mode_checked(
+    cli, folders, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """clean-fid's ``make_custom_stats`` writes ``<name>_<mode>_custom_na.npz`` (mu, sigma,
+    compressed) and ``..._kid.npz`` (the feature vectors, ``feats``): written here in that
+    format from the real folder's features, they give bench eval the folder's FID and KID;
+    a file of another mode than the evaluation's resize is refused before any weights load."""
+    real, fake = folders
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    ours = tmp_path / "random_inception.pth"
+    ours.symlink_to(weights)
+    common = ["--dims", "64", "--device", "cpu", "--num-workers", "0"]
+    stats = tmp_path / "real.npz"
+    made = cli("stats", str(real), *common, "--inception-weights", str(ours), "--out", str(stats))
+    assert made.code == 0, made.err
+    with np.load(stats) as data:
+        mu, sigma, feats = data["mu"], data["sigma"], data["features"]
+    assert feats.shape == (70, 64)
+    clean_dir = tmp_path / "cleanfid_stats"
+    clean_dir.mkdir()
+    moments = clean_dir / "mydata_legacy_pytorch_custom_na.npz"
+    np.savez_compressed(moments, mu=mu, sigma=sigma)
+    np.savez_compressed(clean_dir / "mydata_legacy_pytorch_custom_na_kid.npz", feats=feats)
+
+    def metrics(reference: Path) -> dict:
+        out = tmp_path / f"{reference.stem}.json"
+        run = cli("eval", str(reference), str(fake), *common, "--metrics", "fid,kid",
+                  "--kid-subset-size", "30", "--inception-weights", str(ours), "--out", str(out))  # fmt: skip
+        assert run.code == 0, run.err
+        return json.loads(out.read_text())
+
+    folder = metrics(real)["metrics"]
+    from_clean = metrics(moments)
+    assert from_clean["metrics"]["fid"]["value"] == pytest.approx(folder["fid"]["value"], rel=1e-4)
+    assert from_clean["metrics"]["kid"]["value"] == pytest.approx(folder["kid"]["value"], rel=1e-4)
+    assert from_clean["protocol"]["reference"]["clean_fid"] == {
+        "mode": "legacy_pytorch",
+        "model": "inception_v3",
+    }
+    # The _kid.npz alone: the moments come from its vectors.
+    alone = metrics(clean_dir / "mydata_legacy_pytorch_custom_na_kid.npz")["metrics"]
+    assert alone["fid"]["value"] == pytest.approx(folder["fid"]["value"], rel=1e-4)
+
+    # Made another way: refused in one line, naming the fix, before weights are looked for.
+    missing_weights = ["--inception-weights", str(tmp_path / "none.pth")]
+    for name, expected in (
+        ("mydata_clean_custom_na.npz", "clean-fid's clean mode; this evaluation resizes "
+         "'bilinear': pass --resize clean"),
+        ("mydata_legacy_tensorflow_custom_na.npz", "which genbench cannot reproduce"),
+        ("mydata_clean_clip_vit_b_32_custom_na.npz", "clean-fid's clip_vit_b_32 features"),
+    ):  # fmt: skip
+        other = clean_dir / name
+        np.savez_compressed(other, mu=mu, sigma=sigma)
+        refused = cli("eval", str(other), str(fake), *common, *missing_weights)
+        assert refused.code == 2 and expected in refused.err, refused.err
+        assert len(refused.err.strip().splitlines()) == 1

@@ -138,6 +138,7 @@ class Source(Sparse):
     count: int | None = None
     stats_sha256: str | None = None
     num_features: int | None = None
+    clean_fid: dict[str, str] | None = None  # a clean-fid statistics file: mode and model
 
 
 class Protocol(Sparse):
