@@ -334,7 +334,8 @@ def test_clean_fid_statistics_files_are_read_and_their_mode_checked(
     def metrics(reference: Path) -> dict:
         out = tmp_path / f"{reference.stem}.json"
         run = cli("eval", str(reference), str(fake), *common, "--metrics", "fid,kid",
-                  "--kid-subset-size", "30", "--inception-weights", str(ours), "--out", str(out))  # fmt: skip
+                  "--kid-subset-size", "30", "--inception-weights", str(ours),
+                  "--out", str(out))  # fmt: skip
         assert run.code == 0, run.err
         return json.loads(out.read_text())
 

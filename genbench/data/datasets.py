@@ -262,33 +262,6 @@ class Cifar10(ImageDataset):
             archive.unlink(missing_ok=True)
 
 
-@DATASETS.register("imagenet64")
-class ImageNet64(ImageDataset):
-    """ImageNet at 64x64 (the 1000 ILSVRC-2012 classes; the resolution of guided-diffusion's
-    64x64 models) as a data shape only: genbench reads no ImageNet images. A run evaluates a
-    given checkpoint against given reference statistics (``imagenet64-openai.toml``);
-    training, reference statistics from the split and bits/dim need the images and are
-    refused with what to do instead."""
-
-    info = DatasetInfo(
-        name="imagenet64",
-        channels=3,
-        image_size=64,
-        num_classes=1000,
-        train_size=1_281_167,
-        test_size=50_000,
-        description="ImageNet 64x64, 1000 classes: shape only (give checkpoint and stats)",
-    )
-
-    @classmethod
-    def load(cls, split: str, root: Path | None = None, download: bool = True) -> TorchDataset:
-        _check_split(split)
-        raise DatasetError(
-            "imagenet64: genbench reads no ImageNet images; evaluate a --checkpoint (no "
-            "training) against --reference-stats FILE.npz, with evaluate.bpd_images = 0"
-        )
-
-
 def dataset_info(name: str, root: Path | None = None) -> DatasetInfo:
     """Facts about the data set registered as ``name`` (no download; ``images`` reads the
     headers of the files under ``root``)."""
