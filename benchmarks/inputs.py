@@ -58,6 +58,12 @@ def needs_features(evaluate: EvaluateSection) -> bool:
 def check_evaluation(plan: RunPlan) -> None:
     """Usage errors the metrics would otherwise raise only after sampling."""
     evaluate = plan.evaluate
+    loader = EXTRACTORS.get(evaluate.extractor, where="evaluate.extractor")
+    if not loader.logits and any(METRICS.get(m).needs_logits for m in evaluate.metrics):
+        raise GenbenchError(
+            f"evaluate.metrics: is needs class logits, which the {evaluate.extractor} "
+            "extractor has not; drop is or use the inception extractor"
+        )
     for model in plan.models.values():
         kept = min(model.sample.num_samples, evaluate.max_features)
         if "pr" in evaluate.metrics and kept <= evaluate.pr_k:

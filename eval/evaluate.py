@@ -191,6 +191,12 @@ def evaluate(
     real_src = open_source(real, "real", num_samples=num_samples, seeds=seeds)
     fake_src = open_source(fake, "fake", num_samples=num_samples, seeds=seeds)
     check_sources(real_src, fake_src, names)
+    loader = EXTRACTORS.get(extractor, where="extractor")
+    if not loader.logits and any(METRICS.get(m).needs_logits for m in names):
+        raise GenbenchError(
+            f"metrics: is needs class logits, which the {extractor} extractor has not; use "
+            "the inception extractor for it"
+        )
     for side, src in (("real", real_src), ("fake", fake_src)):
         if isinstance(src, StatsFile):  # clean-fid's files say how they were made
             check_stats_protocol(src.path, EXTRACTORS.canonical(extractor), resize, side)

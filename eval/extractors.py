@@ -26,6 +26,9 @@ Registered:
   pytorch-fid's ``bilinear`` or clean-fid's ``clean`` resize; weights from an explicit path,
   ``$BENCH_INCEPTION_WEIGHTS``, the torch hub cache or a download
   (``genbench.eval.inception.InceptionWeights``).
+- ``dinov2``: DINOv2 ViT-L/14 CLS features for FD-DINOv2 (``genbench.eval.dinov2``), EDM2's
+  preprocessing at 224 x 224; weights from a path, ``$BENCH_DINOV2_WEIGHTS``, the torch hub
+  cache or a download. No logits (no Inception Score).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from torch import nn
 from genbench.core.errors import GenbenchError
 from genbench.core.registry import Registry
 from genbench.eval.digits_net import DIGITS_WEIGHTS, DigitsNet
+from genbench.eval.dinov2 import MEAN as DINO_MEAN
+from genbench.eval.dinov2 import STD as DINO_STD
+from genbench.eval.dinov2 import DinoWeights, load_dinov2
 from genbench.eval.inception import (
     BLOCK_INDEX_BY_DIM,
     InceptionWeights,
@@ -339,6 +345,46 @@ class InceptionExtractor(FeatureExtractor):
         return self.net(x, logits)
 
 
+class DINOv2Extractor(FeatureExtractor):
+    """DINOv2 ViT/14 CLS features at 3x224x224 for FD-DINOv2 (``genbench.eval.dinov2``):
+    EDM2's preprocessing (bicubic antialiased resize of the uint8 pixels, [0, 1], ImageNet
+    normalisation). No class logits: the Inception Score needs the inception extractor."""
+
+    id = "dinov2_vitl14"
+    feature_dim = 1024
+    num_classes = 0
+    input_size = 224
+    in_channels = 3
+    resize = "bicubic_antialias"
+
+    def __init__(self, net: nn.Module, name: str, weights_sha256: str, **options: Any) -> None:
+        super().__init__(weights_sha256, **options)
+        self.net = net
+        self.id = name
+        self.feature_dim = net.num_features
+        mean = torch.tensor(DINO_MEAN).view(1, 3, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", torch.tensor(DINO_STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_channels(images, self.in_channels)
+        # EDM2 resizes pixel values in [0, 255] (uint8 images, or floats mapped there).
+        x = x.to(torch.float32) if x.dtype == torch.uint8 else x.float().add(1).mul_(127.5)
+        size = (self.input_size, self.input_size)
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        return x.div_(255).sub_(self.mean).div_(self.std)
+
+    def extract(
+        self, x: torch.Tensor, logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if logits:
+            raise GenbenchError(
+                f"{self.id} has no class logits: the Inception Score (is) needs the inception "
+                "extractor"
+            )
+        return self.net(x), None
+
+
 class WeightsSource(Protocol):
     """Where a loader's weights file comes from and what its sha256 must be."""
 
@@ -406,6 +452,8 @@ class ExtractorLoader:
     """Feature sizes offered; the first is the default."""
     resizes: tuple[str, ...]
     """Resize methods offered; the first is the default."""
+    logits: bool = True
+    """Whether the network gives class logits (the Inception Score needs them)."""
 
     def resolve_options(self, options: ExtractorOptions | None = None) -> ExtractorOptions:
         """``options`` with defaults filled in; ``GenbenchError`` naming the valid choices
@@ -492,6 +540,31 @@ EXTRACTORS.add(
         # pytorch-fid's --dims, its default (pool3) first.
         dims=tuple(sorted(BLOCK_INDEX_BY_DIM, reverse=True)),
         resizes=("bilinear", "clean"),
+    ),
+)
+
+
+def _build_dinov2(
+    path: Path, sha256: str, device: torch.device, options: ExtractorOptions
+) -> FeatureExtractor:
+    net, name = load_dinov2(path)
+    if options.dims not in (None, net.num_features):
+        raise GenbenchError(
+            f"dims {options.dims}: {path} holds a {net.num_features}-d DINOv2 ({name})"
+        )
+    opts = {**_extractor_options(options), "feature_dim": net.num_features}
+    return DINOv2Extractor(net, name, sha256, **opts).to(device)
+
+
+EXTRACTORS.add(
+    "dinov2",
+    ExtractorLoader(
+        description="DINOv2 ViT-L/14 CLS features (1024-d) for FD-DINOv2, EDM2's protocol",
+        weights=DinoWeights(),
+        build=_build_dinov2,
+        dims=(1024, 384, 768, 1536),  # ViT-L (FD-DINOv2's); S, B, g when the file holds one
+        resizes=(DINOv2Extractor.resize,),
+        logits=False,
     ),
 )
 
