@@ -20,6 +20,7 @@ from genbench.benchmarks.plan import ResolvedModel
 from genbench.core import io, safe_pickle
 from genbench.core.download import one_line
 from genbench.core.errors import CheckpointError
+from genbench.core.manifest import identify
 from genbench.generators import Generator
 
 
@@ -246,3 +247,25 @@ def finished_training(model: ResolvedModel, model_dir: Path) -> dict[str, Any] |
     if model.train.time_budget is None and steps != (model.train.steps or 0):
         return None
     return info
+
+
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+"""A diffusers folder's weights file names, the one that identifies it first."""
+
+
+def checkpoint_provenance(model: ResolvedModel) -> dict[str, str]:
+    """``checkpoint_sha256`` of what a model starts from (its ``--checkpoint`` file, or the
+    weights file of its pretrained diffusers folder) and, when ``vendor/checkpoints.toml``
+    lists that sha256, the entry's ``checkpoint_id``; empty when it starts from scratch."""
+    path = model.checkpoint or getattr(model.config, "pretrained", None)
+    if path is None:
+        return {}
+    path = Path(path)
+    if path.is_dir():
+        inside = [path / sub / name for sub in ("unet", ".") for name in DIFFUSERS_WEIGHTS]
+        path = next((p for p in inside if p.is_file()), None)
+        if path is None:
+            return {}
+    sha256 = io.file_sha256(path)
+    known = identify(sha256)
+    return {"checkpoint_sha256": sha256} | ({"checkpoint_id": known} if known else {})

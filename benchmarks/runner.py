@@ -21,7 +21,12 @@ import torch
 from genbench.benchmarks import distributed
 from genbench.benchmarks.batches import batches
 from genbench.benchmarks.build import build_generator
-from genbench.benchmarks.checkpoints import finished_training, load_checkpoint, save_checkpoint
+from genbench.benchmarks.checkpoints import (
+    checkpoint_provenance,
+    finished_training,
+    load_checkpoint,
+    save_checkpoint,
+)
 from genbench.benchmarks.environment import fingerprint
 from genbench.benchmarks.inputs import RunInputs
 from genbench.benchmarks.plan import ResolvedModel, RunPlan
@@ -137,6 +142,7 @@ def _run_model(
         nfe=gen.nfe(model.settings),
         dataset=plan.benchmark.dataset,
         checkpoint_source=str(model.checkpoint) if model.checkpoint else None,
+        **checkpoint_provenance(model),
         **train_info,
         sample=SampleInfo(
             num_samples=model.sample.num_samples,

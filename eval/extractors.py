@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from genbench.core.errors import GenbenchError
+from genbench.core.io import file_sha256
 from genbench.core.registry import Registry
 from genbench.eval.digits_net import DIGITS_WEIGHTS, DigitsNet
 from genbench.eval.dinov2 import MEAN as DINO_MEAN
@@ -64,15 +64,6 @@ from genbench.eval.inception import (
 
 DIGITS_WEIGHTS_SHA256 = "42eba43a13dfa23c1fcc064eb3de007c2c1ce4ce2878b5e670cd41348313e477"
 """sha256 of the shipped ``eval/weights/digits_cnn.safetensors``."""
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of the file at ``path``, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -67,17 +67,24 @@ def test_run_writes_complete_results(cli, tiny_spec, tmp_path):
     assert f"{metrics['metrics']['fid']['value']:,.2f}" in report.out
 
 
-def test_checkpoint_is_evaluated_without_training(cli, tiny_spec, tmp_path):
+def test_checkpoint_is_evaluated_without_training(cli, tiny_spec, tmp_path, monkeypatch):
+    from genbench.core import manifest
+    from genbench.core.io import file_sha256
+
     spec = str(tiny_spec(steps=8, num_samples=64))
     first = tmp_path / "a"
     assert cli("run", spec, "--out", str(first)).code == 0
     ckpt = _run_dir(first) / "dcgan" / "checkpoint.safetensors"
+    # As if vendor/checkpoints.toml listed this file: the run names the entry.
+    monkeypatch.setattr(manifest, "_known", lambda: {file_sha256(ckpt): "tiny-dcgan"})
     second = tmp_path / "b"
     result = cli("run", spec, "--out", str(second), "--checkpoint", f"dcgan={ckpt}")
     assert result.code == 0, result.err
     a = json.loads((_run_dir(first) / "dcgan" / "metrics.json").read_text())
     b = json.loads((_run_dir(second) / "dcgan" / "metrics.json").read_text())
     assert b["train_steps"] == 0 and b["checkpoint_source"] == str(ckpt)
+    assert (b["checkpoint_sha256"], b["checkpoint_id"]) == (file_sha256(ckpt), "tiny-dcgan")
+    assert a["checkpoint_sha256"] is None  # trained here: nothing to identify
     # same weights, same seeds: the same images, hence the same FID
     assert b["metrics"]["fid"]["value"] == pytest.approx(a["metrics"]["fid"]["value"], rel=1e-6)
     assert not (_run_dir(second) / "dcgan" / "train_log.jsonl").exists()

@@ -9,6 +9,7 @@ are appended with a single ``write`` system call each, so a kill never leaves ha
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -85,3 +86,12 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second (timestamps of written records)."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -201,6 +201,10 @@ class ModelMetrics(Record):
     nfe: int | None = None
     dataset: str | None = None
     checkpoint_source: str | None = None
+    checkpoint_sha256: str | None = None
+    """sha256 of the checkpoint file given to the run (a diffusers folder's weights file)."""
+    checkpoint_id: str | None = None
+    """The ``vendor/checkpoints.toml`` entry with that sha256, if any."""
     train_steps: int = 0
     train_time_s: float | None = None
     """Training seconds (saving training states not counted)."""
