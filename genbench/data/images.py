@@ -16,6 +16,7 @@ on ``test`` measures the training images.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -197,7 +198,19 @@ def _scan(root: Path) -> Listing:
 
 def content_sha256(entry: Listing) -> str:
     """The sha256 of the images' names and bytes (and of the labels): what reference
-    statistics of this data set are cached under."""
+    statistics of this data set are cached under. Hashed once per process for files of
+    unchanged size and modification time (a run asks for it several times)."""
+    return _content_sha256(entry, _stamp(entry))
+
+
+def _stamp(entry: Listing) -> tuple[tuple[int, int], ...]:
+    """(modification time, size) of the archive, or of every image file."""
+    paths = [entry.root] if entry.archive else [entry.root / name for name in entry.names]
+    return tuple((st.st_mtime_ns, st.st_size) for st in (p.stat() for p in paths))
+
+
+@functools.lru_cache(maxsize=8)
+def _content_sha256(entry: Listing, stamp: tuple[tuple[int, int], ...]) -> str:
     digest = hashlib.sha256()
     files = _Files(entry.root)
     try:
