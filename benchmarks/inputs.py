@@ -28,7 +28,6 @@ from genbench.eval.metrics import KID_SUBSET_SIZE, METRICS, MetricOptions
 from genbench.eval.reference import (
     ReferenceStats,
     StatsCache,
-    cache_key,
     check_stats_protocol,
     dataset_reference,
 )
@@ -167,24 +166,16 @@ class RunInputs:
         assert self.reference is not None  # set whenever no statistics file is given
         bench = self.plan.benchmark
         name = self.dataset.cache_name(bench.data_root)
-        cache = StatsCache() if evaluate.cache else None
-        num_features = evaluate.max_features if needs_features(evaluate) else 0
-        if cache is not None:
-            key = cache_key(self.extractor, name, evaluate.reference, len(self.reference))  # type: ignore[arg-type]
-            hit = cache.load(key, num_features)
-            if hit is not None:
-                return hit  # no progress bar: nothing to compute
-        with counting("reference statistics", len(self.reference)) as advance:  # type: ignore[arg-type]
-            return dataset_reference(
-                self.extractor,
-                self.reference,
-                name,
-                evaluate.reference,
-                batch_size=self.batch_size,
-                num_features=num_features,
-                cache=cache,
-                on_batch=advance,
-            )
+        return dataset_reference(
+            self.extractor,
+            self.reference,
+            name,
+            evaluate.reference,
+            batch_size=self.batch_size,
+            num_features=evaluate.max_features if needs_features(evaluate) else 0,
+            cache=StatsCache() if evaluate.cache else None,
+            progress=lambda total: counting("reference statistics", total),
+        )
 
     def evaluator(self) -> Evaluator:
         """A fresh ``Evaluator`` for one model, set up from the spec."""

@@ -36,7 +36,6 @@ from genbench.eval.reference import (
     ReferenceStats,
     StatsCache,
     accumulate,
-    cache_key,
     check_stats_protocol,
     dataset_reference,
 )
@@ -119,23 +118,16 @@ def reference_of(
     if isinstance(real, DatasetSplit):
         registered = DATASETS.get(real.dataset)
         dataset = registered.load(real.split, data_root)
-        name = registered.cache_name(data_root)
-        cache = StatsCache()
-        key = cache_key(extractor, name, real.split, len(dataset))  # type: ignore[arg-type]
-        hit = cache.load(key, num_features)
-        if hit is not None:
-            return hit  # no progress bar: nothing to compute
-        with _progress(progress, f"real {real.label}", len(dataset)) as advance:  # type: ignore[arg-type]
-            return dataset_reference(
-                extractor,
-                dataset,
-                name,
-                real.split,
-                batch_size=batch_size,
-                num_features=num_features,
-                cache=cache,
-                on_batch=advance,
-            )
+        return dataset_reference(
+            extractor,
+            dataset,
+            registered.cache_name(data_root),
+            real.split,
+            batch_size=batch_size,
+            num_features=num_features,
+            cache=StatsCache(),
+            progress=lambda total: _progress(progress, f"real {real.label}", total),
+        )
     with _progress(progress, "real", real.count) as advance:
         batches = real.batches(batch_size, num_workers)
         stats, kept = accumulate(extractor, batches, num_features, advance)

@@ -327,6 +327,11 @@ class StatsCache:
         return path
 
 
+Progress = Callable[[int], contextlib.AbstractContextManager[Callable[[int], None] | None]]
+"""``progress(total)``: a context (a progress bar) whose value is called with each batch's
+size, or gives None for no reporting."""
+
+
 def dataset_reference(
     extractor: FeatureExtractor,
     dataset: TorchDataset,
@@ -337,21 +342,27 @@ def dataset_reference(
     num_features: int = 0,
     cache: StatsCache | None = None,
     num_workers: int = 0,
-    on_batch: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
 ) -> ReferenceStats:
     """Reference statistics of a data set split (``(image, label)`` pairs, images in
-    [-1, 1]): from ``cache`` when it holds them, else computed, stored there and returned.
-    ``on_batch(n)`` reports progress while computing."""
+    [-1, 1]): from ``cache`` when it holds them (unless ``force``), else computed, stored
+    there and returned. ``progress(count)`` is opened only while computing, so a cache hit
+    shows no bar."""
     count = len(dataset)  # type: ignore[arg-type]
     key = cache_key(extractor, name, split, count)
     if cache is not None:
-        hit = cache.load(key, num_features)
-        if hit is not None:
-            return hit
+        if force:  # the entry is distrusted: invalid until rewritten
+            cache.path(key).with_suffix(".json").unlink(missing_ok=True)
+        else:
+            hit = cache.load(key, num_features)
+            if hit is not None:
+                return hit
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    stats, kept = accumulate(
-        extractor, (images for images, _ in loader), max(num_features, 0), on_batch
-    )
+    with (progress or (lambda _: contextlib.nullcontext(None)))(count) as advance:
+        stats, kept = accumulate(
+            extractor, (images for images, _ in loader), max(num_features, 0), advance
+        )
     ref = ReferenceStats.from_accumulated(stats, kept, {"dataset": name, "split": split})
     if cache is not None:
         cache.save(key, ref)
@@ -431,21 +442,22 @@ def split_statistics(
     name = DATASETS.canonical(dataset, where="DATASET")
     data = DATASETS.get(name).load(split, data_root)
     name = DATASETS.get(name).cache_name(data_root)
+    computed: list[int] = []
+
+    def bar(total: int) -> contextlib.AbstractContextManager[Callable[[int], None] | None]:
+        computed.append(total)
+        return counting(f"{name} {split} features", total) if progress else contextlib.nullcontext()
+
+    ref = dataset_reference(
+        extractor,
+        data,
+        name,
+        split,
+        batch_size=batch_size,
+        num_features=num_features,
+        cache=cache,
+        progress=bar,
+        force=force,
+    )
     key = cache_key(extractor, name, split, len(data))  # type: ignore[arg-type]
-    ref = None if force else cache.load(key, num_features)
-    if ref is not None:
-        return ref, cache.path(key), True
-    cache.path(key).with_suffix(".json").unlink(missing_ok=True)  # invalid until rewritten
-    bar = counting(f"{name} {split} features", len(data)) if progress else None  # type: ignore[arg-type]
-    with bar if bar is not None else contextlib.nullcontext(None) as advance:
-        ref = dataset_reference(
-            extractor,
-            data,
-            name,
-            split,
-            batch_size=batch_size,
-            num_features=num_features,
-            cache=cache,
-            on_batch=advance,
-        )
-    return ref, cache.path(key), False
+    return ref, cache.path(key), not computed
