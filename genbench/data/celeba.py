@@ -11,7 +11,6 @@ torchvision's md5 sums). torchvision downloads them from Google Drive, which oft
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from genbench.core.download import check_host_resolves, one_line, socket_timeout
-from genbench.core.errors import DatasetError
-from genbench.data.datasets import (
-    DATASETS,
-    DOWNLOAD_TIMEOUT_S,
-    DatasetInfo,
-    ImageDataset,
-    _check_split,
-    resolve_data_root,
-)
+from genbench.core.download import one_line
+from genbench.data.datasets import DATASETS, DatasetInfo, DownloadedDataset
 
 CROP = 140
 SIZE = 64
@@ -61,7 +52,7 @@ class _Unlabelled(TorchDataset):
 
 
 @DATASETS.register("celeba")
-class CelebA64(ImageDataset):
+class CelebA64(DownloadedDataset):
     """CelebA, 3x64x64 (140 px centre crop), unconditional; see the module docstring."""
 
     info = DatasetInfo(
@@ -88,30 +79,20 @@ class CelebA64(ImageDataset):
         return _Unlabelled(data)
 
     @classmethod
-    def load(cls, split: str, root: Path | None = None, download: bool = True) -> TorchDataset:
-        _check_split(split)
-        root = resolve_data_root(root)
-        folder = root / cls._tv().base_folder
-        if folder.is_dir():
-            try:
-                return cls._make(root, split, download=False)
-            except Exception as exc:  # torchvision: "Dataset not found or corrupted"
-                raise DatasetError(
-                    f"celeba: the files under {folder} are incomplete or fail torchvision's md5 "
-                    f"check ({one_line(exc)}): it needs img_align_celeba/ and the five "
-                    f"annotation .txt files from {_HOME}"
-                ) from None
-        if not download:
-            raise DatasetError(cls._missing(root, "download disabled"))
-        try:
-            with socket_timeout(DOWNLOAD_TIMEOUT_S):
-                check_host_resolves("https://drive.google.com/", DOWNLOAD_TIMEOUT_S)
-                return cls._make(root, split, download=True)
-        except BaseException as exc:
-            shutil.rmtree(folder, ignore_errors=True)  # it did not exist: ours to remove
-            if not isinstance(exc, Exception):
-                raise
-            raise DatasetError(cls._missing(root, f"download failed ({one_line(exc)})")) from exc
+    def _present(cls, root: Path) -> Path:
+        return root / cls._tv().base_folder
+
+    @classmethod
+    def _url(cls) -> str:
+        return "https://drive.google.com/"
+
+    @classmethod
+    def _unreadable(cls, root: Path, exc: Exception) -> str:
+        return (
+            f"celeba: the files under {cls._present(root)} are incomplete or fail "
+            f"torchvision's md5 check ({one_line(exc)}): it needs img_align_celeba/ and the "
+            f"five annotation .txt files from {_HOME}"
+        )
 
     @classmethod
     def _missing(cls, root: Path, why: str) -> str:

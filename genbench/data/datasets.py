@@ -98,6 +98,74 @@ def _to_signed_unit(img: object) -> torch.Tensor:
     return hwc.permute(2, 0, 1).contiguous().to(torch.float32).div_(127.5).sub_(1.0)
 
 
+class DownloadedDataset(ImageDataset):
+    """A data set that one of torchvision's loaders reads from a folder under the data root
+    and can download there. ``load``: the folder there is opened without network (files that
+    do not read are one line saying what to do); absent, it is downloaded with every network
+    operation bounded by ``DOWNLOAD_TIMEOUT_S`` (any failure, Ctrl-C too, removes what the
+    download left and is one line naming ``--data-root``), or refused at once with
+    ``download=False``. Subclasses say where the files live and how to open them."""
+
+    @classmethod
+    @abstractmethod
+    def _present(cls, root: Path) -> Path:
+        """What exists once the data is under ``root`` (its folder)."""
+
+    @classmethod
+    @abstractmethod
+    def _make(cls, root: Path, split: str, download: bool) -> TorchDataset:
+        """torchvision's loader for ``split`` under ``root``."""
+
+    @classmethod
+    @abstractmethod
+    def _url(cls) -> str:
+        """A URL of the download, whose host must resolve first (fails fast offline)."""
+
+    @classmethod
+    @abstractmethod
+    def _missing(cls, root: Path, why: str) -> str:
+        """The error when the data is not under ``root`` and ``why`` it was not fetched."""
+
+    @classmethod
+    def _unreadable(cls, root: Path, exc: Exception) -> str:
+        """The error when the files under ``root`` do not read."""
+        folder = cls._present(root)
+        return (
+            f"{cls.info.name}: cannot read the files under {folder} ({one_line(exc)}): "
+            f"delete {folder} to download it again, or pass --data-root DIR pointing at an "
+            "intact copy"
+        )
+
+    @classmethod
+    def _remove_partial(cls, root: Path) -> None:
+        """Remove what a failed download left (the folder did not exist before: ours)."""
+        shutil.rmtree(cls._present(root), ignore_errors=True)
+
+    @classmethod
+    def load(cls, split: str, root: Path | None = None, download: bool = True) -> TorchDataset:
+        _check_split(split)
+        root = resolve_data_root(root)
+        if cls._present(root).exists():
+            try:
+                return cls._make(root, split, download=False)
+            except DatasetError:
+                raise
+            except Exception as exc:  # torchvision: RuntimeError (missing), ValueError (bad)
+                raise DatasetError(cls._unreadable(root, exc)) from None
+        if not download:
+            raise DatasetError(cls._missing(root, "download disabled"))
+        try:
+            with socket_timeout(DOWNLOAD_TIMEOUT_S):
+                check_host_resolves(cls._url(), DOWNLOAD_TIMEOUT_S)
+                return cls._make(root, split, download=True)
+        except BaseException as exc:
+            # BaseException too: a Ctrl-C mid-transfer must not leave half a data set.
+            cls._remove_partial(root)
+            if not isinstance(exc, Exception):
+                raise
+            raise DatasetError(cls._missing(root, f"download failed ({one_line(exc)})")) from exc
+
+
 @DATASETS.register("digits")
 class Digits(ImageDataset):
     """scikit-learn's bundled handwritten digits (UCI optdigits test set, 1,797 images).
@@ -148,7 +216,7 @@ _CIFAR_HOME = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
 @DATASETS.register("cifar10")
-class Cifar10(ImageDataset):
+class Cifar10(DownloadedDataset):
     """CIFAR-10 (Krizhevsky 2009): 60,000 32x32 colour images in 10 classes, 50k/10k split.
 
     Loaded by ``torchvision.datasets.CIFAR10`` from ``<root>/cifar-10-batches-py`` (the
@@ -157,12 +225,11 @@ class Cifar10(ImageDataset):
     are ints 0..9.
 
     ``root=None`` means the default data directory: ``$BENCH_DATA_ROOT`` if set, else
-    ``~/.cache/genbench/data``. When the data is absent and ``download=True``, torchvision
-    downloads it (about 170 MB) with every network operation bounded by
-    ``DOWNLOAD_TIMEOUT_S``; any failure raises ``DatasetError`` and removes the partial
-    archive or extraction it left. With ``download=False`` a missing data set raises at once.
-    Files that fail their md5 check raise ``DatasetError`` naming the directory; they are never
-    replaced behind the user's back. Under several processes, download on one rank first.
+    ``~/.cache/genbench/data``. Absent, it is downloaded (about 170 MB) as every
+    ``DownloadedDataset`` is; a complete archive left by a failed extraction is kept, so the
+    next attempt needs no network. Files that fail their md5 check raise ``DatasetError``
+    naming the directory; they are never replaced behind the user's back. Under several
+    processes, download on one rank first.
     """
 
     info = DatasetInfo(
@@ -175,22 +242,26 @@ class Cifar10(ImageDataset):
         description="CIFAR-10, 3x32x32, 10 classes (torchvision; downloads ~170 MB)",
     )
 
-    @classmethod
-    def load(cls, split: str, root: Path | None = None, download: bool = True) -> TorchDataset:
-        _check_split(split)
-        root = resolve_data_root(root)
-        if (root / cls._tv().base_folder).exists():
-            return cls._open(root, split)
-        if not download:
-            raise DatasetError(cls._missing(root, "download disabled"))
-        return cls._download(root, split)
-
     @staticmethod
     def _tv() -> type:
         # Imported lazily: torchvision costs a second or so and the embedded path never needs it.
         from torchvision.datasets import CIFAR10
 
         return CIFAR10
+
+    @classmethod
+    def _present(cls, root: Path) -> Path:
+        return root / cls._tv().base_folder
+
+    @classmethod
+    def _make(cls, root: Path, split: str, download: bool) -> TorchDataset:
+        return cls._tv()(
+            str(root), train=split == "train", transform=_to_signed_unit, download=download
+        )
+
+    @classmethod
+    def _url(cls) -> str:
+        return str(cls._tv().url)
 
     @classmethod
     def _missing(cls, root: Path, why: str) -> str:
@@ -201,20 +272,15 @@ class Cifar10(ImageDataset):
         )
 
     @classmethod
-    def _open(cls, root: Path, split: str) -> TorchDataset:
-        """Load data already under ``root`` (no network); bad or missing files raise."""
-        tv = cls._tv()
-        try:
-            return tv(str(root), train=split == "train", transform=_to_signed_unit)
-        except Exception as exc:
-            base = root / tv.base_folder
-            bad = cls._first_bad_file(base)
-            if bad is None:
-                raise DatasetError(f"cannot read CIFAR-10 under {base}: {one_line(exc)}") from exc
-            raise DatasetError(
-                f"CIFAR-10 under {base} is corrupted or incomplete ({bad}): delete that directory"
-                f" to download it again, or pass --data-root DIR pointing at an intact copy"
-            ) from exc
+    def _unreadable(cls, root: Path, exc: Exception) -> str:
+        base = cls._present(root)
+        bad = cls._first_bad_file(base)
+        if bad is None:
+            return f"cannot read CIFAR-10 under {base}: {one_line(exc)}"
+        return (
+            f"CIFAR-10 under {base} is corrupted or incomplete ({bad}): delete that directory"
+            f" to download it again, or pass --data-root DIR pointing at an intact copy"
+        )
 
     @classmethod
     def _first_bad_file(cls, base: Path) -> str | None:
@@ -232,30 +298,11 @@ class Cifar10(ImageDataset):
         return None
 
     @classmethod
-    def _download(cls, root: Path, split: str) -> TorchDataset:
-        """Download, extract and load; any failure -> ``DatasetError``, leftovers removed."""
-        tv = cls._tv()
-        try:
-            with socket_timeout(DOWNLOAD_TIMEOUT_S):
-                check_host_resolves(tv.url, DOWNLOAD_TIMEOUT_S)
-                return tv(
-                    str(root), train=split == "train", transform=_to_signed_unit, download=True
-                )
-        except BaseException as exc:
-            # BaseException too: a Ctrl-C mid-transfer must not leave a half-written archive.
-            cls._remove_partial(root)
-            if not isinstance(exc, Exception):
-                raise
-            why = f"download failed ({one_line(exc)})"
-            raise DatasetError(cls._missing(root, why)) from exc
-
-    @classmethod
     def _remove_partial(cls, root: Path) -> None:
         from torchvision.datasets.utils import check_integrity
 
+        super()._remove_partial(root)
         tv = cls._tv()
-        # Only reached when the extracted folder did not exist before, so it is ours to delete.
-        shutil.rmtree(root / tv.base_folder, ignore_errors=True)
         archive = root / tv.filename
         # A complete archive (md5 ok) is kept: the next attempt extracts it without network.
         if archive.exists() and not check_integrity(str(archive), tv.tgz_md5):

@@ -14,7 +14,6 @@ a failure is one line naming ``--data-root`` and the partial download removed); 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,16 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from genbench.core.download import check_host_resolves, one_line, socket_timeout
-from genbench.core.errors import DatasetError
-from genbench.data.datasets import (
-    DATASETS,
-    DOWNLOAD_TIMEOUT_S,
-    DatasetInfo,
-    ImageDataset,
-    _check_split,
-    resolve_data_root,
-)
+from genbench.data.datasets import DATASETS, DatasetInfo, DownloadedDataset
 
 PAD = 2
 """Background pixels added on each side: 28 -> 32."""
@@ -49,7 +39,7 @@ def _padded_grey_upright(img: Any) -> torch.Tensor:
     return _padded_grey(img).transpose(1, 2).contiguous()
 
 
-class IdxDataset(ImageDataset):
+class IdxDataset(DownloadedDataset):
     """A torchvision IDX data set (subclasses set ``info``, ``folder``, ``home``)."""
 
     folder: ClassVar[str]
@@ -63,6 +53,10 @@ class IdxDataset(ImageDataset):
         raise NotImplementedError
 
     @classmethod
+    def _present(cls, root: Path) -> Path:
+        return root / cls.folder
+
+    @classmethod
     def _make(cls, root: Path, split: str, download: bool) -> TorchDataset:
         return cls._tv()(
             str(root), train=split == "train", transform=cls.transform, download=download
@@ -72,33 +66,6 @@ class IdxDataset(ImageDataset):
     def _url(cls) -> str:
         tv = cls._tv()
         return f"{tv.mirrors[0]}{tv.resources[0][0]}"
-
-    @classmethod
-    def load(cls, split: str, root: Path | None = None, download: bool = True) -> TorchDataset:
-        _check_split(split)
-        root = resolve_data_root(root)
-        raw = root / cls.folder / "raw"
-        if raw.is_dir():
-            try:
-                return cls._make(root, split, download=False)
-            except Exception as exc:  # torchvision: RuntimeError (missing), ValueError (bad)
-                raise DatasetError(
-                    f"{cls.info.name}: cannot read the files under {raw} ({one_line(exc)}): "
-                    f"delete {root / cls.folder} to download it again, or pass --data-root "
-                    "DIR pointing at an intact copy"
-                ) from None
-        if not download:
-            raise DatasetError(cls._missing(root, "download disabled"))
-        try:
-            with socket_timeout(DOWNLOAD_TIMEOUT_S):
-                check_host_resolves(cls._url(), DOWNLOAD_TIMEOUT_S)
-                return cls._make(root, split, download=True)
-        except BaseException as exc:
-            # BaseException too: a Ctrl-C mid-transfer must not leave half a data set.
-            shutil.rmtree(root / cls.folder, ignore_errors=True)
-            if not isinstance(exc, Exception):
-                raise
-            raise DatasetError(cls._missing(root, f"download failed ({one_line(exc)})")) from exc
 
     @classmethod
     def _missing(cls, root: Path, why: str) -> str:
