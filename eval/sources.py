@@ -20,7 +20,6 @@ Each side of an evaluation may be
 from __future__ import annotations
 
 import hashlib
-import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,15 +28,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from genbench.core.collectives import shard
 from genbench.core.errors import GenbenchError
 from genbench.data.datasets import DATASETS, SPLITS
-
-IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
-"""pytorch-fid's image file extensions (matched case-insensitively here)."""
+from genbench.data.files import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    UNREADABLE,
+    hash_stream,
+    is_image,
+    open_image,
+    too_large,
+    zip_image_names,
+)
 
 Batches = Callable[[int, int], Iterator[torch.Tensor]]
 """``batches(batch_size, num_workers)``: the images as (N, C, H, W) tensors."""
@@ -96,13 +101,9 @@ class DatasetSplit:
 Source = ImageSet | StatsFile | DatasetSplit
 
 
-_CHUNK = 1 << 20
-
-
 def _hash_file(digest: Any, path: Path) -> None:
     with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
+        hash_stream(digest, fh)
 
 
 def files_sha256(folder: Path, files: list[Path]) -> Callable[[], str]:
@@ -132,18 +133,9 @@ def file_sha256(path: Path) -> Callable[[], str]:
     return content
 
 
-def _is_image(name: str) -> bool:
-    return Path(name).suffix[1:].lower() in IMAGE_EXTENSIONS
-
-
 def image_files(folder: Path) -> list[Path]:
     """The image files directly inside ``folder``, sorted (pytorch-fid's selection)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
-
-
-MAX_PIXELS = 4096 * 4096
-"""The largest image read (width x height); a larger one is refused before it is decoded, so
-a small file that decompresses into gigabytes (a "decompression bomb") costs nothing."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image(p.name))
 
 
 def read_rgb(source: Any, name: str) -> torch.Tensor:
@@ -151,28 +143,16 @@ def read_rgb(source: Any, name: str) -> torch.Tensor:
     with PIL as RGB as pytorch-fid reads it; a file that is no image, is truncated or is
     larger than ``MAX_PIXELS`` is a one-line ``GenbenchError`` naming ``name``."""
     try:
-        with warnings.catch_warnings():
-            # The size is checked here, against a tighter bound than PIL's own warning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source)
-        with img:
-            width, height = img.size  # from the header: nothing decoded yet
-            if width * height > MAX_PIXELS:
+        with open_image(source) as img:
+            if too_large(img):
                 raise GenbenchError(
-                    f"{name}: {width} x {height} pixels is more than genbench reads "
+                    f"{name}: {img.width} x {img.height} pixels is more than genbench reads "
                     f"({MAX_PIXELS:,} pixels); resize the images first"
                 )
             array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except GenbenchError:
         raise
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        zipfile.BadZipFile,  # a zip member that fails its CRC
-        RuntimeError,  # an encrypted zip member
-    ) as exc:
+    except UNREADABLE as exc:
         raise GenbenchError(f"{name}: not a readable image ({exc})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
@@ -349,10 +329,7 @@ def _open_path(text: str, what: str) -> Source:
     if path.is_file() and path.suffix.lower() == ".zip":
         try:
             with zipfile.ZipFile(path) as archive:
-                # macOS adds __MACOSX/._name resource forks: not images, whatever the suffix.
-                names = sorted(
-                    n for n in archive.namelist() if _is_image(n) and not n.startswith("__MACOSX/")
-                )
+                names = zip_image_names(archive.namelist())
         except (zipfile.BadZipFile, OSError) as exc:
             raise GenbenchError(f"{what}: cannot read {path} ({exc})") from None
         if not names:

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import os
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +27,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
 from genbench.core.errors import DatasetError
 from genbench.data.datasets import DATASETS, DatasetInfo, ImageDataset, _check_split
+from genbench.data.files import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    UNREADABLE,
+    hash_stream,
+    is_image,
+    open_image,
+    zip_image_names,
+)
 
-IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
 LABELS_FILE = "dataset.json"
-MAX_PIXELS = 4096 * 4096
-"""The largest image read; a larger one is refused from its header, before decoding."""
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
@@ -57,10 +61,6 @@ class Listing:
         return max(self.labels) + 1 if self.labels else 0
 
 
-def _is_image(name: str) -> bool:
-    return Path(name).suffix[1:].lower() in IMAGE_EXTENSIONS
-
-
 class _Files:
     """The root's members: names, bytes and headers, from a folder or a zip archive."""
 
@@ -74,15 +74,13 @@ class _Files:
                 members = self._zip.namelist()
             except (zipfile.BadZipFile, OSError) as exc:
                 raise DatasetError(f"images: cannot read {root} as a zip archive ({exc})") from None
-            self.names = sorted(
-                n for n in members if _is_image(n) and not n.startswith("__MACOSX/")
-            )
+            self.names = zip_image_names(members)
             self.has_labels = LABELS_FILE in members
         else:
             found = []
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found += [os.path.join(dirpath, f) for f in filenames if _is_image(f)]
+                found += [os.path.join(dirpath, f) for f in filenames if is_image(f)]
             self.names = sorted(Path(p).relative_to(root).as_posix() for p in found)
             self.has_labels = (root / LABELS_FILE).is_file()
 
@@ -99,11 +97,9 @@ class _Files:
 def _header(files: _Files, name: str) -> tuple[int, int, str]:
     """Width, height and mode from an image's header (nothing decoded)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with files.open(name) as fh, Image.open(fh) as img:
-                return img.width, img.height, img.mode
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        with files.open(name) as fh, open_image(fh) as img:
+            return img.width, img.height, img.mode
+    except UNREADABLE as exc:
         raise DatasetError(f"images: {name} is not a readable image ({exc})") from None
 
 
@@ -217,8 +213,7 @@ def _content_sha256(entry: Listing, stamp: tuple[tuple[int, int], ...]) -> str:
         for name in entry.names:
             digest.update(len(name).to_bytes(8, "little") + name.encode())
             with files.open(name) as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
+                hash_stream(digest, fh)
     finally:
         files.close()
     digest.update(json.dumps(entry.labels).encode())
@@ -242,7 +237,7 @@ class ImagesDataset(TorchDataset):
         name = self.entry.names[i]
         mode = "L" if self.entry.channels == 1 else "RGB"
         try:
-            with self._files.open(name) as fh, Image.open(fh) as img:
+            with self._files.open(name) as fh, open_image(fh) as img:
                 if img.size != (self.entry.size, self.entry.size):
                     raise DatasetError(
                         f"images: {name} changed size to {img.width}x{img.height} since the "
@@ -251,7 +246,7 @@ class ImagesDataset(TorchDataset):
                 array = np.asarray(img.convert(mode), dtype=np.uint8)
         except DatasetError:
             raise
-        except (OSError, ValueError, SyntaxError) as exc:
+        except UNREADABLE as exc:
             raise DatasetError(f"images: {name} is not a readable image ({exc})") from None
         hwc = torch.from_numpy(array.copy()).reshape(self.entry.size, self.entry.size, -1)
         image = hwc.permute(2, 0, 1).to(torch.float32).div_(127.5).sub_(1.0)
