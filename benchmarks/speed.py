@@ -27,6 +27,7 @@ from genbench.benchmarks.baselines import baseline_timer
 from genbench.benchmarks.build import build_untrained
 from genbench.benchmarks.environment import fingerprint
 from genbench.benchmarks.fastpath import FastPaths
+from genbench.benchmarks.peak import against_peak, flops_per_image, machine_peak
 from genbench.benchmarks.plan import ResolvedModel, RunPlan
 from genbench.benchmarks.timing import SamplingTimer, speed_timer
 from genbench.core.device import resolve_device
@@ -203,6 +204,13 @@ def case_timer(
     return speed_timer(gen, case.model, case_timing(plan, case, settings)), gen
 
 
+def case_flops(plan: RunPlan, case: SpeedCase, device: torch.device) -> float | None:
+    """FLOPs per image of ``case``, counted on an eager copy of its generator
+    (``peak.flops_per_image``)."""
+    gen = build_untrained(case.model, plan.benchmark.seed, device)
+    return flops_per_image(gen, case.model)
+
+
 def run_speed(
     plan: RunPlan,
     settings: SpeedSettings,
@@ -228,6 +236,7 @@ def run_speed(
     )
     files.write_record(speed_dir / files.SPEED, doc)
     history.parent.mkdir(parents=True, exist_ok=True)
+    peaks = machine_peak(device, machine_id(env))
 
     def keep(record: SpeedResult) -> None:
         doc.results.append(record)
@@ -237,6 +246,7 @@ def run_speed(
             on_record(record)
 
     for case in cases:
+        flops = case_flops(plan, case, device)
         measured = None
         if baseline is not None:
             measured = baseline_timer(baseline, plan, case.model, case.batch_size, device)
@@ -251,10 +261,13 @@ def run_speed(
                 t.repeat(1)
         if measured is not None:
             base_timer, name, params = measured
+            base = base_timer.result(noise=False).to_dict()
+            # The same network and steps: the same FLOPs per image.
+            base |= against_peak(flops, base["images_per_s"], base.get("precision"), peaks)
             keep(
                 make_record(
                     case,
-                    base_timer.result(noise=False).to_dict(),
+                    base,
                     env,
                     generator=name,
                     parameters=params,
@@ -262,10 +275,12 @@ def run_speed(
                     baseline=baseline,
                 )
             )
+        ours = timer.result().to_dict()
+        ours |= against_peak(flops, ours["images_per_s"], ours.get("precision"), peaks)
         keep(
             make_record(
                 case,
-                timer.result().to_dict(),
+                ours,
                 env,
                 generator=case.model.generator,
                 parameters=gen.num_parameters(),

@@ -15,6 +15,14 @@ def _memory(n: int | None) -> str:
     return "–" if n is None else f"{n / 2**20:.0f} MiB"
 
 
+def _flops(r: SpeedResult) -> str:
+    """Achieved GFLOP/s and its share of the machine's peak in the result's precision."""
+    if r.gflops_per_s is None:
+        return "–"
+    share = "" if r.peak_fraction is None else f" ({100 * r.peak_fraction:.0f}%)"
+    return f"{_num(r.gflops_per_s)}{share}"
+
+
 def fast_label(r: SpeedResult) -> str:
     """The fast paths of a result, e.g. ``bf16+NHWC+compile=default``."""
     parts = [str(r.precision)]
@@ -40,6 +48,7 @@ def format_table(records: list[SpeedResult]) -> str:
         "s/50k",
         "ms/NFE",
         "img-NFE/s",
+        "GFLOP/s (peak)",
         "peak mem",
         "first image s",
         "noise",
@@ -62,6 +71,7 @@ def format_table(records: list[SpeedResult]) -> str:
                 _num(r.s_per_50k),
                 "–" if r.ms_per_nfe is None else f"{r.ms_per_nfe:.3g}",
                 _num(r.image_nfe_per_s),
+                _flops(r),
                 _memory(r.peak_memory_bytes),
                 first,
                 noise,

@@ -98,7 +98,11 @@ def test_bench_speed_reports_every_field(cli, tiny_spec, tmp_path):
         assert 0 <= r["iqr_s"] <= max(r["raw_s"]) - min(r["raw_s"])
         assert r["peak_memory_bytes"] > 0 and r["peak_memory_kind"] == "process_max_rss"
         assert 0 < r["noise_share"] < 1 and r["noise_s"] > 0
-    assert "images/s" in result.out and "noise" in result.out
+        # How close to the machine: FLOPs of an image, reached GFLOP/s, the fp32 peak.
+        assert r["flops_per_image"] > 0 and r["peak_gflops_per_s"] > 0
+        assert r["gflops_per_s"] == pytest.approx(r["flops_per_image"] * r["images_per_s"] / 1e9)
+        assert r["peak_fraction"] == pytest.approx(r["gflops_per_s"] / r["peak_gflops_per_s"])
+    assert "images/s" in result.out and "noise" in result.out and "GFLOP/s (peak)" in result.out
 
 
 def test_history_appends_and_round_trips(cli, tiny_spec, tmp_path):
@@ -328,3 +332,62 @@ def test_bench_speed_on_cuda_uses_cuda_memory(cli, tiny_spec, tmp_path):
     assert (
         record["device"].startswith("cuda") and record["peak_memory_kind"] == "cuda_max_allocated"
     )
+
+
+# --------------------------------------------------------------------------- peak
+
+
+def test_the_peak_is_measured_once_per_machine_and_results_are_a_share_of_it(tmp_path, monkeypatch):
+    from genbench.benchmarks import peak
+
+    measured: list[torch.dtype] = []
+
+    def fake(device, dtype):
+        measured.append(dtype)
+        return {"matmul": 100.0, "conv": 80.0, "peak": 100.0}
+
+    monkeypatch.setattr(peak, "measure_peak", fake)
+    cpu = torch.device("cpu")
+    first = peak.machine_peak(cpu, "machine-a")
+    again = peak.machine_peak(cpu, "machine-a")
+    assert measured == [torch.float32, torch.bfloat16]  # once, both dtypes
+    assert again == first and first["measured"]["threads"] == torch.get_num_threads()
+    peak.machine_peak(cpu, "machine-b")  # another machine: its own measurement
+    assert len(measured) == 4
+    fields = peak.against_peak(2e9, 10.0, "bf16", first)
+    assert fields == {
+        "flops_per_image": 2e9,
+        "gflops_per_s": pytest.approx(20.0),
+        "peak_gflops_per_s": 100.0,
+        "peak_fraction": pytest.approx(0.2),
+    }
+    assert peak.against_peak(None, 10.0, "fp32", first)["peak_fraction"] is None
+
+
+def test_a_real_peak_measurement_is_positive():
+    from genbench.benchmarks.peak import measure_peak
+
+    rates = measure_peak(torch.device("cpu"), torch.float32)
+    assert rates["matmul"] > 0 and rates["conv"] > 0
+    assert rates["peak"] == max(rates["matmul"], rates["conv"])
+
+
+def test_flops_per_image_count_every_network_evaluation(monkeypatch):
+    """Twice the steps, twice the FLOPs; a sampler past the counting limit is not counted."""
+    from types import SimpleNamespace
+
+    from genbench.benchmarks import peak
+    from genbench.benchmarks.peak import flops_per_image
+
+    model = SMOKE["ddpm"]
+    gen = GENERATORS.get("ddpm")(model.config, SHAPE, torch.device("cpu"))
+    cls = type(gen)
+
+    def flops(steps):
+        settings = cls.make_settings(model.config, SHAPE, {"steps": steps})
+        return flops_per_image(gen, SimpleNamespace(settings=settings))
+
+    two, four = flops(2), flops(4)
+    assert two > 0 and four == pytest.approx(2 * two, rel=1e-6)
+    monkeypatch.setattr(peak, "MAX_COUNTED_NFE", 3)
+    assert flops(4) is None and flops(2) == two

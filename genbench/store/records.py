@@ -319,6 +319,12 @@ class SpeedResult(Timing):
     weights: str | None = None
     sessions: int | None = None
     """Worker pairs whose samples were pooled (``bench compare``)."""
+    flops_per_image: float | None = None
+    """Network FLOPs of one generated image (``benchmarks.peak``; None: not counted)."""
+    gflops_per_s: float | None = None
+    peak_gflops_per_s: float | None = None
+    """This machine's measured peak in the result's precision."""
+    peak_fraction: float | None = None
 
 
 class SpeedRun(Record):
