@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from genbench.store.records import NOISY_ADVICE, NOISY_IQR_SHARE, SpeedResult, is_noisy
+from genbench.store.records import NOISY_ADVICE, NOISY_IQR_SHARE, SpeedResult
 
 
 def _num(x: float | None) -> str:
@@ -66,8 +66,7 @@ def format_table(records: list[SpeedResult]) -> str:
                 str(r.nfe),
                 fast_label(r),
                 _num(r.images_per_s),
-                f"{r.median_s:.4g} ({r.iqr_s or 0:.2g})"
-                + (" noisy" if is_noisy(r.median_s, r.iqr_s) else ""),
+                f"{r.median_s:.4g} ({r.iqr_s or 0:.2g})" + (" noisy" if r.noisy() else ""),
                 _num(r.s_per_50k),
                 "–" if r.ms_per_nfe is None else f"{r.ms_per_nfe:.3g}",
                 _num(r.image_nfe_per_s),
@@ -80,11 +79,12 @@ def format_table(records: list[SpeedResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    noisy = sum(is_noisy(r.median_s, r.iqr_s) for r in records)
+    noisy = sum(r.noisy() for r in records)
     if noisy:
         lines.append(
             f"{NOISY_ADVICE} ({noisy} of {len(records)} results spread more than "
-            f"{100 * NOISY_IQR_SHARE:.0f}% of their median)"
+            f"{100 * NOISY_IQR_SHARE:.0f}% of their median or ran on a machine loaded "
+            "beyond their threads)"
         )
     return "\n".join(line.rstrip() for line in lines)
 
@@ -98,7 +98,7 @@ def speedups(records: list[SpeedResult]) -> list[str]:
         for b in records:
             same = (b.model, b.batch_size, b.steps) == (r.model, r.batch_size, r.steps)
             if b.baseline and same:
-                noisy = is_noisy(r.median_s, r.iqr_s) or is_noisy(b.median_s, b.iqr_s)
+                noisy = r.noisy() or b.noisy()
                 lines.append(
                     f"{r.model} batch {r.batch_size} steps {r.steps}: "
                     f"{r.images_per_s / b.images_per_s:.2f}x the throughput of "

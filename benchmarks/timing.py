@@ -13,6 +13,7 @@ so fast paths and timing have one code path.
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import sys
@@ -56,6 +57,8 @@ class TimingResult:
     noise_share: float | None
     noise_s: float | None
     fast: FastPaths = field(default_factory=FastPaths)
+    load_average: float | None = None
+    threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready dict; the fast paths appear as top-level fields."""
@@ -119,6 +122,7 @@ class SamplingTimer:
         self.fast = fast or FastPaths()
         self.warmup_s: list[float] = []
         self.raw_s: list[float] = []
+        self.load_average: float | None = None
         self.first_s: float | None = None
         self.peak_bytes: int | None = None  # CUDA: this timer's own high-water mark
 
@@ -146,6 +150,8 @@ class SamplingTimer:
         if self.first_s is None and new:  # no warm-up: the first timed call was the cold one
             self.first_s = new[0]
         self.raw_s.extend(new)
+        if hasattr(os, "getloadavg"):  # the highest seen at the end of a round of calls
+            self.load_average = max(self.load_average or 0.0, os.getloadavg()[0])
         return new
 
     def noise_share(self) -> tuple[float | None, float | None]:
@@ -196,6 +202,8 @@ class SamplingTimer:
             noise_share=share,
             noise_s=noise_s,
             fast=self.fast,
+            load_average=self.load_average,
+            threads=torch.get_num_threads(),
         )
 
     def run(self, *, repeats: int, warmup: int) -> TimingResult:

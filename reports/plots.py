@@ -19,7 +19,7 @@ from genbench.reports import fmt
 from genbench.reports.model import Report
 from genbench.reports.published import matched
 from genbench.reports.tables import protocol_setting, speed_setting, timing_setting
-from genbench.store.records import NOISY_ADVICE, NOISY_IQR_SHARE, Timing, is_noisy
+from genbench.store.records import NOISY_ADVICE, NOISY_IQR_SHARE, Timing
 from genbench.store.runs import ModelResult
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any colour vision.
@@ -320,15 +320,15 @@ class _Speed:
     noisy: bool
 
 
-def _speed_point(name: str, batch: Any, ips: Any, median_s: Any, iqr_s: Any) -> _Speed | None:
-    b, v = fmt.number(batch), fmt.number(ips)
+def _speed_point(name: str, t: Timing) -> _Speed | None:
+    b, v = fmt.number(t.batch_size), fmt.number(t.images_per_s)
     if b is None or v is None:
         return None
-    median, iqr = fmt.number(median_s), fmt.number(iqr_s)
+    median, iqr = fmt.number(t.median_s), fmt.number(t.iqr_s)
     spread = None
     if median and iqr and iqr < 2 * median:  # images/s at median -+ IQR/2 of the time
         spread = (v * median / (median + iqr / 2), v * median / (median - iqr / 2))
-    return _Speed(name, b, v, spread, is_noisy(median_s, iqr_s))
+    return _Speed(name, b, v, spread, t.noisy())
 
 
 def throughput(report: Report) -> Plot | Missing:
@@ -339,12 +339,11 @@ def throughput(report: Report) -> Plot | Missing:
         for r in s.run.results:
             device = speed_setting(s.run.environment, r)["device"]
             name = f"{r.model} ({', '.join(speed_options(r))}; {device})"
-            points.append(_speed_point(name, r.batch_size, r.images_per_s, r.median_s, r.iqr_s))
+            points.append(_speed_point(name, r))
     for m, label in zip(report.inputs.models, report.labels, strict=True):
         if m.timing is not None:
             name = f"{label} (bench run; {timing_setting(m)['device']})"
-            t = m.timing
-            points.append(_speed_point(name, t.batch_size, t.images_per_s, t.median_s, t.iqr_s))
+            points.append(_speed_point(name, m.timing))
     kept = [p for p in points if p is not None]
     batches = sorted({p.batch for p in kept})
     if len(batches) == 1:
@@ -377,7 +376,7 @@ def throughput(report: Report) -> Plot | Missing:
                 facecolors="none",
                 edgecolors="#c00000",
                 linewidths=1.5,
-                label=f"{NOISY_ADVICE} (IQR > {100 * NOISY_IQR_SHARE:.0f}% of median)",
+                label=f"{NOISY_ADVICE} (IQR > {100 * NOISY_IQR_SHARE:.0f}% of median, or load)",
                 zorder=5,
             )
         ax.set_xscale("log", base=2)
@@ -440,8 +439,8 @@ def _throughput_bars(points: list[_Speed], batch: float) -> Plot:
     caption = (
         f"Median throughput after warm-up, every timing at batch size {batch:g}; the whiskers "
         "span the repeats' interquartile range, and hatched red bars spread more than "
-        f"{100 * NOISY_IQR_SHARE:.0f}% of their median ({NOISY_ADVICE}). Compare bars of the "
-        "same device only."
+        f"{100 * NOISY_IQR_SHARE:.0f}% of their median or ran on a machine loaded beyond "
+        f"their threads ({NOISY_ADVICE}). Compare bars of the same device only."
     )
     height = max(2.5, 1.2 + 0.45 * len(points))
     return Plot("throughput", title, caption, _render(draw, (6.4, height)), draw=draw,

@@ -27,7 +27,6 @@ from genbench.store.records import (
     MetricValue,
     SampleInfo,
     Timing,
-    is_noisy,
 )
 from genbench.store.runs import ModelResult, RunResult
 
@@ -101,7 +100,7 @@ def throughput_text(timing: Timing | None) -> str:
     spread = _iqr_percent(timing)
     if text != fmt.MISSING and spread is not None:
         text = f"{text} (IQR {spread:.1f}%)" if spread < 10 else f"{text} (IQR {spread:.0f}%)"
-        if is_noisy(timing.median_s, timing.iqr_s):
+        if timing.noisy():
             text = text[:-1] + ", noisy)"
     return text + processes_text(timing)
 
@@ -340,12 +339,13 @@ def timing_notes(models: list[ModelResult], timings: Groups) -> list[str]:
         f"after {'/'.join(map(str, warmups))} untimed warm-up call(s); IQR is the "
         "interquartile range of those calls relative to the median."
     )
-    noisy = sum(is_noisy(t.median_s, t.iqr_s) for t in timed)
+    noisy = sum(t.noisy() for t in timed)
     if noisy:
         how += (
             f" {noisy} of {len(timed)} timings spread more than "
-            f"{100 * NOISY_IQR_SHARE:.0f}% of their median and are marked noisy ("
-            f"{NOISY_ADVICE}): another process or a throttled CPU interfered."
+            f"{100 * NOISY_IQR_SHARE:.0f}% of their median or ran on a machine loaded beyond "
+            f"their threads, and are marked noisy ({NOISY_ADVICE}): another process or a "
+            "throttled CPU interfered."
         )
     if any(t.processes and t.processes > 1 for t in timed):
         how += (

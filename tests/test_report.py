@@ -677,12 +677,20 @@ def test_noisy_timings_are_flagged_in_the_table_the_notes_and_the_speed_output(t
     loud["timing"] = timing(400.0, iqr_fraction=0.25)
     edge = model_files("edm", 30.0, generator="edm")
     edge["timing"] = timing(500.0, iqr_fraction=0.10)  # exactly 10%: not above it
-    text = emit_report([write_run(tmp_path, "run-a-0001", [quiet, loud, edge])])
+    loaded = model_files("vdpm", 40.0, generator="vdpm")  # tight, but on a busy machine
+    loaded["timing"] = {**timing(300.0), "load_average": 5.2, "threads": 2}
+    calm = model_files("ddgan", 50.0, generator="ddgan")  # its own 2 threads: load 2, fine
+    calm["timing"] = {**timing(200.0), "load_average": 1.9, "threads": 2}
+    text = emit_report([write_run(tmp_path, "run-a-0001", [quiet, loud, edge, loaded, calm])])
     rows = {r[0]: r for r in table_rows(text)}
     i = header(text).index("images/s ↑")
     assert rows["ddpm"][i] == "400 (IQR 25%, noisy)"
     assert rows["dcgan"][i] == "24,900 (IQR 2.0%)" and rows["edm"][i] == "500 (IQR 10%)"
-    assert "1 of 3 timings spread more than 10% of their median and are marked noisy" in text
+    assert rows["vdpm"][i] == "300 (IQR 2.0%, noisy)" and rows["ddgan"][i] == "200 (IQR 2.0%)"
+    assert (
+        "2 of 5 timings spread more than 10% of their median or ran on a machine loaded "
+        "beyond their threads, and are marked noisy"
+    ) in text
 
     ours = SpeedResult.model_validate(speed_record(16, 4000.0))
     stock = SpeedResult.model_validate(
@@ -691,7 +699,8 @@ def test_noisy_timings_are_flagged_in_the_table_the_notes_and_the_speed_output(t
     )  # fmt: skip
     table = format_table([ours, stock])
     assert table.splitlines()[-1] == (
-        "noisy: rerun on a quiet machine (1 of 2 results spread more than 10% of their median)"
+        "noisy: rerun on a quiet machine (1 of 2 results spread more than 10% of their median "
+        "or ran on a machine loaded beyond their threads)"
     )
     assert sum(" noisy" in line for line in table.splitlines()[2:-1]) == 1
     (ratio,) = speedups([ours, stock])

@@ -98,6 +98,8 @@ def test_bench_speed_reports_every_field(cli, tiny_spec, tmp_path):
         assert 0 <= r["iqr_s"] <= max(r["raw_s"]) - min(r["raw_s"])
         assert r["peak_memory_bytes"] > 0 and r["peak_memory_kind"] == "process_max_rss"
         assert 0 < r["noise_share"] < 1 and r["noise_s"] > 0
+        # The load it ran under (a load above its threads would mark it noisy).
+        assert r["threads"] == torch.get_num_threads() and r["load_average"] >= 0
         # How close to the machine: FLOPs of an image, reached GFLOP/s, the fp32 peak.
         assert r["flops_per_image"] > 0 and r["peak_gflops_per_s"] > 0
         assert r["gflops_per_s"] == pytest.approx(r["flops_per_image"] * r["images_per_s"] / 1e9)

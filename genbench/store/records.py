@@ -251,9 +251,17 @@ NOISY_IQR_SHARE = 0.10
 NOISY_ADVICE = "noisy: rerun on a quiet machine"
 
 
-def is_noisy(median_s: float | None, iqr_s: float | None) -> bool:
-    """Whether repeats with this median and IQR spread too much to be trusted (more than
-    ``NOISY_IQR_SHARE`` of the median): another process or a throttled CPU interfered."""
+def is_noisy(
+    median_s: float | None,
+    iqr_s: float | None,
+    load_average: float | None = None,
+    threads: int | None = None,
+) -> bool:
+    """Whether a timing cannot be trusted: its repeats spread more than ``NOISY_IQR_SHARE``
+    of their median, or the machine's load average at the end of the timed calls exceeded
+    the threads the timing used (other processes competed for the cores)."""
+    if load_average is not None and threads and load_average > threads:
+        return True
     if median_s is None or iqr_s is None or not median_s > 0:
         return False
     return iqr_s > NOISY_IQR_SHARE * median_s
@@ -293,6 +301,14 @@ class Timing(Record):
     single_process_images_per_s: float | None = None
     scaling_efficiency: float | None = None
     """aggregate images/s / (processes x one process's images/s)."""
+    load_average: float | None = None
+    """The machine's 1-minute load average when the timed calls ended."""
+    threads: int | None = None
+    """torch's intra-op threads during the timed calls."""
+
+    def noisy(self) -> bool:
+        """``is_noisy`` of this timing (spread or load)."""
+        return is_noisy(self.median_s, self.iqr_s, self.load_average, self.threads)
 
     def fast_paths(self) -> FastPathsRecord:
         return FastPathsRecord(
