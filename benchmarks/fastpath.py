@@ -22,14 +22,19 @@ the ``gpu`` marker).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import platform
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from genbench.core.cache import cache_root
 from genbench.core.errors import GenbenchError
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
@@ -179,6 +184,43 @@ class _GraphedForward:
         )
 
 
+INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
+_OURS: list[str] = []
+"""The inductor cache directories genbench itself set (not the user's choice)."""
+
+
+def _users_inductor_cache() -> str | None:
+    """``$TORCHINDUCTOR_CACHE_DIR`` when the user chose it: not torch's default (which
+    torch, and imports such as diffusers', write into the variable) and not genbench's."""
+    current = os.environ.get(INDUCTOR_ENV)
+    if not current or current in _OURS:
+        return None
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        if os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+            return None
+    except ImportError:  # another torch layout: trust the variable
+        pass
+    return current
+
+
+def inductor_cache_dir() -> Path:
+    """Where ``torch.compile``'s on-disk caches go: the user's ``$TORCHINDUCTOR_CACHE_DIR``,
+    else ``<genbench cache>/inductor/<torch version>-<machine>`` (set for this process), so
+    that a second run on the same machine finds the kernels the first one compiled and a
+    cleaned ``/tmp`` or another torch build never serves stale ones."""
+    users = _users_inductor_cache()
+    if users:
+        return Path(users)
+    machine = f"{platform.machine()}-{platform.processor() or 'cpu'}-{os.cpu_count()}"
+    digest = hashlib.sha256(machine.encode()).hexdigest()[:12]
+    path = cache_root() / "inductor" / f"torch{torch.__version__}-{digest}"
+    os.environ[INDUCTOR_ENV] = str(path)
+    _OURS.append(str(path))
+    return path
+
+
 def apply_to_modules(modules: dict[str, nn.Module], fast: FastPaths) -> None:
     """Apply channels-last, compile and CUDA graphs to ``modules`` in place.
 
@@ -193,6 +235,7 @@ def apply_to_modules(modules: dict[str, nn.Module], fast: FastPaths) -> None:
             continue
         forward: Callable[..., Any] = module.forward
         if fast.compile != "none":
+            inductor_cache_dir()
             mode = None if fast.compile == "default" else fast.compile
             forward = torch.compile(forward, mode=mode)
         if fast.cuda_graphs:

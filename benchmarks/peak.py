@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from genbench.benchmarks.plan import ResolvedModel
 from genbench.benchmarks.sampling import labels_for
 from genbench.core import io
-from genbench.eval.reference import cache_root
+from genbench.core.cache import cache_root
 from genbench.generators import Generator
 
 MAX_COUNTED_NFE = 64

@@ -58,6 +58,8 @@ def format_table(records: list[SpeedResult]) -> str:
         name = r.model + (f" [{r.generator}]" if r.baseline else "")
         noise = "–" if r.noise_share is None else f"{100 * r.noise_share:.1f}%"
         first = "–" if r.time_to_first_image_s is None else f"{r.time_to_first_image_s:.3g}"
+        if r.compile_cache and first != "–":
+            first += f" ({r.compile_cache})"
         rows.append(
             (
                 name,

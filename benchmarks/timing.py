@@ -59,6 +59,7 @@ class TimingResult:
     fast: FastPaths = field(default_factory=FastPaths)
     load_average: float | None = None
     threads: int | None = None
+    compile_cache: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready dict; the fast paths appear as top-level fields."""
@@ -101,6 +102,14 @@ def _peak_memory(device: torch.device) -> tuple[int | None, str]:
     return (rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
 
 
+def _fx_cache_counts() -> tuple[int, int]:
+    """(hits, misses) of inductor's FX graph cache so far in this process."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return inductor["fxgraph_cache_hit"], inductor["fxgraph_cache_miss"]
+
+
 class SamplingTimer:
     """Times one sampling callable in phases: ``start`` (cold call and warm-ups), any number
     of ``repeat`` rounds (``bench compare`` interleaves them between revisions), then
@@ -123,6 +132,7 @@ class SamplingTimer:
         self.warmup_s: list[float] = []
         self.raw_s: list[float] = []
         self.load_average: float | None = None
+        self.compile_cache: str | None = None
         self.first_s: float | None = None
         self.peak_bytes: int | None = None  # CUDA: this timer's own high-water mark
 
@@ -139,8 +149,19 @@ class SamplingTimer:
         return seconds
 
     def start(self, warmup: int) -> None:
-        """Run ``warmup`` untimed calls; the first is the cold start (time to first image)."""
-        self.warmup_s = [self._call() for _ in range(warmup)]
+        """Run ``warmup`` untimed calls; the first is the cold start (time to first image).
+        With ``compile``, whether that call found its kernels compiled already (in inductor's
+        on-disk cache, or earlier in this process) is recorded (``compile_cache``: "warm",
+        "cold" or "partly warm")."""
+        before = _fx_cache_counts()
+        self.warmup_s = [self._call() for _ in range(min(warmup, 1))]
+        if self.warmup_s and self.fast.compile != "none":
+            (hits_now, misses_now), (hits_was, misses_was) = _fx_cache_counts(), before
+            hits, misses = hits_now - hits_was, misses_now - misses_was
+            # Neither: this process had compiled the same graphs already (warm in memory).
+            warm = "warm" if not misses else "partly warm"
+            self.compile_cache = warm if hits or not misses else "cold"
+        self.warmup_s += [self._call() for _ in range(warmup - len(self.warmup_s))]
         if self.warmup_s:
             self.first_s = self.warmup_s[0]
 
@@ -204,6 +225,7 @@ class SamplingTimer:
             fast=self.fast,
             load_average=self.load_average,
             threads=torch.get_num_threads(),
+            compile_cache=self.compile_cache,
         )
 
     def run(self, *, repeats: int, warmup: int) -> TimingResult:

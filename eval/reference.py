@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from genbench.core import io
+from genbench.core.cache import CACHE_ENV, cache_root  # noqa: F401  (re-exported)
 from genbench.core.errors import GenbenchError, NonFinite
 from genbench.core.progress import counting
 from genbench.data.datasets import DATASETS
@@ -45,17 +45,8 @@ from genbench.eval.extractors import FeatureExtractor
 from genbench.eval.metrics import ReferenceInputs
 from genbench.eval.stats import FeatureStats, FeatureStore, save_npz, stats_sha256
 
-CACHE_ENV = "BENCH_CACHE_DIR"
-"""Environment variable naming genbench's cache directory (statistics go in its ``stats/``)."""
-
 CACHE_FORMAT = 1
 """Version of the cache entry layout; part of every key, so a new layout never reads an old one."""
-
-
-def cache_root() -> Path:
-    """``$BENCH_CACHE_DIR``, else ``~/.cache/genbench``."""
-    env = os.environ.get(CACHE_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "genbench"
 
 
 def stats_cache_dir() -> Path:

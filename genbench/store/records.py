@@ -305,6 +305,9 @@ class Timing(Record):
     """The machine's 1-minute load average when the timed calls ended."""
     threads: int | None = None
     """torch's intra-op threads during the timed calls."""
+    compile_cache: str | None = None
+    """With ``compile``: whether the first call found its kernels in inductor's on-disk
+    cache ("warm"), compiled them ("cold") or both ("partly warm")."""
 
     def noisy(self) -> bool:
         """``is_noisy`` of this timing (spread or load)."""
