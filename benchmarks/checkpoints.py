@@ -266,6 +266,9 @@ def checkpoint_provenance(model: ResolvedModel) -> dict[str, str]:
         path = next((p for p in inside if p.is_file()), None)
         if path is None:
             return {}
-    sha256 = io.file_sha256(path)
+    try:
+        sha256 = io.file_sha256(path)
+    except OSError:  # moved or unreadable since it loaded: the results are not lost for it
+        return {}
     known = identify(sha256)
     return {"checkpoint_sha256": sha256} | ({"checkpoint_id": known} if known else {})

@@ -1,15 +1,17 @@
 """How close a sampling loop comes to the machine: the compute peak, measured, and the FLOPs
 of one generated image, counted.
 
-The peak of a dtype (float32, bfloat16, and float16 on CUDA) is the faster of two
+The peak of a dtype (float32, bfloat16, and TF32 and float16 on CUDA) is the faster of two
 microbenchmarks on the device the speed run uses, each the median of timed repeats after
 warm-up: a square matrix product (n = 1024 on CPU, 8192 on CUDA; 2 n^3 FLOPs) and a 3x3
 convolution of the shape that dominates the CIFAR-10 UNet (256 channels in and out at
 16 x 16, batch 8 on CPU, 128 on CUDA; 2 N H W C_out C_in 9 FLOPs). A dtype the hardware
 only emulates (bf16 on a CPU without bf16 instructions) is timed at a smaller size (n = 256,
-batch 1 on CPU), so that measuring it takes a second, not a minute. It is measured once per
+batch 1 on CPU), so that measuring it takes a second, not a minute: each microbenchmark
+takes the largest of its sizes whose one call, projected from the small size's speed, takes
+at most ``BUDGET_S``; the size used is recorded beside its rate. It is measured once per
 machine (``speed.machine_id``: hardware, libraries, thread count) and cached in
-``<genbench cache>/peak/<machine>.json``.
+``<genbench cache>/peak/<machine>-<device type>.json``.
 
 A case's FLOPs per image are counted by ``torch.utils.flop_counter`` over one eager call of
 the generator's sampler for one image (every network evaluation: matrix products,
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genbench.benchmarks.fastpath import precision_context
 from genbench.benchmarks.plan import ResolvedModel
 from genbench.benchmarks.sampling import labels_for
 from genbench.core import io
@@ -41,7 +44,12 @@ MAX_COUNTED_NFE = 64
 REPEATS = 7
 BUDGET_S = 0.05
 """The longest one timed call of a microbenchmark may take (see ``_sized``)."""
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 """A result's ``precision`` -> the dtype whose peak it is compared with."""
 
 
@@ -72,7 +80,7 @@ class Problem:
     build: Callable[[int], Callable[[], Any]]
 
 
-def _sized(problem: Problem, sizes: tuple[int, ...], device: torch.device) -> float:
+def _sized(problem: Problem, sizes: tuple[int, ...], device: torch.device) -> tuple[float, int]:
     """GFLOP/s of the largest of ``sizes`` whose one call, projected from the smallest
     one's speed, takes at most ``BUDGET_S``: a dtype the hardware only emulates (bf16 on a
     CPU without bf16 instructions runs 10-100x slower) is timed at the small size."""
@@ -85,13 +93,13 @@ def _sized(problem: Problem, sizes: tuple[int, ...], device: torch.device) -> fl
     small_rate = problem.flops(sizes[0]) / max(time.perf_counter() - start, 1e-9)
     fitting = [size for size in sizes if problem.flops(size) / small_rate <= BUDGET_S]
     chosen = max(fitting, default=sizes[0])
-    return _rate(problem.build(chosen), problem.flops(chosen), device)
+    return _rate(problem.build(chosen), problem.flops(chosen), device), chosen
 
 
 @torch.inference_mode()
 def measure_peak(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """``{"matmul": GFLOP/s, "conv": GFLOP/s, "peak": the larger}`` of ``dtype`` on
-    ``device`` (see the module docstring)."""
+    """``{"matmul": GFLOP/s, "conv": GFLOP/s, "peak": the larger, and the sizes used}`` of
+    ``dtype`` on ``device`` (see the module docstring)."""
     cuda = device.type == "cuda"
     channels, side = 256, 16
 
@@ -108,17 +116,21 @@ def measure_peak(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
             w = w.contiguous(memory_format=torch.channels_last)
         return lambda: F.conv2d(x, w, padding=1)
 
-    rates = {
-        "matmul": _sized(
-            Problem(lambda n: 2.0 * n**3, matmul), (2048, 8192) if cuda else (256, 1024), device
-        ),
-        "conv": _sized(
-            Problem(lambda b: 2.0 * b * side * side * channels * channels * 9, conv),
-            (8, 128) if cuda else (1, 8),
-            device,
-        ),
+    matmul_rate, n = _sized(
+        Problem(lambda n: 2.0 * n**3, matmul), (2048, 8192) if cuda else (256, 1024), device
+    )
+    conv_rate, batch = _sized(
+        Problem(lambda b: 2.0 * b * side * side * channels * channels * 9, conv),
+        (8, 128) if cuda else (1, 8),
+        device,
+    )
+    return {
+        "matmul": matmul_rate,
+        "matmul_n": n,
+        "conv": conv_rate,
+        "conv_batch": batch,
+        "peak": max(matmul_rate, conv_rate),
     }
-    return {**rates, "peak": max(rates.values())}
 
 
 def machine_peak(device: torch.device, machine: str) -> dict[str, Any]:
@@ -132,8 +144,15 @@ def machine_peak(device: torch.device, machine: str) -> dict[str, Any]:
             return cached
     except (OSError, ValueError):
         pass
-    names = ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
-    peaks: dict[str, Any] = {name: measure_peak(device, DTYPES[name]) for name in names}
+    names = ["fp32", "tf32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+    peaks: dict[str, Any] = {}
+    for name in names:
+        # fp32 with TF32 off (cuDNN allows it by default), tf32 with it on, as the fast
+        # paths run them; the bf16 / fp16 tensors are made in their dtype.
+        with precision_context("fp32" if name in ("bf16", "fp16") else name, device):
+            peaks[name] = measure_peak(device, DTYPES[name])
+    if device.type != "cuda":
+        peaks["tf32"] = peaks["fp32"]  # TF32 is fp32 itself on a CPU
     # Measured under load, the peak is too low for good: say how loaded the machine was.
     peaks["measured"] = {
         "threads": torch.get_num_threads(),
@@ -154,8 +173,16 @@ def flops_per_image(gen: Generator, model: ResolvedModel) -> float | None:
     nfe = gen.nfe(model.settings)
     if nfe is None or nfe > MAX_COUNTED_NFE:
         return None
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     seeds = [0]
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    # The math backend: attention as matrix products the counter sees on every device (it
+    # has no formula for the CPU's fused attention kernel and would count it as zero).
+    with (
+        torch.inference_mode(),
+        sdpa_kernel(SDPBackend.MATH),
+        FlopCounterMode(display=False) as counter,
+    ):
         gen.sample(seeds, labels_for(gen, seeds), model.settings)
     return float(counter.get_total_flops())
 

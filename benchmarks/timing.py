@@ -103,11 +103,21 @@ def _peak_memory(device: torch.device) -> tuple[int | None, str]:
 
 
 def _fx_cache_counts() -> tuple[int, int]:
-    """(hits, misses) of inductor's FX graph cache so far in this process."""
+    """(hits, misses) of inductor's FX graph cache so far in this process; a bypass (a
+    graph the cache cannot hold) is compiled, so it counts as a miss."""
     from torch._dynamo.utils import counters
 
     inductor = counters["inductor"]
-    return inductor["fxgraph_cache_hit"], inductor["fxgraph_cache_miss"]
+    misses = inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_bypass"]
+    return inductor["fxgraph_cache_hit"], misses
+
+
+def _fx_cache_enabled() -> bool:
+    try:
+        from torch._inductor import config
+    except ImportError:
+        return False
+    return bool(getattr(config, "fx_graph_cache", False))
 
 
 class SamplingTimer:
@@ -156,11 +166,12 @@ class SamplingTimer:
         before = _fx_cache_counts()
         self.warmup_s = [self._call() for _ in range(min(warmup, 1))]
         if self.warmup_s and self.fast.compile != "none":
-            (hits_now, misses_now), (hits_was, misses_was) = _fx_cache_counts(), before
-            hits, misses = hits_now - hits_was, misses_now - misses_was
-            # Neither: this process had compiled the same graphs already (warm in memory).
-            warm = "warm" if not misses else "partly warm"
-            self.compile_cache = warm if hits or not misses else "cold"
+            hits, misses = (now - was for now, was in zip(_fx_cache_counts(), before, strict=True))
+            if hits or misses:
+                warm = "warm" if not misses else "partly warm"
+                self.compile_cache = warm if hits else "cold"
+            elif _fx_cache_enabled():  # no lookup: compiled earlier in this process
+                self.compile_cache = "warm"
         self.warmup_s += [self._call() for _ in range(warmup - len(self.warmup_s))]
         if self.warmup_s:
             self.first_s = self.warmup_s[0]
@@ -287,8 +298,11 @@ def measure_speed(gen: Generator, model: ResolvedModel, timing: TimingSection) -
     collectives.barrier()  # start the timed calls together
     joint.repeat(timing.repeats)
     result = joint.result(noise=False)
-    if timer.first_s is not None:
+    if timer.first_s is not None:  # rank 0's cold start, and whether its kernels were cached
         result.time_to_first_image_s = timer.first_s
+        result.compile_cache = timer.compile_cache
+    # Every process of this machine ran at once: the load they may make is all their threads.
+    result.threads = (result.threads or 1) * distributed.current().local_world_size
     rates = collectives.gather(result.images_per_s)
     alone = collectives.broadcast(alone)
     return scaling(result.to_record(steps), rates, alone)

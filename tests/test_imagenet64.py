@@ -72,9 +72,10 @@ def test_stored_arrays_are_memory_mapped_and_compressed_ones_unpacked_once(tmp_p
     packed = tmp_path / "packed.npz"
     np.savez_compressed(packed, data=np.asarray(array))
     unpacked = npz_array(packed, "data", tmp_path / "cache")
-    assert (
-        isinstance(unpacked, np.memmap) and (tmp_path / "cache" / "packed.npz.data.npy").is_file()
-    )
+    assert isinstance(unpacked, np.memmap)
+    assert len(list((tmp_path / "cache").glob("*-packed.npz.data.npy"))) == 1
+    again = npz_array(packed, "data", tmp_path / "cache")  # unpacked once, mapped again
+    assert len(list((tmp_path / "cache").iterdir())) == 1 and isinstance(again, np.memmap)
     np.testing.assert_array_equal(unpacked, array)
 
 
@@ -94,6 +95,13 @@ def test_missing_and_malformed_files_are_one_line_errors(tmp_path):
     np.savez(folder / "val_data.npz", data=np.zeros((2, 3072), np.uint8), labels=[1, 2])
     with pytest.raises(DatasetError, match=r"not uint8 \(N, 12288\)"):
         dataset.load("test", tmp_path)
+    np.savez_compressed(folder / "val_data.npz", data=np.zeros((2, 12288), np.uint8), labels=[1, 2])
+    raw = bytearray((folder / "val_data.npz").read_bytes())
+    raw[200:260] = bytes(60)  # inside the compressed pixels: zlib fails when unpacking
+    (folder / "val_data.npz").write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match="cannot read ImageNet 64x64") as exc:
+        dataset.load("test", tmp_path)
+    assert "\n" not in str(exc.value)
     (folder / "val_data.npz").write_bytes(b"not a zip")
     with pytest.raises(DatasetError, match="cannot read ImageNet 64x64") as exc:
         dataset.load("test", tmp_path)

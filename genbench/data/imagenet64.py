@@ -11,14 +11,17 @@ is ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz`` (1,281,167 images),
 
 The training set is 15.7 GB of pixels: an array stored uncompressed in its ``.npz`` (as
 ``np.savez`` writes it) is memory-mapped where it lies; a compressed one is unpacked once into
-``<data root>/imagenet64/.genbench-cache/`` and memory-mapped from there. ImageNet needs a
+``<genbench cache>/imagenet64/`` (a shared, read-only data root stays untouched) and
+memory-mapped from there. ImageNet needs a
 login to download, so a missing file is an error at once, naming where to get it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from genbench.core.cache import cache_root
 from genbench.core.errors import DatasetError
 from genbench.core.io import write_with_atomic
 from genbench.data.datasets import (
@@ -62,7 +66,8 @@ def _local_header_size(raw: Any, offset: int) -> int:
 
 def npz_array(path: Path, key: str, cache: Path | None = None) -> np.ndarray:
     """Array ``key`` of the ``.npz`` at ``path``, read-only: memory-mapped inside the file
-    when stored uncompressed, else unpacked once to ``cache/<file>.<key>.npy`` and mapped
+    when stored uncompressed, else unpacked once to ``cache/<stamp>-<file>.<key>.npy`` (the
+    stamp: the file's path, size and time) and mapped
     from there (read into memory when ``cache`` is None)."""
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(f"{key}.npy")
@@ -81,7 +86,9 @@ def npz_array(path: Path, key: str, cache: Path | None = None) -> np.ndarray:
         if cache is None:
             with archive.open(info) as member:
                 return np.lib.format.read_array(member)
-    unpacked = cache / f"{path.name}.{key}.npy"
+    stat = path.stat()  # one unpacked copy per file version: the same name may recur
+    stamp = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    unpacked = cache / f"{stamp.hexdigest()[:16]}-{path.name}.{key}.npy"
     if not unpacked.is_file():
         cache.mkdir(parents=True, exist_ok=True)
 
@@ -181,10 +188,15 @@ class ImageNet64(ImageDataset):
         root = resolve_data_root(root)
         files = find_files(root, split)
         try:
-            return NpzBatches(files, root / FOLDER / ".genbench-cache")
+            return NpzBatches(files, cache_root() / "imagenet64")
         except DatasetError:
             raise
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        except PermissionError as exc:
+            raise DatasetError(
+                f"imagenet64: cannot unpack a compressed batch ({exc}); point "
+                "$BENCH_CACHE_DIR at a writable folder"
+            ) from None
+        except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
             raise DatasetError(
                 f"cannot read ImageNet 64x64 under {root / FOLDER} ({type(exc).__name__}: "
                 f"{exc}): re-download the {split} files"
