@@ -204,13 +204,6 @@ def case_timer(
     return speed_timer(gen, case.model, case_timing(plan, case, settings)), gen
 
 
-def case_flops(plan: RunPlan, case: SpeedCase, device: torch.device) -> float | None:
-    """FLOPs per image of ``case``, counted on an eager copy of its generator
-    (``peak.flops_per_image``)."""
-    gen = build_untrained(case.model, plan.benchmark.seed, device)
-    return flops_per_image(gen, case.model)
-
-
 def run_speed(
     plan: RunPlan,
     settings: SpeedSettings,
@@ -246,11 +239,12 @@ def run_speed(
             on_record(record)
 
     for case in cases:
-        flops = case_flops(plan, case, device)
         measured = None
         if baseline is not None:
             measured = baseline_timer(baseline, plan, case.model, case.batch_size, device)
-        timer, gen = case_timer(plan, case, settings, device)
+        gen = build_untrained(case.model, plan.benchmark.seed, device)
+        flops = flops_per_image(gen, case.model)  # eager: before the fast paths change gen
+        timer = speed_timer(gen, case.model, case_timing(plan, case, settings))
         timers = [timer] if measured is None else [measured[0], timer]
         for t in timers:
             t.start(settings.warmup or 0)

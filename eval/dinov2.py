@@ -19,7 +19,6 @@ when the weights load.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench.core.download import check_host_resolves, one_line, socket_timeout
+from genbench.core.download import (
+    check_host_resolves,
+    local_or_download,
+    one_line,
+    socket_timeout,
+)
 from genbench.core.errors import GenbenchError
 
 FILE_NAME = "dinov2_vitl14_pretrain.pth"
@@ -66,31 +70,16 @@ class DinoWeights:
     def resolve(self, weights: Path | None) -> Path:
         """``weights``, else ``$BENCH_DINOV2_WEIGHTS``, else the torch hub cache, else a
         download into it; ``GenbenchError`` (one line) when none is there."""
-        if weights is not None:
-            path = Path(weights).expanduser()
-            if not path.is_file():
-                raise GenbenchError(f"DINOv2 weights not found at {path}: {self.hint}")
-            return path
-        env = os.environ.get(WEIGHTS_ENV, "").strip()
-        if env:
-            path = Path(env).expanduser()
-            if not path.is_file():
-                raise GenbenchError(f"{WEIGHTS_ENV}={env} is not a file: {self.hint}")
-            return path
-        cached = self.hub_path()
-        if not cached.is_file():
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                print(f'Downloading "{self.url}" to {cached}', file=sys.stderr)
-                with socket_timeout(self.timeout_s):
-                    check_host_resolves(self.url, self.timeout_s)
-                    torch.hub.download_url_to_file(self.url, str(cached))
-            except Exception as exc:
-                raise GenbenchError(
-                    f"DINOv2 weights not found (looked in {cached}) and download failed "
-                    f"({one_line(exc)}): {self.hint}"
-                ) from exc
-        return cached
+        return local_or_download(
+            weights, WEIGHTS_ENV, self.hub_path(), self._download, "DINOv2 weights", self.hint
+        )
+
+    def _download(self, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        print(f'Downloading "{self.url}" to {dst}', file=sys.stderr)
+        with socket_timeout(self.timeout_s):
+            check_host_resolves(self.url, self.timeout_s)
+            torch.hub.download_url_to_file(self.url, str(dst))
 
     def check(self, path: Path, sha256: str) -> None:
         """Nothing to check against (no published hash); the sha256 is recorded."""

@@ -19,7 +19,6 @@ takes over a second, and listing or validating extractor names must stay fast.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench.core.download import check_host_resolves, one_line, socket_timeout
+from genbench.core.download import (
+    check_host_resolves,
+    local_or_download,
+    one_line,
+    socket_timeout,
+)
 from genbench.core.errors import GenbenchError
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -85,27 +89,9 @@ class InceptionWeights:
         """The weights file to use: ``weights``, else ``$BENCH_INCEPTION_WEIGHTS``, else the
         torch hub cache, else a fresh download into it. Raises ``GenbenchError`` (one line)
         when the named file is missing or the download fails."""
-        if weights is not None:
-            path = Path(weights).expanduser()
-            if not path.is_file():
-                raise GenbenchError(f"Inception weights not found at {path}: {self.hint}")
-            return path
-        env = os.environ.get(WEIGHTS_ENV, "").strip()
-        if env:
-            path = Path(env).expanduser()
-            if not path.is_file():
-                raise GenbenchError(f"{WEIGHTS_ENV}={env} is not a file: {self.hint}")
-            return path
-        cached = self.hub_path()
-        if not cached.is_file():
-            try:
-                self._download(cached)
-            except Exception as exc:
-                raise GenbenchError(
-                    f"Inception weights not found (looked in {cached}) and download failed "
-                    f"({one_line(exc)}): {self.hint}"
-                ) from exc
-        return cached
+        return local_or_download(
+            weights, WEIGHTS_ENV, self.hub_path(), self._download, "Inception weights", self.hint
+        )
 
     def check(self, path: Path, sha256: str) -> None:
         """Raise ``GenbenchError`` when a file named like the hub's (any file from the cache

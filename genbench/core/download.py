@@ -7,13 +7,15 @@ bounded separately. Failures become one-line reasons for the user-facing error.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
@@ -60,3 +62,38 @@ def check_host_resolves(url: str, timeout_s: float) -> None:
     worker.join(timeout_s)
     if worker.is_alive():
         raise TimeoutError(f"looking up {host} took more than {timeout_s:g} s")
+
+
+def local_or_download(
+    weights: str | os.PathLike[str] | None,
+    env_var: str,
+    cached: Path,
+    download: Callable[[Path], None],
+    what: str,
+    hint: str,
+) -> Path:
+    """A weights file, looked for in order: ``weights`` (an explicit path), ``$env_var``, the
+    ``cached`` copy, else ``download(cached)``. Any miss is a one-line ``GenbenchError``
+    naming ``what`` and ending in ``hint`` (how to fix it)."""
+    from genbench.core.errors import GenbenchError
+
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise GenbenchError(f"{what} not found at {path}: {hint}")
+        return path
+    env = os.environ.get(env_var, "").strip()
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise GenbenchError(f"{env_var}={env} is not a file: {hint}")
+        return path
+    if not cached.is_file():
+        try:
+            download(cached)
+        except Exception as exc:
+            raise GenbenchError(
+                f"{what} not found (looked in {cached}) and download failed "
+                f"({one_line(exc)}): {hint}"
+            ) from exc
+    return cached
