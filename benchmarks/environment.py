@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -62,6 +64,14 @@ def fingerprint(device: torch.device, world_size: int = 1) -> Environment:
             }
         )
     return info.model_copy(update={"device_name": info.cpu})
+
+
+def machine_id(env: Environment) -> str:
+    """A short hash of everything in the fingerprint but the code version: same machine,
+    same libraries, same device and thread count give the same id."""
+    hardware = {k: v for k, v in env.fingerprint().items() if k != "git_commit"}
+    blob = json.dumps(hardware, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _cpu_name() -> str:

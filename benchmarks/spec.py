@@ -291,6 +291,32 @@ class TimingSection(StrictModel):
         "none", description="torch.compile mode of the sampling networks"
     )
     cuda_graphs: bool = Field(False, description="replay the network step from CUDA graphs")
+    fast: bool = Field(
+        False,
+        description="pick the fastest fast paths within tolerance, once per machine (cached); "
+        "the four fields above must stay at their defaults",
+    )
+
+    @model_validator(mode="after")
+    def _fast_alone(self) -> TimingSection:
+        if self.fast:
+            set_ = [
+                name for name, default in _PLAIN_PATHS.items() if getattr(self, name) != default
+            ]
+            if set_:
+                raise ValueError(
+                    f"fast = true chooses {', '.join(set_)} itself; remove "
+                    f"{' and '.join(set_)} or set fast = false"
+                )
+        return self
+
+
+_PLAIN_PATHS = {
+    "precision": "fp32",
+    "channels_last": False,
+    "compile": "none",
+    "cuda_graphs": False,
+}
 
 
 class ModelEntry(StrictModel):

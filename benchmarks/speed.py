@@ -14,8 +14,6 @@ requested fast paths applied. Results:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +23,11 @@ import torch
 
 from genbench.benchmarks.baselines import baseline_timer
 from genbench.benchmarks.build import build_untrained
-from genbench.benchmarks.environment import fingerprint
+from genbench.benchmarks.environment import fingerprint, machine_id
 from genbench.benchmarks.fastpath import FastPaths
 from genbench.benchmarks.peak import against_peak, flops_per_image, machine_peak
 from genbench.benchmarks.plan import ResolvedModel, RunPlan
+from genbench.benchmarks.speed_format import fast_label
 from genbench.benchmarks.timing import SamplingTimer, speed_timer
 from genbench.core.device import resolve_device
 from genbench.core.errors import GenbenchError
@@ -68,6 +67,8 @@ class SpeedSettings:
     fast: FastPaths | None = None  # None: the spec's [timing] fast paths
     repeats: int | None = None  # None: the spec's timing.repeats
     warmup: int | None = None
+    auto: bool = False
+    """``--fast``: choose the fast paths per case (``benchmarks.autofast``)."""
 
 
 # --------------------------------------------------------------------------- options
@@ -97,6 +98,14 @@ def parse_steps(text: str) -> list[int | str]:
 def resolved_settings(plan: RunPlan, settings: SpeedSettings) -> SpeedSettings:
     """Fill the unset fields from the spec's [timing] section and check the repeats."""
     timing = plan.timing
+    fast = settings.fast or FastPaths.from_section(timing)
+    auto = settings.auto or timing.fast
+    if auto and fast != FastPaths():
+        which = "--fast" if settings.auto else "the spec's timing.fast = true"
+        raise GenbenchError(
+            f"{which} chooses the fast paths itself; drop the explicit ones "
+            f"({fast_label(fast)}) or {which}"
+        )
     repeats = settings.repeats if settings.repeats is not None else timing.repeats
     if repeats < MIN_REPEATS:
         raise GenbenchError(
@@ -109,9 +118,10 @@ def resolved_settings(plan: RunPlan, settings: SpeedSettings) -> SpeedSettings:
     return SpeedSettings(
         batch_sizes=settings.batch_sizes or [timing.batch_size],
         steps=settings.steps,
-        fast=settings.fast or FastPaths.from_section(timing),
+        fast=fast,
         repeats=repeats,
         warmup=warmup,
+        auto=auto,
     )
 
 
@@ -152,19 +162,12 @@ def case_timing(plan: RunPlan, case: SpeedCase, settings: SpeedSettings) -> Any:
             "repeats": settings.repeats,
             "warmup": settings.warmup,
             **fast.to_dict(),
+            "fast": settings.auto,
         }
     )
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def machine_id(env: Environment) -> str:
-    """A short hash of everything in the fingerprint but the code version: same machine,
-    same libraries, same device and thread count give the same id."""
-    hardware = {k: v for k, v in env.fingerprint().items() if k != "git_commit"}
-    blob = json.dumps(hardware, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def make_record(

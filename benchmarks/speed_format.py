@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from genbench.store.records import NOISY_ADVICE, NOISY_IQR_SHARE, SpeedResult
 
 
@@ -23,8 +25,9 @@ def _flops(r: SpeedResult) -> str:
     return f"{_num(r.gflops_per_s)}{share}"
 
 
-def fast_label(r: SpeedResult) -> str:
-    """The fast paths of a result, e.g. ``bf16+NHWC+compile=default``."""
+def fast_label(r: Any) -> str:
+    """The fast paths of a result (or a ``FastPaths``), e.g. ``bf16+NHWC+compile=default``;
+    ``(--fast)`` when ``--fast`` chose them."""
     parts = [str(r.precision)]
     if r.channels_last:
         parts.append("NHWC")
@@ -32,7 +35,32 @@ def fast_label(r: SpeedResult) -> str:
         parts.append(f"compile={r.compile}")
     if r.cuda_graphs:
         parts.append("graphs")
-    return "+".join(parts)
+    return "+".join(parts) + (" (--fast)" if getattr(r, "fast_choice", None) else "")
+
+
+def fast_choices(records: list[SpeedResult]) -> list[str]:
+    """One line per result whose fast paths ``--fast`` chose: what, from where, against
+    which candidates."""
+    lines = []
+    for r in records:
+        choice = r.fast_choice
+        if choice is None:
+            continue
+        tried = []
+        for c in choice.candidates:
+            label = fast_label(c)
+            if c.error:
+                tried.append(f"{label} failed")
+            elif not c.within_tolerance:
+                tried.append(f"{label} off by {c.mean_abs_diff:.2g} > {c.tolerance:g}")
+            else:
+                tried.append(f"{label} {c.median_s:.3g} s")
+        source = "from this machine's cache" if choice.cache == "hit" else "chosen now"
+        lines.append(
+            f"--fast: {r.model} batch {r.batch_size}: {fast_label(choice.paths)} ({source}; "
+            f"tried {', '.join(tried)})"
+        )
+    return lines
 
 
 def format_table(records: list[SpeedResult]) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from genbench.benchmarks import distributed
+from genbench.benchmarks import autofast, distributed
 from genbench.benchmarks.fastpath import FastPaths, prepare_sampler
 from genbench.benchmarks.plan import ResolvedModel
 from genbench.benchmarks.sampling import labels_for
@@ -33,7 +33,7 @@ from genbench.core import collectives
 from genbench.core.device import synchronize, time_call
 from genbench.core.noise import noise_clock
 from genbench.generators import Generator, SampleSettings
-from genbench.store.records import Timing
+from genbench.store.records import FastChoice, Timing
 
 
 @dataclass
@@ -60,6 +60,7 @@ class TimingResult:
     load_average: float | None = None
     threads: int | None = None
     compile_cache: str | None = None
+    fast_choice: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready dict; the fast paths appear as top-level fields."""
@@ -133,8 +134,10 @@ class SamplingTimer:
         batch_size: int,
         nfe: int,
         fast: FastPaths | None = None,
+        choice: FastChoice | None = None,
     ) -> None:
         self.fn = fn
+        self.choice = choice
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.nfe = nfe
@@ -237,6 +240,7 @@ class SamplingTimer:
             load_average=self.load_average,
             threads=torch.get_num_threads(),
             compile_cache=self.compile_cache,
+            fast_choice=self.choice.model_dump(mode="json") if self.choice else None,
         )
 
     def run(self, *, repeats: int, warmup: int) -> TimingResult:
@@ -270,8 +274,23 @@ def speed_timer(gen: Generator, model: ResolvedModel, timing: TimingSection) -> 
     section's fast paths applied to ``gen`` (in place). ``bench run`` and ``bench speed``
     share it, so both time the same way."""
     seeds = list(range(timing.batch_size))
+    labels = labels_for(gen, seeds)
     fast = FastPaths.from_section(timing)
-    return sampling_timer(gen, seeds, labels_for(gen, seeds), model.settings, fast)
+    choice = None
+    if timing.fast:
+        choice = autofast.choose(
+            gen,
+            generator=model.generator,
+            config=model.config.model_dump(mode="json"),
+            seeds=seeds,
+            labels=labels,
+            settings=model.settings,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        fast = autofast.paths_of(choice.paths)
+    timer = sampling_timer(gen, seeds, labels, model.settings, fast)
+    timer.choice = choice
+    return timer
 
 
 def measure_speed(gen: Generator, model: ResolvedModel, timing: TimingSection) -> Timing:
@@ -292,7 +311,12 @@ def measure_speed(gen: Generator, model: ResolvedModel, timing: TimingSection) -
         alone = timer.run(repeats=timing.repeats, warmup=timing.warmup).images_per_s
     collectives.barrier()
     joint = SamplingTimer(
-        timer.fn, device=timer.device, batch_size=timer.batch_size, nfe=timer.nfe, fast=timer.fast
+        timer.fn,
+        device=timer.device,
+        batch_size=timer.batch_size,
+        nfe=timer.nfe,
+        fast=timer.fast,
+        choice=timer.choice,
     )
     joint.start(timing.warmup)  # rank 0's cold start is behind it; the others' is here
     collectives.barrier()  # start the timed calls together

@@ -37,6 +37,7 @@ def _settings(
     repeats: int | None,
     warmup: int | None,
     fast: dict[str, Any],
+    auto: bool = False,
 ) -> SpeedSettings:
     """The speed settings of the flags over the spec's [timing], checked for the device."""
     # Imported here: these modules load torch, which `bench --help` must not.
@@ -49,6 +50,9 @@ def _settings(
     )
     from genbench.core.device import resolve_device
 
+    if auto and any(v is not None for v in fast.values()):
+        given = ", ".join(f"--{k.replace('_', '-')}" for k, v in fast.items() if v is not None)
+        raise GenbenchError(f"--fast chooses the fast paths itself; drop {given} or --fast")
     paths = FastPaths.from_section(plan.timing).override(**fast)
     paths.check(resolve_device(plan.benchmark.device))
     return resolved_settings(
@@ -59,6 +63,7 @@ def _settings(
             fast=paths,
             repeats=repeats,
             warmup=warmup,
+            auto=auto,
         ),
     )
 
@@ -83,6 +88,14 @@ def speed_cmd(
         str | None,
         typer.Option(metavar="NAME", help="also time a reference: diffusers (DDPMPipeline)"),
     ] = None,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast",
+            help="choose the fastest fast paths whose images match fp32 eager within "
+            "tolerance, once per machine (cached, recorded)",
+        ),
+    ] = False,
 ) -> None:
     """Time sampling of SPEC's models (untrained weights) per batch size and step setting."""
     # Imported here: `bench --help` and `bench report` must not load torch.
@@ -94,13 +107,19 @@ def speed_cmd(
         run_speed,
         untimed_models,
     )
-    from genbench.benchmarks.speed_format import format_table, speedups
+    from genbench.benchmarks.speed_format import fast_choices, format_table, speedups
 
     check_baseline(baseline)
     plan = api.load_spec(spec, models=split_list(models, "--models", "dcgan"), device=device)
-    fast = {"precision": precision, "channels_last": channels_last, "compile": compile}
+    paths = {"precision": precision, "channels_last": channels_last, "compile": compile}
     settings = _settings(
-        plan, batch_sizes, steps, repeats, warmup, {**fast, "cuda_graphs": cuda_graphs}
+        plan,
+        batch_sizes,
+        steps,
+        repeats,
+        warmup,
+        {**paths, "cuda_graphs": cuda_graphs},
+        auto=fast,
     )
     for name in untimed_models(plan, settings):
         typer.echo(f"speed: {name} has no steps setting; timed once at its own sampler", err=True)
@@ -117,7 +136,7 @@ def speed_cmd(
     )
     typer.echo(f"weights: {WEIGHTS_NOTE}")
     typer.echo(format_table(records))
-    for line in speedups(records):
+    for line in [*fast_choices(records), *speedups(records)]:
         typer.echo(line)
     typer.echo(f"results: {speed_dir / 'speed.json'}")
 

@@ -246,6 +246,36 @@ class FastPathsRecord(Strict):
     cuda_graphs: bool | None = None
 
 
+class FastCandidate(Strict):
+    """One fast-path combination ``--fast`` tried: its images against fp32 eager's on the
+    same seeds and its seconds per call (``benchmarks.autofast``)."""
+
+    precision: str
+    channels_last: bool
+    compile: str
+    cuda_graphs: bool
+    mean_abs_diff: float | None = None
+    tolerance: float
+    within_tolerance: bool
+    median_s: float | None = None
+    """Median seconds per call (None: not timed)."""
+    timed_calls: int = 0
+    error: str | None = None
+    """Why the path could not run, when it could not."""
+
+
+class FastChoice(Strict):
+    """What ``--fast`` chose for a case and how: the paths, whether they came from this
+    machine's cache ("hit") or were chosen now ("chosen"), and every candidate."""
+
+    key: str
+    paths: FastPathsRecord
+    cache: str
+    candidates: list[FastCandidate] = Field(default_factory=list)
+    at: str | None = None
+    """When the choice was made."""
+
+
 NOISY_IQR_SHARE = 0.10
 """A timing whose repeats spread (IQR) more than this share of their median is noisy."""
 NOISY_ADVICE = "noisy: rerun on a quiet machine"
@@ -308,6 +338,8 @@ class Timing(Record):
     compile_cache: str | None = None
     """With ``compile``: whether the first call found its kernels in inductor's on-disk
     cache ("warm"), compiled them ("cold") or both ("partly warm")."""
+    fast_choice: FastChoice | None = None
+    """With ``--fast`` / ``[timing] fast``: how the fast paths above were chosen."""
 
     def noisy(self) -> bool:
         """``is_noisy`` of this timing (spread or load)."""
