@@ -44,13 +44,18 @@ class EMA:
     @torch.no_grad()
     def update(self, beta: float) -> None:
         """shadow <- beta * shadow + (1 - beta) * current (integer buffers: current)."""
+        averaged: list[torch.Tensor] = []
+        current: list[torch.Tensor] = []
         for name, mod in self.modules.items():
             shadow = self.shadow[name]
             for key, value in mod.state_dict().items():
                 if value.is_floating_point():
-                    shadow[key].lerp_(value.detach(), 1.0 - beta)
+                    averaged.append(shadow[key])
+                    current.append(value)
                 else:
                     shadow[key].copy_(value)
+        if averaged:  # one fused call: per-tensor lerps cost a dispatch each, every step
+            torch._foreach_lerp_(averaged, current, 1.0 - beta)
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """The averaged tensors by network (saved in training states)."""

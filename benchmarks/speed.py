@@ -29,6 +29,7 @@ from genbench.benchmarks.peak import against_peak, flops_per_image, machine_peak
 from genbench.benchmarks.plan import ResolvedModel, RunPlan
 from genbench.benchmarks.speed_format import fast_label
 from genbench.benchmarks.timing import SamplingTimer, speed_timer
+from genbench.benchmarks.train_speed import train_model, train_timers
 from genbench.core.device import resolve_device
 from genbench.core.errors import GenbenchError
 from genbench.generators import Generator
@@ -37,6 +38,10 @@ from genbench.store.records import Environment, SpeedResult, SpeedRun
 
 WEIGHTS = "untrained"
 WEIGHTS_NOTE = "untrained weights: sampling speed does not depend on the weights' values"
+TRAIN_NOTE = (
+    "training steps from untrained weights on one fixed random batch (no data loading), one "
+    "micro-batch per update; the harness's Trainer against a plain PyTorch loop"
+)
 DEFAULT_HISTORY = Path("runs") / "speed_history.jsonl"
 MIN_REPEATS = 10
 
@@ -69,6 +74,8 @@ class SpeedSettings:
     warmup: int | None = None
     auto: bool = False
     """``--fast``: choose the fast paths per case (``benchmarks.autofast``)."""
+    train: bool = False
+    """``--train``: time one training step per model instead of sampling."""
 
 
 # --------------------------------------------------------------------------- options
@@ -122,6 +129,7 @@ def resolved_settings(plan: RunPlan, settings: SpeedSettings) -> SpeedSettings:
         repeats=repeats,
         warmup=warmup,
         auto=auto,
+        train=settings.train,
     )
 
 
@@ -179,10 +187,12 @@ def make_record(
     parameters: int,
     speed_id: str,
     baseline: str | None = None,
+    task: str | None = None,
 ) -> SpeedResult:
     """One result: identity, fast paths, every timing figure, raw samples, provenance."""
     return SpeedResult.model_validate(
         {
+            "task": task,
             "commit": env.git_commit,
             "machine": machine_id(env),
             "timestamp": files.utc_now(),
@@ -226,13 +236,12 @@ def run_speed(
     doc = SpeedRun(
         spec=plan.benchmark.name,
         weights=WEIGHTS,
-        note=WEIGHTS_NOTE,
+        note=TRAIN_NOTE if settings.train else WEIGHTS_NOTE,
         environment=env,
         complete=False,
     )
     files.write_record(speed_dir / files.SPEED, doc)
     history.parent.mkdir(parents=True, exist_ok=True)
-    peaks = machine_peak(device, machine_id(env))
 
     def keep(record: SpeedResult) -> None:
         doc.results.append(record)
@@ -241,6 +250,11 @@ def run_speed(
         if on_record is not None:
             on_record(record)
 
+    if settings.train:
+        _time_training(plan, settings, device, env, speed_dir.name, keep)
+        cases = []
+    else:
+        peaks = machine_peak(device, machine_id(env))
     for case in cases:
         measured = None
         if baseline is not None:
@@ -288,3 +302,39 @@ def run_speed(
     doc.complete = True
     files.write_record(speed_dir / files.SPEED, doc)
     return speed_dir, doc.results
+
+
+def _time_training(
+    plan: RunPlan,
+    settings: SpeedSettings,
+    device: torch.device,
+    env: Environment,
+    speed_id: str,
+    keep: Callable[[SpeedResult], None],
+) -> None:
+    """``--train``: per model and batch size, the harness's training step against a plain
+    loop (``benchmarks.train_speed``), interleaved call by call; plain loop first."""
+    for model in plan.models.values():
+        model = train_model(model)
+        for batch_size in settings.batch_sizes or [model.train.batch_size]:
+            case = SpeedCase(model, batch_size)
+            timers = train_timers(model, batch_size, plan.benchmark.seed, device)
+            for _, t, _ in timers:
+                t.start(max(settings.warmup or 0, 2))  # the optimisers' state is made at first
+            for r in range(settings.repeats or MIN_REPEATS):
+                for _, t, _ in timers if r % 2 == 0 else timers[::-1]:
+                    t.repeat(1)
+            for loop, t, params in timers[::-1]:
+                keep(
+                    make_record(
+                        case,
+                        t.result(noise=False).to_dict(),
+                        env,
+                        generator=model.generator,
+                        parameters=params,
+                        speed_id=speed_id,
+                        baseline=None if loop == "harness" else "plain",
+                        task="train",
+                    )
+                )
+            del timers

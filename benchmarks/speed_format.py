@@ -136,3 +136,59 @@ def speedups(records: list[SpeedResult]) -> list[str]:
                     + (f" ({NOISY_ADVICE})" if noisy else "")
                 )
     return lines
+
+
+def format_train_table(records: list[SpeedResult]) -> str:
+    """``bench speed --train``'s table: one row per model, batch size and loop."""
+    head = ("model", "batch", "loop", "images/s", "median s (IQR)", "ms/image", "peak mem")
+    rows = [head]
+    for r in records:
+        rows.append(
+            (
+                f"{r.model} [{r.generator}]",
+                str(r.batch_size),
+                r.baseline or "harness",
+                _num(r.images_per_s),
+                f"{r.median_s:.4g} ({r.iqr_s or 0:.2g})" + (" noisy" if r.noisy() else ""),
+                f"{1000 * r.median_s / r.batch_size:.3g}",
+                _memory(r.peak_memory_bytes),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def train_overhead(harness: SpeedResult, plain: SpeedResult) -> float:
+    """The harness's training-step overhead over the plain loop: its median seconds over
+    the plain loop's, minus 1 (0.05 = 5% slower; negative: faster)."""
+    return harness.median_s / plain.median_s - 1.0
+
+
+def train_overheads(records: list[SpeedResult]) -> list[str]:
+    """One line per model and batch size timed with ``--train``: the harness's overhead."""
+    lines = []
+    for r in records:
+        if r.task != "train" or r.baseline:
+            continue
+        for b in records:
+            if (
+                b.task == "train"
+                and b.baseline
+                and (b.model, b.batch_size)
+                == (
+                    r.model,
+                    r.batch_size,
+                )
+            ):
+                noisy = r.noisy() or b.noisy()
+                over = train_overhead(r, b)
+                lines.append(
+                    f"{r.model} batch {r.batch_size}: the harness's training step is "
+                    f"{100 * abs(over):.1f}% {'slower' if over >= 0 else 'faster'} than a "
+                    "plain loop "
+                    f"({_num(r.images_per_s)} vs {_num(b.images_per_s)} images/s)"
+                    + (f" ({NOISY_ADVICE})" if noisy else "")
+                )
+    return lines

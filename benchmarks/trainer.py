@@ -96,7 +96,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds (without saving states)
         modules = gen.modules()
         self._trainable = {n: [p.requires_grad for p in m.parameters()] for n, m in modules.items()}
-        self.schedules = {n: self._effective(spec) for n, spec in self.training.optimizers.items()}
+        self.schedules = {n: effective(spec, train) for n, spec in self.training.optimizers.items()}
         self.params = {
             n: [p for m in spec.modules for p in modules[m].parameters() if p.requires_grad]
             for n, spec in self.training.optimizers.items()
@@ -131,18 +131,6 @@ class Trainer:
         self.check_batch()
 
     # ------------------------------------------------------------------ settings
-
-    def _effective(self, spec: OptimizerSpec) -> OptimizerSpec:
-        """The optimiser's schedule and clipping with the spec's overrides."""
-        c, sched = self.cfg, spec.schedule
-        if c.lr_schedule is not None:
-            sched = dataclasses.replace(sched, decay=c.lr_schedule)
-        if c.lr_warmup_steps is not None:
-            sched = dataclasses.replace(sched, warmup_steps=c.lr_warmup_steps, warmup_images=0)
-        if c.lr_floor is not None:
-            sched = dataclasses.replace(sched, floor=c.lr_floor)
-        clip = spec.grad_clip if c.grad_clip is None else c.grad_clip
-        return dataclasses.replace(spec, schedule=sched, grad_clip=clip)
 
     def check_batch(self) -> None:
         """``ValueError`` when a phase cannot cut the global batch into ``grad_accum``
@@ -532,6 +520,19 @@ class Trainer:
                 continue
             return path
         return None
+
+
+def effective(spec: OptimizerSpec, train: TrainSection) -> OptimizerSpec:
+    """An optimiser's schedule and clipping with ``train``'s overrides."""
+    sched = spec.schedule
+    if train.lr_schedule is not None:
+        sched = dataclasses.replace(sched, decay=train.lr_schedule)
+    if train.lr_warmup_steps is not None:
+        sched = dataclasses.replace(sched, warmup_steps=train.lr_warmup_steps, warmup_images=0)
+    if train.lr_floor is not None:
+        sched = dataclasses.replace(sched, floor=train.lr_floor)
+    clip = spec.grad_clip if train.grad_clip is None else train.grad_clip
+    return dataclasses.replace(spec, schedule=sched, grad_clip=clip)
 
 
 def check_micro_batches(model: ResolvedModel, processes: int | None = None) -> None:

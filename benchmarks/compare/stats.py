@@ -15,6 +15,7 @@ from genbench.store.records import Comparison, SpeedResult
 THRESHOLD = 0.10
 ALPHA = 0.002
 KEY_FIELDS = (
+    "task",
     "model",
     "batch_size",
     "steps",

@@ -38,6 +38,7 @@ def _settings(
     warmup: int | None,
     fast: dict[str, Any],
     auto: bool = False,
+    train: bool = False,
 ) -> SpeedSettings:
     """The speed settings of the flags over the spec's [timing], checked for the device."""
     # Imported here: these modules load torch, which `bench --help` must not.
@@ -64,6 +65,7 @@ def _settings(
             repeats=repeats,
             warmup=warmup,
             auto=auto,
+            train=train,
         ),
     )
 
@@ -96,6 +98,14 @@ def speed_cmd(
             "tolerance, once per machine (cached, recorded)",
         ),
     ] = False,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="time one training step per model (default batch: the model's "
+            "train.batch_size) against a plain PyTorch loop, instead of sampling",
+        ),
+    ] = False,
 ) -> None:
     """Time sampling of SPEC's models (untrained weights) per batch size and step setting."""
     # Imported here: `bench --help` and `bench report` must not load torch.
@@ -103,13 +113,28 @@ def speed_cmd(
     from genbench.benchmarks.baselines import check_baseline
     from genbench.benchmarks.speed import (
         DEFAULT_HISTORY,
+        TRAIN_NOTE,
         WEIGHTS_NOTE,
         run_speed,
         untimed_models,
     )
-    from genbench.benchmarks.speed_format import fast_choices, format_table, speedups
+    from genbench.benchmarks.speed_format import (
+        fast_choices,
+        format_table,
+        format_train_table,
+        speedups,
+        train_overheads,
+    )
 
     check_baseline(baseline)
+    if train and (baseline or fast or steps):
+        given = [
+            n for n, v in (("--baseline", baseline), ("--fast", fast), ("--steps", steps)) if v
+        ]
+        raise GenbenchError(
+            f"--train times training steps, which {' and '.join(given)} do not apply to; "
+            "drop them or --train"
+        )
     plan = api.load_spec(spec, models=split_list(models, "--models", "dcgan"), device=device)
     paths = {"precision": precision, "channels_last": channels_last, "compile": compile}
     settings = _settings(
@@ -120,13 +145,17 @@ def speed_cmd(
         warmup,
         {**paths, "cuda_graphs": cuda_graphs},
         auto=fast,
+        train=train,
     )
     for name in untimed_models(plan, settings):
         typer.echo(f"speed: {name} has no steps setting; timed once at its own sampler", err=True)
 
     def progress(record: Any) -> None:
+        what = "training" if record.task == "train" else record.generator
+        if record.baseline:
+            what += f", {record.baseline}"
         typer.echo(
-            f"speed: {record.model} ({record.generator}) batch {record.batch_size}: "
+            f"speed: {record.model} ({what}) batch {record.batch_size}: "
             f"{record.images_per_s:,.1f} images/s",
             err=True,
         )
@@ -134,10 +163,16 @@ def speed_cmd(
     speed_dir, records = run_speed(
         plan, settings, out, history or DEFAULT_HISTORY, baseline=baseline, on_record=progress
     )
-    typer.echo(f"weights: {WEIGHTS_NOTE}")
-    typer.echo(format_table(records))
-    for line in [*fast_choices(records), *speedups(records)]:
-        typer.echo(line)
+    if train:
+        typer.echo(f"training: {TRAIN_NOTE}")
+        typer.echo(format_train_table(records))
+        for line in train_overheads(records):
+            typer.echo(line)
+    else:
+        typer.echo(f"weights: {WEIGHTS_NOTE}")
+        typer.echo(format_table(records))
+        for line in [*fast_choices(records), *speedups(records)]:
+            typer.echo(line)
     typer.echo(f"results: {speed_dir / 'speed.json'}")
 
 

@@ -358,6 +358,8 @@ class SpeedResult(Timing):
     """One ``bench speed`` result: a model at one batch size and step setting, with where
     and when it was measured (a line of the speed history, an entry of ``speed.json``)."""
 
+    task: str | None = None
+    """None: sampling; "train": one training step (``bench speed --train``)."""
     commit: str | None = None
     machine: str | None = None
     timestamp: str | None = None
