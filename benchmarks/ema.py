@@ -40,22 +40,27 @@ class EMA:
             name: {k: v.detach().clone() for k, v in mod.state_dict().items()}
             for name, mod in modules.items()
         }
+        # The live tensors behind each state-dict entry, found once (walking the module
+        # tree every step cost a few percent of a small model's step): the Parameter
+        # objects themselves, so a later ``.data`` swap is still followed, and the buffers,
+        # which training updates in place.
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for name, mod in modules.items():
+            live = dict(mod.named_parameters()) | dict(mod.named_buffers())
+            for key, shadow in self.shadow[name].items():
+                self._pairs.append((shadow, live[key]))
+        self._floats = [(s, v) for s, v in self._pairs if v.is_floating_point()]
+        self._others = [(s, v) for s, v in self._pairs if not v.is_floating_point()]
 
     @torch.no_grad()
     def update(self, beta: float) -> None:
         """shadow <- beta * shadow + (1 - beta) * current (integer buffers: current)."""
-        averaged: list[torch.Tensor] = []
-        current: list[torch.Tensor] = []
-        for name, mod in self.modules.items():
-            shadow = self.shadow[name]
-            for key, value in mod.state_dict().items():
-                if value.is_floating_point():
-                    averaged.append(shadow[key])
-                    current.append(value)
-                else:
-                    shadow[key].copy_(value)
-        if averaged:  # one fused call: per-tensor lerps cost a dispatch each, every step
-            torch._foreach_lerp_(averaged, current, 1.0 - beta)
+        for shadow, value in self._others:
+            shadow.copy_(value)
+        if self._floats:  # one fused call: per-tensor lerps cost a dispatch each, every step
+            torch._foreach_lerp_(
+                [s for s, _ in self._floats], [v for _, v in self._floats], 1.0 - beta
+            )
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """The averaged tensors by network (saved in training states)."""

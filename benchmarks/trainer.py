@@ -95,7 +95,11 @@ class Trainer:
         self.images = 0  # training images seen (global)
         self.elapsed = 0.0  # training seconds (without saving states)
         modules = gen.modules()
-        self._trainable = {n: [p.requires_grad for p in m.parameters()] for n, m in modules.items()}
+        # Each network's parameters with their own requires_grad, listed once: walking the
+        # module tree every update cost a few percent of a small model's step.
+        self._trainable = {
+            n: [(p, p.requires_grad) for p in m.parameters()] for n, m in modules.items()
+        }
         self.schedules = {n: effective(spec, train) for n, spec in self.training.optimizers.items()}
         self.params = {
             n: [p for m in spec.modules for p in modules[m].parameters() if p.requires_grad]
@@ -189,9 +193,10 @@ class Trainer:
             yield
 
     def _freeze_others(self, trained: tuple[str, ...]) -> None:
-        for name, mod in self.gen.modules().items():
-            for p, flag in zip(mod.parameters(), self._trainable[name], strict=True):
-                p.requires_grad_(flag and name in trained)
+        for name, params in self._trainable.items():
+            on = name in trained
+            for p, flag in params:
+                p.requires_grad_(flag and on)
 
     def _log(self, key: str, value: torch.Tensor, rows: int, n: int) -> None:
         value = value.detach().float()
@@ -337,8 +342,8 @@ class Trainer:
 
     def restore_flags(self) -> None:
         """Give every parameter its own ``requires_grad`` back (after training)."""
-        for name, mod in self.gen.modules().items():
-            for p, flag in zip(mod.parameters(), self._trainable[name], strict=True):
+        for params in self._trainable.values():
+            for p, flag in params:
                 p.requires_grad_(flag)
 
     # ------------------------------------------------------------------ the loop
