@@ -36,11 +36,11 @@ from genbench.generators.training import Phase, Training
 
 
 def fixed_batch(gen: Generator, batch_size: int, seed: int) -> Batch:
-    """``batch_size`` random images in [-1, 1] of ``gen``'s data shape (labels when the
-    data has classes), on ``gen``'s device."""
-    shape = gen.data
+    """``batch_size`` random images in [-1, 1] of ``gen``'s data shape at the size it
+    trains at (labels when the data has classes), on ``gen``'s device."""
+    shape, size = gen.data, gen.image_size
     g = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch_size, shape.channels, shape.image_size, shape.image_size, generator=g)
+    images = torch.rand(batch_size, shape.channels, size, size, generator=g)
     labels = None
     if shape.num_classes:
         labels = torch.randint(0, shape.num_classes, (batch_size,), generator=g)

@@ -54,7 +54,7 @@ def test_fixed_batch_has_the_data_shape_and_labels():
     gen = build_untrained(SMOKE["dcgan"], 0, CPU)
     batch = fixed_batch(gen, 5, 3)
     shape = gen.data
-    assert batch.images.shape == (5, shape.channels, shape.image_size, shape.image_size)
+    assert batch.images.shape == (5, shape.channels, gen.image_size, gen.image_size)
     assert batch.images.min() >= -1 and batch.images.max() <= 1
     assert (batch.labels is None) == (shape.num_classes == 0)
     assert torch.equal(fixed_batch(gen, 5, 3).images, batch.images)
