@@ -58,6 +58,7 @@ from genbench.eval.inception import (
     BLOCK_INDEX_BY_DIM,
     InceptionWeights,
     build_fid_inception,
+    fold_batch_norm,
     load_fid_inception,
     random_state_dict,
 )
@@ -283,6 +284,10 @@ def resize_clean(images: torch.Tensor, size: int = 299) -> torch.Tensor:
     return torch.from_numpy(resized).permute(0, 3, 1, 2).to(images.device).div_(255)
 
 
+CPU_CHUNK = 16
+"""Images per Inception forward pass on CPU (bench eval-speed; batches are split)."""
+
+
 class InceptionExtractor(FeatureExtractor):
     """pytorch-fid's FID Inception: pool3 2048-d features (or the ``dims`` pytorch-fid offers)
     and 1008-way logits at 3x299x299.
@@ -333,6 +338,14 @@ class InceptionExtractor(FeatureExtractor):
             # (bench eval-speed); still float32, the results differ only in rounding
             # (tests/test_inception.py::test_matches_pytorch_fid). CUDA keeps pytorch-fid's layout.
             x = x.contiguous(memory_format=torch.channels_last)
+            if len(x) > CPU_CHUNK:
+                # Smaller forward passes keep a block's activations in the CPU's caches:
+                # about 10% faster per image than 50 at once. Images are independent in eval
+                # mode, so only rounding can differ.
+                parts = [self.net(chunk, logits) for chunk in x.split(CPU_CHUNK)]
+                features = torch.cat([f for f, _ in parts])
+                out = torch.cat([o for _, o in parts]) if logits else None
+                return features, out
         return self.net(x, logits)
 
 
@@ -515,11 +528,21 @@ EXTRACTORS.add(
 )
 
 
+def _placed(ext: InceptionExtractor, device: torch.device) -> InceptionExtractor:
+    """``ext`` on ``device``. On CPU its batch norms are folded into the convolutions and its
+    weights stored channels-last, the layout ``extract`` runs in there (no per-call weight
+    reorder); CUDA keeps pytorch-fid's network as it is."""
+    if torch.device(device).type == "cpu":
+        fold_batch_norm(ext.net)
+        ext.net.to(memory_format=torch.channels_last)
+    return ext.to(device)
+
+
 def _build_inception(
     path: Path, sha256: str, device: torch.device, options: ExtractorOptions
 ) -> FeatureExtractor:
     net = load_fid_inception(path, options.dims or 2048)
-    return InceptionExtractor(net, sha256, **_extractor_options(options)).to(device)
+    return _placed(InceptionExtractor(net, sha256, **_extractor_options(options)), device)
 
 
 EXTRACTORS.add(
@@ -571,7 +594,7 @@ def random_inception(device: torch.device, options: ExtractorOptions) -> Feature
     resolved = EXTRACTORS.get("inception").resolve_options(options)
     net = build_fid_inception(random_state_dict(), resolved.dims or 2048, "random")
     ext = InceptionExtractor(net, "random", **_extractor_options(resolved))
-    return ext.to(torch.device(device)).eval().requires_grad_(False)
+    return _placed(ext, torch.device(device)).eval().requires_grad_(False)
 
 
 def load_extractor(

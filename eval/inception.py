@@ -160,6 +160,22 @@ class FIDInception(nn.Module):
         return features.flatten(1), x.flatten(1) @ self.fc.weight.T if logits else None
 
 
+def fold_batch_norm(net: nn.Module) -> nn.Module:
+    """Fold each eval-mode batch norm of pytorch-fid's ``BasicConv2d`` blocks (conv, then
+    batch norm, then ReLU) into its convolution, in place, with torch's
+    ``fuse_conv_bn_eval``: the same affine map in float32, one pass over the activations
+    fewer (batch norm was 8% of the CPU forward pass). Features move only by rounding
+    (about 1e-5). Returns ``net``."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in net.modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(conv.eval(), bn.eval())
+            module.bn = nn.Identity()
+    return net
+
+
 def load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     """The state dict stored at ``path``; ``GenbenchError`` (one line) if it is not one."""
     hint = InceptionWeights().hint

@@ -187,15 +187,39 @@ def test_frechet_distance_equals_pytorch_fid_on_singular_covariances(n: int) -> 
 
 
 @pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")
-def test_frechet_distance_delegates_to_pytorch_fid() -> None:
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(200, 6)), rng.normal(1.0, 2.0, size=(300, 6))
+@pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
+@pytest.mark.parametrize(
+    ("n", "shift"), [(100, 0.3), (1000, 0.3), (1000, 0.01)], ids=["singular", "full", "close"]
+)
+def test_frechet_distance_agrees_with_pytorch_fid_on_inception_like_features(
+    n: int, shift: float
+) -> None:
+    # Correlated, rectified features like pool3's, 256-d: fewer samples than dimensions
+    # (singular), more (full rank), and two nearly equal sets (a small FID, where the
+    # cancellation between the traces is worst).
+    rng = np.random.default_rng(n)
+    mix = rng.normal(scale=0.1, size=(256, 256))
+    a = np.maximum(rng.normal(size=(n, 256)) @ mix, 0)
+    b = np.maximum(rng.normal(size=(n, 256)) @ mix + shift, 0)
     stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (a, b)]
     expected = calculate_frechet_distance(*stats[0], *stats[1])
-    assert frechet_distance(*stats[0], *stats[1]) == pytest.approx(expected, rel=1e-12)
-    assert expected > 1.0
+    got = frechet_distance(*stats[0], *stats[1])
+    assert got == pytest.approx(expected, rel=1e-6) and got > 0
+
+
+def test_frechet_distance_of_diagonal_covariances_is_closed_form() -> None:
+    # Commuting covariances: tr((S1 S2)^(1/2)) = sum sqrt(s1 s2), so FID is
+    # |mu1 - mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2 exactly.
+    rng = np.random.default_rng(1)
+    s1, s2 = rng.uniform(0.1, 4.0, 50), rng.uniform(0.1, 4.0, 50)
+    mu1, mu2 = rng.normal(size=50), rng.normal(size=50)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
+    got = frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
+    assert got == pytest.approx(expected, rel=1e-10)
     with pytest.raises(GenbenchError, match="do not match"):
-        frechet_distance(stats[0][0], stats[0][1], np.zeros(5), np.eye(5))
+        frechet_distance(mu1, np.diag(s1), np.zeros(5), np.eye(5))
+    with pytest.raises(GenbenchError, match="NaN"):
+        frechet_distance(mu1, np.diag(s1) * np.nan, mu2, np.diag(s2))
 
 
 # --- Inception Score ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pytorch_fid import inception as pytorch_fid_inception
 from torch import nn
 
 from genbench.core.errors import GenbenchError
+from genbench.eval import extractors
 from genbench.eval.evaluator import Evaluator
 from genbench.eval.extractors import (
     EXTRACTORS,
@@ -158,6 +159,12 @@ def test_registered_with_pytorch_fid_protocol(
     assert extractor.weights_sha256 == weights_sha256
     assert not extractor.training
     assert not any(p.requires_grad for p in extractor.parameters())
+    # On CPU the batch norms are folded into the convolutions (test_matches_pytorch_fid
+    # checks the features), and the weights are stored channels-last.
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in extractor.modules())
+    convs = [m for m in extractor.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 94 and all(c.bias is not None for c in convs)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert os.path.basename(pytorch_fid_inception.FID_WEIGHTS_URL) == FID_WEIGHTS_NAME
     assert InceptionWeights().sha256_prefix == "6726825d"
 
@@ -248,9 +255,16 @@ def test_protocol_records_the_settings(extractor: FeatureExtractor) -> None:
     assert proto["tf32"] is False and extractor.allow_tf32  # allowed, but not on a CPU
 
 
-def test_batch_size_independent(extractor: FeatureExtractor) -> None:
+def test_batch_size_independent(
+    extractor: FeatureExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On CPU a batch is run in chunks of CPU_CHUNK images: 2 here, so 3 images take 2 + 1.
+    monkeypatch.setattr(extractors, "CPU_CHUNK", 2)
     x = images(3, seed=1)
     features, logits = extractor(x)
+    assert features.shape == (3, 2048) and logits.shape == (3, 1008)
+    assert extractor(x, logits=False)[1] is None
+    torch.testing.assert_close(extractor(x, logits=False)[0], features, rtol=1e-5, atol=1e-5)
     singles = [extractor(x[i : i + 1]) for i in range(3)]
     torch.testing.assert_close(torch.cat([f for f, _ in singles]), features, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.cat([lg for _, lg in singles]), logits, rtol=1e-5, atol=1e-5)
