@@ -20,6 +20,12 @@ The network is EDM's DDPM++ (``genbench.generators.songunet``), its loss is summ
 pixels and averaged over the batch as EDM's, and ``augment = p`` turns on EDM's non-leaking
 augmentation (``genbench.generators.augment``: 9 augmentation labels condition the network,
 zero while sampling). Not reproduced: float64 sampling.
+
+``experts = K`` (eDiff-I, Balaji et al. 2022) makes the network an ensemble of K copies
+(``genbench.generators.experts``), each owning one interval of noise levels
+(``expert_boundaries``, default equal in log sigma over the sampling range): trained from the
+same initial weights, each only at its own noise levels, and sampled by switching experts
+with the noise level. K = 1 is the plain model.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from genbench.generators.base import (
     eval_mode,
 )
 from genbench.generators.edm_checkpoint import import_edm_state, is_edm_state
+from genbench.generators.experts import ExpertNets, check_boundaries, log_spaced_boundaries
 from genbench.generators.guidance import (
     GuidedSettings,
     check_guidance,
@@ -353,11 +360,22 @@ class EDMConfig(GeneratorConfig):
     s_tmin: float = Field(0.0, ge=0)
     s_tmax: float | None = Field(None, gt=0, description="None = no upper limit (inf)")
     s_noise: float = Field(1.0, gt=0)
+    # ensemble of expert denoisers (eDiff-I)
+    experts: int = Field(
+        1, ge=1, le=16, description="K denoisers, each owning one interval of noise levels"
+    )
+    expert_boundaries: tuple[float, ...] | None = Field(
+        None,
+        description="the K - 1 ascending noise levels sigma where one expert hands over to "
+        "the next (expert 0 owns the lowest); None = equal in log sigma over the sampling range",
+    )
 
     @model_validator(mode="after")
     def _sigma_range(self) -> EDMConfig:
         if self.sigma_min >= self.sigma_max:
             raise ValueError(f"sigma_min {self.sigma_min} must be below sigma_max {self.sigma_max}")
+        if self.expert_boundaries is not None:
+            check_boundaries(self.expert_boundaries, self.experts)
         return self
 
 
@@ -380,7 +398,7 @@ class EDM(Generator):
         super().__init__(config, data, device)
         self.null_label = data.num_classes  # one extra class embedding: "no label"
         self.precond = PRECONDITIONINGS[config.precond](config)
-        self.net = SongUNet(
+        net = SongUNet(
             image_size=self.image_size,
             in_channels=data.channels,
             out_channels=data.channels,
@@ -394,6 +412,28 @@ class EDM(Generator):
             augment_dim=AUGMENT_DIM if config.augment > 0 else 0,
             max_groups=config.norm_groups,
         ).to(self.device)
+        self.net: nn.Module = net
+        if config.experts > 1:
+            self.net = ExpertNets(net, config.experts, self._expert_bounds()).to(self.device)
+
+    def expert_boundaries(self) -> tuple[float, ...]:
+        """The noise levels sigma where one expert hands over to the next (none for K = 1)."""
+        c = self.config
+        if c.expert_boundaries is not None:
+            return c.expert_boundaries
+        lo, hi = self._sigma_span()
+        return log_spaced_boundaries(lo, hi, c.experts)
+
+    def _sigma_span(self) -> tuple[float, float]:
+        """The sampling range of noise levels (inside what the network is trained on)."""
+        c = self.config
+        return max(c.sigma_min, self.precond.sigma_min), min(c.sigma_max, self.precond.sigma_max)
+
+    def _expert_bounds(self) -> list[float]:
+        """The boundaries as values of the network's noise input (c_noise, which rises
+        with sigma under all three preconditionings), where ``ExpertNets`` routes."""
+        sigma = torch.tensor(self.expert_boundaries(), dtype=torch.float64)
+        return (self.precond.coefficients(sigma).c_noise * self.config.c_noise_scale).tolist()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
@@ -401,6 +441,8 @@ class EDM(Generator):
     def import_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The state of an official EDM checkpoint (NVlabs/edm ``network-snapshot-*.pkl``,
         its EMA network; ``genbench.generators.edm_checkpoint``), read as tensors only."""
+        if self.config.experts > 1:
+            raise ValueError("an EDM network pickle holds one network; import it with experts = 1")
         if not is_edm_state(state):
             raise ValueError(
                 "neither a genbench safetensors checkpoint nor an EDM network pickle (no "
@@ -515,10 +557,8 @@ class EDM(Generator):
 
     def sigmas(self, steps: int) -> torch.Tensor:
         """The sampling noise levels, kept inside the range the network was trained on."""
-        c = self.config
-        lo = max(c.sigma_min, self.precond.sigma_min)
-        hi = min(c.sigma_max, self.precond.sigma_max)
-        return sigma_steps(steps, lo, hi, c.rho)
+        lo, hi = self._sigma_span()
+        return sigma_steps(steps, lo, hi, self.config.rho)
 
     def _churn(self) -> Churn:
         c = self.config
