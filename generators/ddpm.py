@@ -60,6 +60,7 @@ from genbench.generators.diffusion import (
     mean_flat,
     parse_steps,
 )
+from genbench.generators.experts import ExpertNets, check_boundaries, log_spaced_boundaries
 from genbench.generators.guidance import (
     GuidedSettings,
     check_guidance,
@@ -205,6 +206,16 @@ class DDPMConfig(GeneratorConfig):
     )
     ddim_eta: float = Field(0.0, ge=0)
     clip_denoised: bool = Field(True, description="clip predicted x_0 to [-1, 1]")
+    # ensemble of expert denoisers (eDiff-I)
+    experts: int = Field(
+        1, ge=1, le=16, description="K denoisers, each owning one interval of noise levels"
+    )
+    expert_boundaries: tuple[float, ...] | None = Field(
+        None,
+        description="the K - 1 ascending noise levels sigma = sqrt((1 - alpha-bar) / "
+        "alpha-bar) where one expert hands over to the next (expert 0 owns the lowest); "
+        "None = equal in log sigma over the schedule's range",
+    )
 
     @field_validator("pretrained")
     @classmethod
@@ -260,6 +271,8 @@ class DDPMConfig(GeneratorConfig):
             )
         if self.sample_steps is not None:  # raises ValueError when invalid
             parse_steps(self.sample_steps, self.num_timesteps)
+        if self.expert_boundaries is not None:
+            check_boundaries(self.expert_boundaries, self.experts)
         given = sorted(self.model_fields_set & set(BACKBONE_FIELDS))
         if self.pretrained is not None and given:
             raise ValueError(f"pretrained supplies the backbone; drop {', '.join(given)}")
@@ -366,6 +379,9 @@ class DDPM(Generator):
             config.schedule, config.num_timesteps, config.beta_start, config.beta_end
         )
         self.timesteps = TIMESTEP_SAMPLERS[config.timestep_sampler](config.num_timesteps)
+        if config.experts > 1:
+            # From the same start, a pretrained UNet's weights when one is given.
+            self.unet = ExpertNets(self.unet, config.experts, self._expert_bounds()).to(self.device)
         self._respaced: dict[tuple[int, ...], GaussianDiffusion] = {}
 
     @classmethod
@@ -425,10 +441,34 @@ class DDPM(Generator):
     def modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet}
 
+    def _sigmas(self) -> torch.Tensor:
+        """sigma_t = sqrt((1 - alpha-bar_t) / alpha-bar_t) of every original timestep (rising)."""
+        abar = self.diffusion.alphas_cumprod
+        return ((1 - abar) / abar).sqrt()
+
+    def expert_boundaries(self) -> tuple[float, ...]:
+        """The noise levels sigma where one expert hands over to the next (none for K = 1)."""
+        c = self.config
+        if c.expert_boundaries is not None:
+            return c.expert_boundaries
+        sigmas = self._sigmas()
+        return log_spaced_boundaries(float(sigmas[0]), float(sigmas[-1]), c.experts)
+
+    def _expert_bounds(self) -> list[float]:
+        """The boundaries in the network's time input, where ``ExpertNets`` routes: halfway
+        between the last timestep below a boundary sigma and the first at or above it, times
+        the rescaling the network sees (``_model``)."""
+        sigmas = self._sigmas()
+        scale = 1000.0 / self.config.num_timesteps if self.config.rescale_timesteps else 1.0
+        bounds = torch.tensor(self.expert_boundaries(), dtype=sigmas.dtype)
+        return ((torch.searchsorted(sigmas, bounds).double() - 0.5) * scale).tolist()
+
     def import_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The state of an improved-diffusion / guided-diffusion ``UNetModel`` checkpoint
         (``model*.pt``, ``ema_*.pt``, their published models), mapped onto this UNet; the
         config must hold the flags that made it (docs/generators.md has the table)."""
+        if self.config.experts > 1:
+            raise ValueError("an OpenAI checkpoint holds one UNet; import it with experts = 1")
         if not is_openai_state(state):
             raise ValueError(
                 "neither a genbench safetensors checkpoint nor an improved-/guided-diffusion "

@@ -64,21 +64,39 @@ class ExpertNets(nn.Module):
         """The expert index of each row's noise argument (a scalar or one value per row)."""
         return torch.bucketize(noise.reshape(-1).to(self.bounds.dtype), self.bounds, right=True)
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor, *args: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The owning experts' outputs for each row of ``x``: the wrapped network's
+        arguments, per-row tensors among them split by row; its output (a tensor, or a
+        tuple of per-row tensors such as diffusers' ``return_dict=False``) put back together."""
         owners = self.owner(noise)
         first = int(owners[0])
         if bool((owners == first).all()):
             # One noise level per batch (sampling) or one interval: a single plain call.
-            return self.experts[first](x, noise, *args)
-        out: torch.Tensor | None = None
+            return self.experts[first](x, noise, *args, **kwargs)
+        parts: list[tuple[torch.Tensor, Any]] = []
         for k in owners.unique().tolist():
             rows = (owners == k).nonzero().squeeze(1)
-            part = self.experts[k](x[rows], _rows(noise, rows), *(_rows(a, rows) for a in args))
-            if out is None:
-                out = part.new_empty((x.shape[0], *part.shape[1:]))
-            out = out.index_copy(0, rows, part)  # out of place: autograd sees each part
-        assert out is not None  # owners is not empty
-        return out
+            part_args = (_rows(a, rows) for a in args)
+            part_kwargs = {name: _rows(v, rows) for name, v in kwargs.items()}
+            parts.append(
+                (rows, self.experts[k](x[rows], _rows(noise, rows), *part_args, **part_kwargs))
+            )
+        first_out = parts[0][1]
+        if isinstance(first_out, torch.Tensor):
+            return _gather(x.shape[0], [(rows, out) for rows, out in parts])
+        return type(first_out)(
+            _gather(x.shape[0], [(rows, out[i]) for rows, out in parts])
+            for i in range(len(first_out))
+        )
+
+
+def _gather(n: int, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """One (n, ...) tensor from row-index / rows pairs that cover 0 .. n - 1."""
+    first = parts[0][1]
+    out = first.new_empty((n, *first.shape[1:]))
+    for rows, part in parts:
+        out = out.index_copy(0, rows, part)  # out of place: autograd sees each part
+    return out
 
 
 def _rows(value: Any, rows: torch.Tensor) -> Any:

@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from genbench.generators import Batch, DataShape
+from genbench.generators.ddpm import DDPM, DDPMConfig
 from genbench.generators.edm import EDM, EDMConfig
 from genbench.generators.experts import ExpertNets, log_spaced_boundaries
 from genbench.generators.guidance import GuidedSettings
@@ -148,3 +149,74 @@ def test_sampling_switches_experts_by_noise_level_and_nfe_counts_calls() -> None
 def test_an_edm_pickle_imports_only_into_one_expert() -> None:
     with pytest.raises(ValueError, match="experts = 1"):
         _edm(experts=2).import_state({})
+
+
+# --------------------------------------------------------------------------- DDPM
+
+DDPM_TINY = dict(
+    channels=8,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(),
+    norm_groups=4,
+    dropout=0.0,
+    hflip=False,
+    warmup_steps=0,
+    num_timesteps=50,
+    sample_steps=10,
+)
+
+
+def _ddpm(seed: int = 0, **overrides) -> DDPM:
+    torch.manual_seed(seed)
+    return DDPM(DDPMConfig(**{**DDPM_TINY, **overrides}), SHAPE, CPU)
+
+
+def test_ddpm_one_expert_is_the_plain_model_bit_for_bit() -> None:
+    plain, one = wake(_ddpm(3)), wake(_ddpm(3, experts=1))
+    assert not isinstance(one.unet, ExpertNets)
+    assert one.unet.state_dict().keys() == plain.unet.state_dict().keys()
+    assert torch.equal(plain.sample([0, 1]), one.sample([0, 1]))
+
+
+def test_ddpm_default_boundaries_split_its_sigmas_evenly_in_log() -> None:
+    gen = _ddpm(experts=3)
+    abar = gen.diffusion.alphas_cumprod
+    sigmas = ((1 - abar) / abar).sqrt()
+    expected = log_spaced_boundaries(float(sigmas[0]), float(sigmas[-1]), 3)
+    assert gen.expert_boundaries() == pytest.approx(expected)
+    assert gen.num_parameters() == 3 * _ddpm().num_parameters()
+
+
+def test_ddpm_equal_experts_give_the_plain_models_outputs() -> None:
+    plain = wake(_ddpm(2))
+    ens = _ddpm(2, experts=2)
+    for expert in ens.unet.experts:
+        expert.load_state_dict(plain.unet.state_dict())
+    assert torch.equal(plain.sample([4, 5]), ens.sample([4, 5]))
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([0, 10, 30, 49])
+    assert ens.unet.owner(t.float() * 1000 / 50).tolist() != [0, 0, 0, 0]
+    got_all = ens._outputs(x, t, ens.diffusion, None)
+    want_all = plain._outputs(x, t, plain.diffusion, None)
+    for got, want in zip(got_all, want_all, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want)
+
+
+def test_ddpm_each_expert_trains_only_on_its_timesteps() -> None:
+    gen = _ddpm(4, experts=2)
+    abar = gen.diffusion.alphas_cumprod
+    sigma_of_t = ((1 - abar) / abar).sqrt()
+    boundary = gen.expert_boundaries()[0]
+    seen: list[list[torch.Tensor]] = [[], []]
+    for k, expert in enumerate(gen.unet.experts):
+        expert.register_forward_pre_hook(
+            lambda mod, args, k=k: seen[k].append(args[1].detach()), with_kwargs=False
+        )
+    torch.manual_seed(0)
+    fit(gen, Batch(torch.rand(32, 1, 16, 16) * 2 - 1, None), steps=2)
+    t0, t1 = (torch.cat(v).mul(50 / 1000).round().long() for v in seen)
+    assert len(t0) + len(t1) == 2 * 32 and len(t0) > 0 and len(t1) > 0
+    assert (sigma_of_t[t0] < boundary).all() and (sigma_of_t[t1] >= boundary).all()
