@@ -62,6 +62,8 @@ class Overrides:
     inception_weights: Path | None = None
     checkpoints: dict[str, Path] = field(default_factory=dict)
     reference_stats: Path | None = None
+    labels: list[int] | None = None
+    """``--labels``: applied to the class-conditional models of the run."""
 
 
 @dataclass
@@ -299,6 +301,11 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
     models: dict[str, ResolvedModel] = {}
     for name in names:
         models[name] = _resolve_model(spec, source, name, evaluate, ov, shape, info.train_size)
+    if ov.labels is not None and not any(m.sample.labels for m in models.values()):
+        raise SpecError(
+            f"--labels: no model of this run is class-conditional on {bench.dataset} "
+            f"({', '.join(names)}); labels apply to conditional models"
+        )
     return RunPlan(
         benchmark=bench,
         evaluate=evaluate,
@@ -306,6 +313,19 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         models=models,
         source=source,
     )
+
+
+def _check_labels(labels: list[int], conditional: bool, shape: DataShape, where: str) -> None:
+    """``SpecError`` unless the model is class-conditional and every label is a class."""
+    if not conditional:
+        raise SpecError(
+            f"{where}: this model is not class-conditional on this data set; remove labels"
+        )
+    bad = next((label for label in labels if not 0 <= label < shape.num_classes), None)
+    if bad is not None:
+        raise SpecError(
+            f"{where}: {bad} is not a class of this data set (0 to {shape.num_classes - 1})"
+        )
 
 
 def _resolve_model(
@@ -359,7 +379,12 @@ def _resolve_model(
     if ov.num_samples is not None:
         sample_data.update(num_samples=ov.num_samples)
     train = validate_section(TrainSection, train_data, (*where, "train"), source)
+    conditional = gen_cls.is_conditional(config, shape)
+    if ov.labels is not None and conditional:  # unconditional models sample as they are
+        sample_data.update(labels=ov.labels)
     sample = validate_section(SampleSection, sample_data, (*where, "sample"), source)
+    if sample.labels is not None:
+        _check_labels(sample.labels, conditional, shape, f"{source}: models.{name}.sample.labels")
     train = _train_steps(train, train_size)
     if "is" in evaluate.metrics and sample.num_samples < IS_SPLITS:
         raise SpecError(

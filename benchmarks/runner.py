@@ -149,6 +149,7 @@ def _run_model(
             seeds=sampled["seeds"],
             steps=settings.get("steps"),
             guidance=settings.get("guidance"),
+            labels=sampled.get("labels"),
             seconds=sampled["seconds"],
         ),
         metrics={name: MetricValue(**value) for name, value in evaluator.compute().items()},
@@ -159,6 +160,7 @@ def _run_model(
                 **evaluator.protocol(),
                 "seeds": sampled["seeds"],
                 "sample_resize": sampled.get("sample_resize"),
+                "labels": sampled.get("labels"),
             }
         ),
     )

@@ -29,19 +29,41 @@ def seed_list(model: ResolvedModel) -> list[int]:
     return list(range(start, start + model.sample.num_samples))
 
 
-def labels_for(gen: Generator, seeds: list[int]) -> torch.Tensor | None:
-    """The class label of each seed for a class-conditional generator (None otherwise)."""
+def labels_for(
+    gen: Generator, seeds: list[int], labels: list[int] | None = None
+) -> torch.Tensor | None:
+    """The class label of each seed for a class-conditional generator (None otherwise):
+    ``labels[seed % len(labels)]``, every class in turn when ``labels`` is None."""
     if gen.data.num_classes == 0 or not gen.conditional:
         return None
     # A label is a function of the seed, so a class-conditional image still depends only on it.
-    return torch.tensor(seeds, device=gen.device) % gen.data.num_classes
+    index = torch.tensor(seeds, device=gen.device)
+    if labels is None:
+        return index % gen.data.num_classes
+    return torch.tensor(labels, device=gen.device)[index % len(labels)]
 
 
-def _write_grid(images: torch.Tensor, path: Path) -> None:
+def grid_by_class(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The grid's images rearranged to one row per class, in the order of the classes'
+    first appearance, each row as long as the fullest class's (shorter rows padded with
+    white); returns (images, images per row)."""
+    classes = list(dict.fromkeys(labels.tolist()))
+    rows = [images[labels == c] for c in classes]
+    width = max(len(r) for r in rows)
+    blank = torch.ones_like(images[:1])  # white in [-1, 1]
+    padded = [torch.cat([r, blank.expand(width - len(r), *r.shape[1:])]) for r in rows]
+    return torch.cat(padded), width
+
+
+def _write_grid(images: torch.Tensor, path: Path, labels: torch.Tensor | None = None) -> None:
+    """The sample grid PNG: one row per class when ``labels`` are given, else square."""
+    if labels is not None:
+        images, nrow = grid_by_class(images, labels)
+    else:
+        nrow = max(1, round(images.shape[0] ** 0.5))
     if images.shape[-1] < 64:  # enlarge small images (digits are 16 px) so the grid is legible
         factor = -(-64 // images.shape[-1])
         images = F.interpolate(images, scale_factor=factor, mode="nearest")
-    nrow = max(1, round(images.shape[0] ** 0.5))
     grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
     io.write_with_atomic(path, lambda tmp: save_image(grid, str(tmp), format="png"))
 
@@ -74,7 +96,7 @@ def sample_and_evaluate(
         task = bar.add_task(label, total=count, status="")
         for i in mine:
             chunk = seeds[i : i + bs]
-            images = gen.sample(chunk, labels_for(gen, chunk), model.settings)
+            images = gen.sample(chunk, labels_for(gen, chunk, model.sample.labels), model.settings)
             try:
                 # The extractor sees samples at the data set's own resolution, as it sees the
                 # real images: one resize path for both sides (DCGAN trains CIFAR-10 at 64 px).
@@ -92,10 +114,15 @@ def sample_and_evaluate(
     evaluator.all_reduce()
     grid = [t for part in collectives.gather(grid) for t in part]
     if distributed.is_main():
-        _write_grid(torch.cat(grid)[:keep], grid_path)
+        grid_labels = labels_for(gen, seeds[:keep], model.sample.labels)
+        _write_grid(
+            torch.cat(grid)[:keep], grid_path, None if grid_labels is None else grid_labels.cpu()
+        )
     # The slowest rank's time is the run's sampling time.
     seconds = max(collectives.gather(elapsed))
     out: dict[str, Any] = {"seconds": seconds, "seeds": f"{seeds[0]}-{seeds[-1]}"}
+    if model.sample.labels is not None:
+        out["labels"] = list(model.sample.labels)
     if gen.image_size != data_size:
         out["sample_resize"] = f"bilinear_antialias {gen.image_size}->{data_size}"
     return out

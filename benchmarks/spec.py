@@ -225,6 +225,13 @@ class SampleSection(StrictModel):
         None, description="classifier-free guidance scale s (1 = conditional model)"
     )
     grid_size: StrictInt = Field(64, ge=1, le=1024, description="images in the sample grid PNG")
+    labels: list[StrictInt] | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="class labels to sample, cycled over the seeds (class-conditional "
+        "models); None = every class (seed mod classes)",
+    )
 
 
 class EvaluateSection(StrictModel):

@@ -40,6 +40,7 @@ def load_spec(
     inception_weights: str | Path | None = None,
     checkpoints: Mapping[str, str | Path] | None = None,
     reference_stats: str | Path | None = None,
+    labels: Sequence[int] | None = None,
 ) -> RunPlan:
     """A shipped spec (``"smoke"``, ``"cifar10"``) or a spec file, resolved with these
     overrides into the ``RunPlan`` ``run`` executes: every name, config and sampling
@@ -57,6 +58,7 @@ def load_spec(
         inception_weights=Path(inception_weights) if inception_weights is not None else None,
         checkpoints={k: Path(v) for k, v in (checkpoints or {}).items()},
         reference_stats=Path(reference_stats) if reference_stats is not None else None,
+        labels=list(labels) if labels is not None else None,
     )
     return resolve(spec, source, overrides)
 

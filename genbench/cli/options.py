@@ -118,6 +118,17 @@ def split_list(value: str | None, option: str, example: str) -> list[str] | None
     return items
 
 
+def parse_labels(value: str | None) -> list[int] | None:
+    """``--labels 1,3,5`` as integers (None when not given); a usage error otherwise."""
+    items = split_list(value, "--labels", "1,3,5")
+    if items is None:
+        return None
+    bad = next((v for v in items if not v.isdigit()), None)
+    if bad is not None:
+        raise SpecError(f"--labels: {bad!r} is not a class number; give e.g. --labels 1,3,5")
+    return [int(v) for v in items]
+
+
 def parse_checkpoints(values: list[str] | None) -> dict[str, Path]:
     """``--checkpoint MODEL=PATH`` values as a dict."""
     out: dict[str, Path] = {}

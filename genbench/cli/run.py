@@ -15,6 +15,7 @@ from genbench.cli.options import (
     RunsDir,
     SpecArg,
     parse_checkpoints,
+    parse_labels,
     split_list,
 )
 from genbench.core.errors import ModelsFailed, SpecError
@@ -65,6 +66,14 @@ def run_cmd(
     num_samples: Annotated[
         int | None, typer.Option(metavar="N", help="images sampled for evaluation")
     ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            metavar="A,B",
+            help="class labels the class-conditional models sample, cycled over the seeds "
+            "(e.g. 1,3,5); the sample grid has one row per class",
+        ),
+    ] = None,
     checkpoint: Annotated[
         list[str] | None,
         typer.Option(metavar="MODEL=PATH", help="start MODEL from a saved checkpoint (repeatable)"),
@@ -114,6 +123,7 @@ def run_cmd(
         inception_weights=inception_weights,
         checkpoints=parse_checkpoints(checkpoint),
         reference_stats=reference_stats,
+        labels=parse_labels(labels),
     )
     where = "--device" if device is not None else "benchmark.device"
     resolve_device(plan.benchmark.device, where)  # an unusable device fails a dry run too

@@ -172,6 +172,10 @@ class Protocol(Sparse):
     reference: Source | None = None
     fake: Source | None = None
     seeds: str | None = None
+    labels: list[int] | None = None
+    """The class labels sampled (cycled over the seeds); None: every class, or an
+    unconditional model. Part of the comparability key: FID of some classes is another
+    number than FID of all."""
 
     def setting(self) -> dict[str, Any]:
         """The comparability key: every recorded fact except which images were drawn (the
@@ -187,6 +191,8 @@ class SampleInfo(Strict):
     steps: int | str | None = None
     guidance: float | None = None
     """Classifier-free guidance scale s (diffusers' ``guidance_scale``); None: not set."""
+    labels: list[int] | None = None
+    """The class labels sampled, cycled over the seeds; None: every class in turn."""
     seconds: float | None = None
 
 
