@@ -82,6 +82,7 @@ def test_samples_reach_the_extractor_at_the_data_sets_resolution(tmp_path):
     model.name = "dcgan"
     model.sample.seed_offset, model.sample.num_samples = 0, 10
     model.sample.batch_size, model.sample.grid_size = 4, 4
+    model.sample.labels = None
     spy = _SpyEvaluator()
     out = sample_and_evaluate(gen, model, spy, tmp_path / "grid.png")
     assert spy.sizes == [(3, 32, 32)] * 3

@@ -411,7 +411,8 @@ def test_flops_per_image_count_every_network_evaluation(monkeypatch):
 
     def flops(steps):
         settings = cls.make_settings(model.config, SHAPE, {"steps": steps})
-        return flops_per_image(gen, SimpleNamespace(settings=settings))
+        model_view = SimpleNamespace(settings=settings, sample=SimpleNamespace(labels=None))
+        return flops_per_image(gen, model_view)
 
     two, four = flops(2), flops(4)
     assert two > 0 and four == pytest.approx(2 * two, rel=1e-6)
