@@ -14,17 +14,10 @@ from genbench.generators.ddpm import DDPM, DDPMConfig
 from genbench.generators.edm import EDM, EDMConfig
 from genbench.generators.experts import ExpertNets, log_spaced_boundaries
 from genbench.generators.guidance import GuidedSettings
+from tests.test_ddpm import TINY as DDPM_BASE
+from tests.test_edm import TINY
 from tests.trainkit import fit, wake
 
-TINY = dict(
-    channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    dropout=0.0,
-    norm_groups=4,
-    steps=4,
-)
 SHAPE = DataShape(channels=1, image_size=8, num_classes=10)
 CPU = torch.device("cpu")
 
@@ -153,18 +146,7 @@ def test_an_edm_pickle_imports_only_into_one_expert() -> None:
 
 # --------------------------------------------------------------------------- DDPM
 
-DDPM_TINY = dict(
-    channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    norm_groups=4,
-    dropout=0.0,
-    hflip=False,
-    warmup_steps=0,
-    num_timesteps=50,
-    sample_steps=10,
-)
+DDPM_TINY = {**DDPM_BASE, "num_timesteps": 50, "sample_steps": 10}
 
 
 def _ddpm(seed: int = 0, **overrides) -> DDPM:

@@ -17,6 +17,7 @@ from genbench.core.errors import SpecError
 from genbench.generators import DataShape
 from genbench.generators.dcgan import DCGAN, DCGANConfig
 from genbench.generators.edm import EDM, EDMConfig
+from tests.test_edm import TINY
 
 CPU = torch.device("cpu")
 DIGITS = DataShape(channels=1, image_size=16, num_classes=10)
@@ -28,15 +29,7 @@ EDM_TINY = (
 
 def _edm() -> EDM:
     torch.manual_seed(0)
-    config = EDMConfig(
-        channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attn_resolutions=(),
-        dropout=0.0,
-        norm_groups=4,
-        steps=2,
-    )
+    config = EDMConfig(**TINY)
     return EDM(config, DIGITS, CPU)
 
 
