@@ -30,7 +30,12 @@ from genbench.benchmarks.checkpoints import (
 from genbench.benchmarks.environment import fingerprint
 from genbench.benchmarks.inputs import RunInputs
 from genbench.benchmarks.plan import ResolvedModel, RunPlan
-from genbench.benchmarks.sampling import bits_per_dim, has_likelihood, sample_and_evaluate
+from genbench.benchmarks.sampling import (
+    bits_per_dim,
+    has_likelihood,
+    sample_and_evaluate,
+    write_trajectory,
+)
 from genbench.benchmarks.timing import measure_speed
 from genbench.benchmarks.trainer import Trainer, state_files
 from genbench.core import collectives
@@ -115,6 +120,7 @@ def _run_model(
 
     evaluator = inputs.evaluator()
     sampled = sample_and_evaluate(gen, model, evaluator, out / files.SAMPLES)
+    trajectory = write_trajectory(gen, model, out / files.TRAJECTORY) if main else None
     extra = {}
     if inputs.test is not None and has_likelihood(model.generator):
         # The bound's noise comes from the global RNG: seeded here, a resumed run (which
@@ -151,6 +157,7 @@ def _run_model(
             guidance=settings.get("guidance"),
             labels=sampled.get("labels"),
             seconds=sampled["seconds"],
+            trajectory_sigmas=trajectory,
         ),
         metrics={name: MetricValue(**value) for name, value in evaluator.compute().items()},
         extra=extra,

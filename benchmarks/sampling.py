@@ -55,17 +55,53 @@ def grid_by_class(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return torch.cat(padded), width
 
 
-def _write_grid(images: torch.Tensor, path: Path, labels: torch.Tensor | None = None) -> None:
-    """The sample grid PNG: one row per class when ``labels`` are given, else square."""
+def _write_grid(
+    images: torch.Tensor,
+    path: Path,
+    labels: torch.Tensor | None = None,
+    nrow: int | None = None,
+) -> None:
+    """A grid PNG: one row per class when ``labels`` are given, else ``nrow`` images per
+    row (default: square)."""
     if labels is not None:
         images, nrow = grid_by_class(images, labels)
-    else:
+    elif nrow is None:
         nrow = max(1, round(images.shape[0] ** 0.5))
     if images.shape[-1] < 64:  # enlarge small images (digits are 16 px) so the grid is legible
         factor = -(-64 // images.shape[-1])
         images = F.interpolate(images, scale_factor=factor, mode="nearest")
     grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
     io.write_with_atomic(path, lambda tmp: save_image(grid, str(tmp), format="png"))
+
+
+TRAJECTORY_COLUMNS = 6
+"""Noise levels shown in the trajectory strip: the noisiest, the final sample and evenly
+spaced calls between."""
+
+
+def write_trajectory(gen: Generator, model: ResolvedModel, path: Path) -> list[float] | None:
+    """The denoising-trajectory strip of the first ``trajectory_size`` evaluation seeds: one
+    row per seed, one column per noise level (the x0 predicted there, noisiest first; the
+    last column is the sample itself). Returns the columns' sigmas (the last one 0), or
+    None for a generator without x0 predictions (nothing is written)."""
+    rows = model.sample.trajectory_size
+    if rows == 0:
+        return None
+    seeds = seed_list(model)[:rows]
+    gen.eval()
+    points = gen.trajectory(seeds, labels_for(gen, seeds, model.sample.labels), model.settings)
+    if not points:
+        return None
+    # Heun's second call at a level repeats the next step's: one column per level.
+    distinct = list({p.sigma: p for p in reversed(points)}.values())[::-1]
+    last = len(distinct) - 1
+    count = min(TRAJECTORY_COLUMNS, len(distinct))
+    picked = sorted({round(i * last / max(count - 1, 1)) for i in range(count)})
+    columns = [distinct[i] for i in picked]
+    sigmas = [c.sigma for c in columns[:-1]] + [0.0]
+    strip = torch.stack([c.x0.clamp(-1.0, 1.0).cpu() for c in columns], dim=1)  # (N, K, ...)
+    _write_grid(strip.flatten(0, 1), path, nrow=len(columns))
+    return sigmas
 
 
 def sample_and_evaluate(

@@ -225,6 +225,12 @@ class SampleSection(StrictModel):
         None, description="classifier-free guidance scale s (1 = conditional model)"
     )
     grid_size: StrictInt = Field(64, ge=1, le=1024, description="images in the sample grid PNG")
+    trajectory_size: StrictInt = Field(
+        4,
+        ge=0,
+        le=64,
+        description="rows (seeds) of the denoising-trajectory strip of diffusion models; 0 = none",
+    )
     labels: list[StrictInt] | None = Field(
         None,
         min_length=1,

@@ -70,6 +70,15 @@ class DataShape:
 
 
 @dataclass(frozen=True)
+class TrajectoryPoint:
+    """One network call of a sampling run: its noise level sigma (``x = x0 + sigma eps``
+    scaled as the model's own process is) and the x0 it predicted, in [-1, 1] space."""
+
+    sigma: float
+    x0: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Batch:
     """One training batch: images in [-1, 1] (N, C, H, W) and optional integer labels."""
 
@@ -140,6 +149,18 @@ class Generator(ABC):
     ) -> torch.Tensor:
         """Images in [-1, 1], one per seed; image i depends only on ``seeds[i]`` (and its
         label). ``settings`` None means the generator's defaults (``Settings()``)."""
+
+    def trajectory(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        settings: SampleSettings | None = None,
+    ) -> list[TrajectoryPoint] | None:
+        """The denoising trajectory of ``sample``: the x0 prediction of every network call
+        along the same sampling path, noisiest first, each with its noise level (the
+        sigma of x = x0 + sigma eps, one unit for every diffusion model). None for a
+        generator that predicts no x0 (a GAN)."""
+        return None
 
     @abstractmethod
     def nfe(self, settings: SampleSettings | None = None) -> int:

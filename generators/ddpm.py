@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -42,6 +42,7 @@ from genbench.generators.base import (
     DataShape,
     Generator,
     GeneratorConfig,
+    TrajectoryPoint,
     eval_mode,
     random_hflip,
 )
@@ -672,6 +673,28 @@ class DDPM(Generator):
         labels: torch.Tensor | None = None,
         settings: DDPMSettings | None = None,
     ) -> torch.Tensor:
+        return self._sample(seeds, labels, settings)
+
+    @torch.no_grad()
+    def trajectory(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        settings: DDPMSettings | None = None,
+    ) -> list[TrajectoryPoint]:
+        points: list[TrajectoryPoint] = []
+        self._sample(seeds, labels, settings, lambda s, x0: points.append(TrajectoryPoint(s, x0)))
+        return points
+
+    def _sample(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None,
+        settings: DDPMSettings | None,
+        watch: Callable[[float, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """``sample``; ``watch(sigma_t, predicted x0)`` sees every step, with sigma_t =
+        sqrt((1 - alpha-bar_t) / alpha-bar_t), the noise level of x_t / sqrt(alpha-bar_t)."""
         settings = self._settings(settings)
         plan = self._plan(settings.steps)
         guidance = settings.guidance
@@ -682,6 +705,10 @@ class DDPM(Generator):
             for i, index in enumerate(reversed(range(d.num_timesteps))):
                 t = torch.full((len(seeds),), index, device=self.device, dtype=torch.long)
                 out = self._predict(x, t, d, labels, guidance)
+                if watch is not None:
+                    x0 = d.x0_from_eps(x, t, out[0])
+                    x0 = x0.clamp(-1.0, 1.0) if self.config.clip_denoised else x0
+                    watch(float(d.sqrt_recipm1_alphas_cumprod[index]), x0)
                 noise = None
                 if self._needs_noise(plan, index):  # stream 1 + i: step i's noise, by seed
                     noise = seeded_randn(seeds, shape, self.device, stream=1 + i)

@@ -50,6 +50,7 @@ from genbench.generators.base import (
     DataShape,
     Generator,
     GeneratorConfig,
+    TrajectoryPoint,
     eval_mode,
 )
 from genbench.generators.edm_checkpoint import import_edm_state, is_edm_state
@@ -288,6 +289,17 @@ def sample_sde(
 
 
 ORDERS = {"heun": 2, "euler": 1}
+
+
+def _watched(D: Denoiser, watch: Callable[[float, torch.Tensor], None]) -> Denoiser:
+    """``D`` that also shows each call's (sigma, output) to ``watch``."""
+
+    def watched(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        out = D(x, sigma)
+        watch(sigma, out.clone())
+        return out
+
+    return watched
 
 
 def sampler_nfe(steps: int, order: int) -> int:
@@ -572,11 +584,34 @@ class EDM(Generator):
         labels: torch.Tensor | None = None,
         settings: GuidedSettings | None = None,
     ) -> torch.Tensor:
+        return self._sample(seeds, labels, settings)
+
+    @torch.no_grad()
+    def trajectory(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        settings: GuidedSettings | None = None,
+    ) -> list[TrajectoryPoint]:
+        points: list[TrajectoryPoint] = []
+        self._sample(seeds, labels, settings, lambda s, x0: points.append(TrajectoryPoint(s, x0)))
+        return points
+
+    def _sample(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None,
+        settings: GuidedSettings | None,
+        watch: Callable[[float, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """``sample``; ``watch(sigma, D(x; sigma))`` sees every denoiser call."""
         settings = self._settings(settings)
         shape = (self.data.channels, self.image_size, self.image_size)
         # Stream 0: initial noise; stream 1 + i: the churn noise of step i.
         noise = seeded_randn(seeds, shape, self.device, stream=0)
         D = self._sampling_denoiser(len(seeds), labels, settings.guidance)
+        if watch is not None:
+            D = _watched(D, watch)
         sigmas = self.sigmas(self._steps(settings)).tolist()
         order = ORDERS[self.config.sampler]
         with eval_mode(self.net):  # no dropout: an image depends only on its seed

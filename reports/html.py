@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from genbench.reports.fmt import sig
 from genbench.reports.markdown import DIGITS_NOTE, READING_GUIDE
 from genbench.reports.model import Cell, Report, Table, flatten
 from genbench.reports.plots import Missing, Plot, all_plots
@@ -110,6 +111,25 @@ def _samples(report: Report) -> list[dict[str, Any]]:
     return out
 
 
+def _trajectories(report: Report) -> list[dict[str, Any]]:
+    out = []
+    for m, label in zip(report.inputs.models, report.labels, strict=True):
+        sample = m.metrics.sample
+        if m.trajectory is None or sample is None or not sample.trajectory_sigmas:
+            continue
+        levels = ", ".join(sig(s, 3) for s in sample.trajectory_sigmas[:-1])
+        out.append(
+            {
+                "label": label,
+                "caption": f"{label} (run {m.run.run_id})",
+                "detail": f"one row per seed from {sample.seeds.split('-')[0]}; the x0 the "
+                f"model predicts at sigma = {levels} (left to right), then the final sample",
+                "src": data_uri(m.trajectory.read_bytes()),
+            }
+        )
+    return out
+
+
 def report_grid_size(spec: dict[str, Any], model: str) -> int | None:
     """``sample.grid_size`` of a model in the resolved spec, if recorded."""
     entry = spec.get("models", {}).get(model, {})
@@ -153,4 +173,5 @@ def render_html(report: Report, figures: list[Plot | Missing] | None = None) -> 
         ],
         missing=[f for f in figures if not isinstance(f, Plot)],
         samples=_samples(report),
+        trajectories=_trajectories(report),
     )

@@ -87,7 +87,7 @@ def markdown_report(report: Report, html_name: str | None = "report.html") -> st
     parts += [
         "",
         "Plots (FID against sampling time with its Pareto front, FID against NFE, FID "
-        "against training time, throughput, training losses, speed history) and sample "
-        f"grids: {where}.",
+        "against training time, throughput, training losses, speed history), sample "
+        f"grids and the diffusion models' denoising trajectories: {where}.",
     ]
     return "\n".join(parts).replace("\n\n\n", "\n\n") + "\n"

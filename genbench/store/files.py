@@ -9,6 +9,7 @@
         <model>/train_log.jsonl        ``TrainLogEntry`` lines
         <model>/checkpoint.safetensors
         <model>/samples.png
+        <model>/trajectory.png  x0 predictions along sampling (diffusion models)
         <model>/timing.json   ``Timing``
         <model>/metrics.json  ``ModelMetrics``
         report.md, report.html
@@ -64,10 +65,11 @@ TIMING = "timing.json"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 SAMPLES = "samples.png"
+TRAJECTORY = "trajectory.png"
 SPEED = "speed.json"
 TRAINING = "training"
 """A model's folder of full training states (``state-<step>.pt``, the newest few)."""
-MODEL_FILES = (TRAIN_LOG, CHECKPOINT, SAMPLES, TIMING, METRICS)
+MODEL_FILES = (TRAIN_LOG, CHECKPOINT, SAMPLES, TRAJECTORY, TIMING, METRICS)
 """The files a run writes into a model's folder (and the only ones ``bench resume`` removes)."""
 PARTIAL_SUFFIX = io.PARTIAL_SUFFIX
 

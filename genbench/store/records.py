@@ -194,6 +194,9 @@ class SampleInfo(Strict):
     labels: list[int] | None = None
     """The class labels sampled, cycled over the seeds; None: every class in turn."""
     seconds: float | None = None
+    trajectory_sigmas: list[float] | None = None
+    """Noise levels of the columns of ``trajectory.png`` (the last column, 0, is the final
+    sample); None: no strip (not a diffusion model, or ``trajectory_size = 0``)."""
 
 
 class ModelMetrics(Record):

@@ -35,6 +35,8 @@ class ModelResult:
     train_log: list[TrainLogEntry]
     samples: Path | None
     run: RunResult = field(repr=False)
+    trajectory: Path | None = None
+    """``trajectory.png``: x0 predictions along sampling (diffusion models)."""
     """The run this model belongs to."""
 
     def value(self, metric: str) -> float | None:
@@ -135,6 +137,7 @@ def load_model(run: RunResult, model_dir: Path) -> ModelResult:
     timing_path = model_dir / files.TIMING
     log_path = model_dir / files.TRAIN_LOG
     samples = model_dir / files.SAMPLES
+    trajectory = model_dir / files.TRAJECTORY
     return ModelResult(
         name=metrics.model or model_dir.name,
         metrics=metrics,
@@ -142,6 +145,7 @@ def load_model(run: RunResult, model_dir: Path) -> ModelResult:
         train_log=files.read_train_log(log_path) if log_path.is_file() else [],
         samples=samples if samples.is_file() else None,
         run=run,
+        trajectory=trajectory if trajectory.is_file() else None,
     )
 
 

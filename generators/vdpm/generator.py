@@ -21,6 +21,7 @@ from genbench.generators.base import (
     DataShape,
     Generator,
     GeneratorConfig,
+    TrajectoryPoint,
     eval_mode,
     random_hflip,
 )
@@ -332,6 +333,28 @@ class VDPM(Generator):
         labels: Tensor | None = None,
         settings: VDPMSettings | None = None,
     ) -> Tensor:
+        return self._sample(seeds, labels, settings)
+
+    @torch.no_grad()
+    def trajectory(
+        self,
+        seeds: Sequence[int],
+        labels: Tensor | None = None,
+        settings: VDPMSettings | None = None,
+    ) -> list[TrajectoryPoint]:
+        points: list[TrajectoryPoint] = []
+        self._sample(seeds, labels, settings, lambda s, x0: points.append(TrajectoryPoint(s, x0)))
+        return points
+
+    def _sample(
+        self,
+        seeds: Sequence[int],
+        labels: Tensor | None,
+        settings: VDPMSettings | None,
+        watch: Callable[[float, Tensor], None] | None = None,
+    ) -> Tensor:
+        """``sample``; ``watch(sigma, x_pred)`` sees every denoiser call, with sigma =
+        exp(-logsnr / 2), the noise level of z_t / alpha_t."""
         n_steps, scale = self._settings(settings)
         shape = (self.data.channels, self.image_size, self.image_size)
         z = seeded_randn(seeds, shape, self.device, stream=0)  # z_1 ~ N(0, I)
@@ -340,12 +363,24 @@ class VDPM(Generator):
             return seeded_randn(seeds, shape, self.device, stream=1 + i)
 
         with eval_mode(self.net):  # no dropout: an image depends only on its seed
-            x = sample_loop(
-                self._denoiser(labels, scale), z, self.logsnr_grid(n_steps), self._step_fn(), noise
-            )
+            denoise = self._denoiser(labels, scale)
+            if watch is not None:
+                denoise = _watched(denoise, watch)
+            x = sample_loop(denoise, z, self.logsnr_grid(n_steps), self._step_fn(), noise)
         return x.clamp_(-1.0, 1.0)
 
     def nfe(self, settings: VDPMSettings | None = None) -> int:
         """Network evaluations per image: N, doubled under classifier-free guidance."""
         steps, scale = self._settings(settings)
         return steps * (2 if is_guided(scale, self.conditional) else 1)
+
+
+def _watched(denoise: Denoiser, watch: Callable[[float, Tensor], None]) -> Denoiser:
+    """``denoise`` that also shows each call's (sigma, x_pred) to ``watch``."""
+
+    def watched(z: Tensor, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+        x0, eps = denoise(z, logsnr)
+        watch(math.exp(-0.5 * float(logsnr)), x0.clone())
+        return x0, eps
+
+    return watched
