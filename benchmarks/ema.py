@@ -7,6 +7,9 @@ an optional ramp-up that caps the half-life at ``rampup_ratio`` x images seen so
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -84,3 +87,19 @@ class EMA:
         """Load the averaged weights into the live networks (used for sampling from then on)."""
         for name, mod in self.modules.items():
             mod.load_state_dict(self.shadow[name], strict=True)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """Run the block with the averaged weights in the live networks, then give them
+        their trained weights back (an evaluation in the middle of training)."""
+        live = {
+            name: {k: v.detach().clone() for k, v in mod.state_dict().items()}
+            for name, mod in self.modules.items()
+        }
+        self.copy_to_modules()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, mod in self.modules.items():
+                    mod.load_state_dict(live[name], strict=True)

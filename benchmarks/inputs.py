@@ -177,7 +177,10 @@ class RunInputs:
             progress=lambda total: counting("reference statistics", total),
         )
 
-    def evaluator(self) -> Evaluator:
-        """A fresh ``Evaluator`` for one model, set up from the spec."""
+    def evaluator(self, metrics: list[str] | None = None) -> Evaluator:
+        """A fresh ``Evaluator`` for one model, set up from the spec (of ``metrics``: the
+        spec's by default)."""
         evaluate = self.plan.evaluate
-        return Evaluator(self.extractor, self.stats, evaluate.metrics, metric_options(evaluate))
+        return Evaluator(
+            self.extractor, self.stats, metrics or evaluate.metrics, metric_options(evaluate)
+        )

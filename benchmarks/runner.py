@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from genbench.benchmarks.inputs import RunInputs
 from genbench.benchmarks.plan import ResolvedModel, RunPlan
 from genbench.benchmarks.sampling import (
     bits_per_dim,
+    evaluate_during_training,
     has_likelihood,
     sample_and_evaluate,
     write_trajectory,
@@ -51,6 +52,7 @@ from genbench.store.records import (
     Resumption,
     RunStatus,
     SampleInfo,
+    TrainEvalEntry,
 )
 from genbench.store.runs import read_status, schema_version_of
 
@@ -197,10 +199,56 @@ def train_model(
         files.truncate_train_log(log, trainer.step)
     elif log.exists():
         files.inside(out, log).unlink()
+    evals = out / files.TRAIN_EVAL
+    if distributed.is_main():  # entries after the resumed state go, as the log's do
+        if resumed:
+            files.truncate_train_log(evals, trainer.step)
+        elif evals.exists():
+            files.inside(out, evals).unlink()
     data = batches(
         inputs.train, model, plan.benchmark.seed, gen.image_size, device, start=trainer.step
     )
-    return trainer.fit(data, model.name, log, states)
+    every = plan.evaluate.every_steps
+    evaluate = _evaluate_during_training(plan, model, gen, evals, inputs, trainer)
+    return trainer.fit(
+        data, model.name, log, states, every=None if every is None else (every, evaluate)
+    )
+
+
+def _evaluate_during_training(
+    plan: RunPlan,
+    model: ResolvedModel,
+    gen: Generator,
+    path: Path,
+    inputs: RunInputs,
+    trainer: Trainer,
+) -> Callable[[int], str]:
+    """``[evaluate] every``'s evaluation: FID of ``every_samples`` images from seeds
+    ``every_seed_offset ..``, appended to ``train_eval.jsonl`` with its own protocol."""
+    ev = plan.evaluate
+    seeds = list(range(ev.every_seed_offset, ev.every_seed_offset + ev.every_samples))
+
+    def evaluate(step: int) -> str:
+        evaluator = inputs.evaluator(["fid"])
+        result = evaluate_during_training(gen, model, evaluator, seeds)
+        fid = result["metrics"]["fid"]
+        if distributed.is_main():
+            protocol = {**evaluator.protocol(), "seeds": result["seeds"]}
+            protocol["sample_resize"] = result.get("sample_resize")
+            protocol["labels"] = result.get("labels")
+            files.append_line(
+                path,
+                TrainEvalEntry(
+                    step=step,
+                    images=step * model.train.batch_size,
+                    time_s=round(trainer.elapsed, 4),
+                    metrics={"fid": MetricValue(**fid)},
+                    protocol=Protocol.model_validate(protocol),
+                ),
+            )
+        return f"FID {fid['value']:.4g} at step {step}"
+
+    return evaluate
 
 
 @contextmanager

@@ -104,6 +104,64 @@ def write_trajectory(gen: Generator, model: ResolvedModel, path: Path) -> list[f
     return sigmas
 
 
+def _stream(
+    gen: Generator,
+    model: ResolvedModel,
+    evaluator: Evaluator,
+    seeds: list[int],
+    keep: int,
+    label: str | None,
+) -> tuple[float, list[torch.Tensor]]:
+    """Sample ``seeds`` in batches into ``evaluator`` (this rank's share, then combined
+    over every rank); returns the slowest rank's seconds and the first ``keep`` images
+    (on rank 0; every rank's, gathered in seed order). ``label`` None: no progress bar
+    of its own."""
+    bs = model.sample.batch_size
+    starts = list(range(0, len(seeds), bs))
+    mine = [starts[i] for i in collectives.shard(len(starts))]
+    kept: list[torch.Tensor] = []
+    failure: str | None = None
+    data_size = gen.data.image_size
+    gen.eval()
+    t0 = time.perf_counter()
+    with progress_bar(shown=label is not None) as bar:
+        count = sum(len(seeds[i : i + bs]) for i in mine)
+        if label is not None and collectives.world_size() > 1:  # only rank 0's bar is shown
+            label += f" (rank 0's {count} of {len(seeds)})"
+        task = bar.add_task(label or "", total=count, status="")
+        for i in mine:
+            chunk = seeds[i : i + bs]
+            images = gen.sample(chunk, labels_for(gen, chunk, model.sample.labels), model.settings)
+            try:
+                # The extractor sees samples at the data set's own resolution, as it sees the
+                # real images: one resize path for both sides (DCGAN trains CIFAR-10 at 64 px).
+                evaluator.update(to_size(images, data_size))
+            except NonFinite as exc:  # stop here, but reach the collectives below
+                failure = str(exc)
+                break
+            if i < keep:
+                kept.append(images[: keep - i].cpu())
+            bar.advance(task, len(chunk))
+    elapsed = time.perf_counter() - t0
+    failures = [f for f in collectives.gather(failure) if f is not None]
+    if failures:  # every rank raises, so every rank goes on to the same next model
+        raise NonFinite(failures[0])
+    evaluator.all_reduce()
+    kept = [t for part in collectives.gather(kept) for t in part]
+    # The slowest rank's time is the run's sampling time.
+    return max(collectives.gather(elapsed)), kept
+
+
+def _sampled(gen: Generator, model: ResolvedModel, seeds: list[int]) -> dict[str, Any]:
+    """The seed range, labels and resize of a sampling run, as its records give them."""
+    out: dict[str, Any] = {"seeds": f"{seeds[0]}-{seeds[-1]}"}
+    if model.sample.labels is not None:
+        out["labels"] = list(model.sample.labels)
+    if gen.image_size != gen.data.image_size:
+        out["sample_resize"] = f"bilinear_antialias {gen.image_size}->{gen.data.image_size}"
+    return out
+
+
 def sample_and_evaluate(
     gen: Generator, model: ResolvedModel, evaluator: Evaluator, grid_path: Path
 ) -> dict[str, Any]:
@@ -116,52 +174,23 @@ def sample_and_evaluate(
     evaluator's shards are combined (``Evaluator.all_reduce``) and rank 0 writes the grid.
     """
     seeds = seed_list(model)
-    bs, keep = model.sample.batch_size, model.sample.grid_size
-    starts = list(range(0, len(seeds), bs))
-    mine = [starts[i] for i in collectives.shard(len(starts))]
-    grid: list[torch.Tensor] = []
-    failure: str | None = None
-    data_size = gen.data.image_size
-    gen.eval()
-    t0 = time.perf_counter()
-    with progress_bar() as bar:
-        count = sum(len(seeds[i : i + bs]) for i in mine)
-        label = f"sample {model.name}"
-        if collectives.world_size() > 1:  # only rank 0's bar is shown
-            label += f" (rank 0's {count} of {len(seeds)})"
-        task = bar.add_task(label, total=count, status="")
-        for i in mine:
-            chunk = seeds[i : i + bs]
-            images = gen.sample(chunk, labels_for(gen, chunk, model.sample.labels), model.settings)
-            try:
-                # The extractor sees samples at the data set's own resolution, as it sees the
-                # real images: one resize path for both sides (DCGAN trains CIFAR-10 at 64 px).
-                evaluator.update(to_size(images, data_size))
-            except NonFinite as exc:  # stop here, but reach the collectives below
-                failure = str(exc)
-                break
-            if i < keep:
-                grid.append(images[: keep - i].cpu())
-            bar.advance(task, len(chunk))
-    elapsed = time.perf_counter() - t0
-    failures = [f for f in collectives.gather(failure) if f is not None]
-    if failures:  # every rank raises, so every rank goes on to the same next model
-        raise NonFinite(failures[0])
-    evaluator.all_reduce()
-    grid = [t for part in collectives.gather(grid) for t in part]
+    keep = model.sample.grid_size
+    seconds, grid = _stream(gen, model, evaluator, seeds, keep, f"sample {model.name}")
     if distributed.is_main():
         grid_labels = labels_for(gen, seeds[:keep], model.sample.labels)
         _write_grid(
             torch.cat(grid)[:keep], grid_path, None if grid_labels is None else grid_labels.cpu()
         )
-    # The slowest rank's time is the run's sampling time.
-    seconds = max(collectives.gather(elapsed))
-    out: dict[str, Any] = {"seconds": seconds, "seeds": f"{seeds[0]}-{seeds[-1]}"}
-    if model.sample.labels is not None:
-        out["labels"] = list(model.sample.labels)
-    if gen.image_size != data_size:
-        out["sample_resize"] = f"bilinear_antialias {gen.image_size}->{data_size}"
-    return out
+    return {"seconds": seconds, **_sampled(gen, model, seeds)}
+
+
+def evaluate_during_training(
+    gen: Generator, model: ResolvedModel, evaluator: Evaluator, seeds: list[int]
+) -> dict[str, Any]:
+    """``[evaluate] every``: sample ``seeds`` into ``evaluator`` in the middle of training
+    (every rank its share); returns the metrics and the protocol facts of the seeds."""
+    _stream(gen, model, evaluator, seeds, 0, None)  # the training bar tells
+    return {"metrics": evaluator.compute(), **_sampled(gen, model, seeds)}
 
 
 def has_likelihood(generator: str) -> bool:

@@ -58,6 +58,19 @@ _DURATION = re.compile(
 _IMAGES = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kKM]?)img\s*$")
 
 
+_EVERY = re.compile(r"^\s*(\d+)\s*steps?\s*$")
+EVERY_SEED_OFFSET = 2**40
+"""Default first seed of the evaluations during training: far from the evaluation seeds."""
+
+
+def parse_every(text: str) -> int:
+    """Steps of ``"2000 steps"`` (``[evaluate] every``); ``ValueError`` naming the form."""
+    match = _EVERY.match(text)
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(f'{text!r} is not a step interval; write it as "2000 steps"')
+    return int(match.group(1))
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``"20s"``, ``"30m"``, ``"1.5h"`` or ``"1h30m"``;
     ``ValueError`` naming the accepted forms otherwise."""
@@ -267,6 +280,31 @@ class EvaluateSection(StrictModel):
         None, ge=2, description="KID subset size; None: 1000, and fewer samples is an error"
     )
     pr_k: StrictInt = Field(3, ge=1, description="neighbourhood size of precision/recall")
+    # Quality during training: FID every N steps on its own seeds (never the evaluation's).
+    every: str | None = Field(
+        None, description='FID during training, e.g. "2000 steps"; None = only at the end'
+    )
+    every_samples: StrictInt = Field(
+        500, ge=2, le=10**6, description="images sampled for each FID during training"
+    )
+    every_seed_offset: StrictInt = Field(
+        EVERY_SEED_OFFSET,
+        ge=0,
+        le=2**62,
+        description="first seed of the FID during training (far from the evaluation's)",
+    )
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, every: str | None) -> str | None:
+        if every is not None:
+            parse_every(every)
+        return every
+
+    @property
+    def every_steps(self) -> int | None:
+        """Training steps between evaluations during training (None: none)."""
+        return None if self.every is None else parse_every(self.every)
 
     @field_validator("metrics")
     @classmethod

@@ -25,7 +25,7 @@ import random
 import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -354,9 +354,14 @@ class Trainer:
         name: str,
         log_path: Path | None = None,
         states: Path | None = None,
+        every: tuple[int, Callable[[int], str]] | None = None,
     ) -> dict[str, Any]:
         """Train until the step count or time budget is reached; log every ``log_every``
         steps, save the training state as ``checkpoint_every`` asks (in ``states``).
+        ``every = (n, evaluate)``: after every n-th step, ``evaluate(step)`` (which
+        returns a status line for the progress bar) runs with the sampling weights (the EMA
+        ones, if there is an EMA); its time is not training time and it draws nothing from
+        the global RNGs training uses, so training goes on exactly as without it.
         Afterwards the sampling networks hold the EMA weights, if there is an EMA. Returns
         the train info stored with the results; a divergence saves the last good state
         and raises ``NonFinite``."""
@@ -394,12 +399,25 @@ class Trainer:
                         if writer:
                             self.save(states)
                         last_save = self.elapsed
+                    if every is not None and self.step % every[0] == 0:
+                        bar.update(task, status=f"evaluating at step {self.step}")
+                        bar.update(task, status=self._evaluate(every[1]))
                     bar.update(task, completed=int(self.elapsed) if by_time else self.step)
         finally:
             self.restore_flags()
         if self.ema is not None:  # sample (and checkpoint) with the averaged weights
             self.ema.copy_to_modules()
         return self.info()
+
+    def _evaluate(self, evaluate: Callable[[int], str]) -> str:
+        """``evaluate(step)`` with the sampling weights, every global RNG left as it was."""
+        rng = rng_state()
+        swapped = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+        try:
+            with swapped:
+                return evaluate(self.step)
+        finally:
+            set_rng_state(rng)
 
     def _write_log(self, log_path: Path | None, steps: int, since: float) -> dict[str, float]:
         """Read the logs of the last ``steps`` steps and append them to the training log

@@ -308,6 +308,47 @@ def fid_vs_train_time(report: Report) -> Plot | Missing:
     return Plot("fid_train_time", title, caption, _render(draw), draw=draw)
 
 
+def fid_during_training(report: Report) -> Plot | None:
+    """FID measured during training (``[evaluate] every``) against training images seen,
+    one line per model; None (not even a "not drawn" line: the measurement is opt-in)
+    when no model has it."""
+    title = "FID during training"
+    lines: list[tuple[str, list[tuple[float, float]]]] = []
+    counts: set[int] = set()
+    for m, label in zip(report.inputs.models, report.labels, strict=True):
+        pts = [
+            (float(e.images), v)
+            for e in m.train_eval
+            if (v := fmt.number(e.value("fid"))) is not None and e.images > 0
+        ]
+        if pts:
+            lines.append((label, sorted(pts)))
+            counts |= {e.protocol.num_samples or 0 for e in m.train_eval}
+    if not lines:
+        return None
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        for i, (label, pts) in enumerate(lines):
+            style = _style_for(i)
+            ax.plot(
+                [x for x, _ in pts],
+                [y for _, y in pts],
+                marker=style["marker"],
+                color=style["color"],
+                label=tex_safe(label),
+            )
+        _fid_axes(ax, [x for _, pts in lines for x, _ in pts], "training images seen", title)
+
+    sizes = " or ".join(f"{n:,}" for n in sorted(counts))
+    caption = (
+        f"FID of {sizes} samples from the EMA weights (if any) at each evaluation during "
+        "training, on seeds of their own: a smaller sample count than the final evaluation's, "
+        "so its FID is biased upwards and not comparable with the results table."
+    )
+    return Plot("fid_training", title, caption, _render(draw), draw=draw)
+
+
 @dataclass(frozen=True)
 class _Speed:
     """One throughput point: a series name, its batch size, its median images/s, the
@@ -571,6 +612,7 @@ FIGURES = [
     fid_vs_time,
     fid_vs_nfe,
     fid_vs_train_time,
+    fid_during_training,
     throughput,
     training_losses,
     speed_history,
@@ -578,5 +620,5 @@ FIGURES = [
 
 
 def all_plots(report: Report) -> list[Plot | Missing]:
-    """Every figure of the report, or why it is absent."""
-    return [make(report) for make in FIGURES]
+    """Every figure of the report, or why it is absent (opt-in figures only when drawn)."""
+    return [f for make in FIGURES if (f := make(report)) is not None]

@@ -19,9 +19,10 @@ def show_progress(shown: bool) -> None:
     _shown = shown
 
 
-def progress_bar() -> Progress:
+def progress_bar(shown: bool = True) -> Progress:
     """A rich progress display: description, bar, done/total, time left and a status text
-    (each task must be added with a ``status`` field)."""
+    (each task must be added with a ``status`` field); ``shown=False``: a silent one (work
+    inside another bar's task, which reports it in its status)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -30,7 +31,7 @@ def progress_bar() -> Progress:
         TextColumn("{task.fields[status]}"),
         transient=False,
         console=Console(stderr=True),
-        disable=not _shown,
+        disable=not (_shown and shown),
     )
 
 

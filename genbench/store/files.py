@@ -7,6 +7,7 @@
         environment.json      ``Environment``
         run.json              ``RunStatus``
         <model>/train_log.jsonl        ``TrainLogEntry`` lines
+        <model>/train_eval.jsonl       ``TrainEvalEntry`` lines ([evaluate] every)
         <model>/checkpoint.safetensors
         <model>/samples.png
         <model>/trajectory.png  x0 predictions along sampling (diffusion models)
@@ -52,6 +53,7 @@ from genbench.store.records import (
     SpeedResult,
     SpeedRun,
     Timing,
+    TrainEvalEntry,
     TrainLogEntry,
 )
 
@@ -63,13 +65,14 @@ STATUS = "run.json"
 METRICS = "metrics.json"
 TIMING = "timing.json"
 TRAIN_LOG = "train_log.jsonl"
+TRAIN_EVAL = "train_eval.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 SAMPLES = "samples.png"
 TRAJECTORY = "trajectory.png"
 SPEED = "speed.json"
 TRAINING = "training"
 """A model's folder of full training states (``state-<step>.pt``, the newest few)."""
-MODEL_FILES = (TRAIN_LOG, CHECKPOINT, SAMPLES, TRAJECTORY, TIMING, METRICS)
+MODEL_FILES = (TRAIN_LOG, TRAIN_EVAL, CHECKPOINT, SAMPLES, TRAJECTORY, TIMING, METRICS)
 """The files a run writes into a model's folder (and the only ones ``bench resume`` removes)."""
 PARTIAL_SUFFIX = io.PARTIAL_SUFFIX
 
@@ -235,8 +238,8 @@ def read_speed_history(path: Path) -> list[SpeedResult]:
 
 
 def truncate_train_log(path: Path, step: int) -> None:
-    """Keep the lines of a training log up to ``step`` (atomically); a missing log stays
-    missing."""
+    """Keep the lines of a training log (or of ``train_eval.jsonl``) up to ``step``
+    (atomically); a missing log stays missing."""
     if not path.is_file():
         return
     kept = [
@@ -256,6 +259,10 @@ def _line_step(line: str) -> float:
 
 def read_train_log(path: Path) -> list[TrainLogEntry]:
     return read_lines(path, TrainLogEntry)
+
+
+def read_train_eval(path: Path) -> list[TrainEvalEntry]:
+    return read_lines(path, TrainEvalEntry)
 
 
 # --------------------------------------------------------------------------- ownership

@@ -453,6 +453,23 @@ class EvalResult(Record):
 # --------------------------------------------------------------------------- training log
 
 
+class TrainEvalEntry(Strict):
+    """One line of ``<model>/train_eval.jsonl``: quality measured in the middle of training
+    (``[evaluate] every``), on its own seeds and sample count, with its own protocol."""
+
+    step: int
+    images: int
+    """Training images seen so far (steps x global batch)."""
+    time_s: float | None = None
+    """Training seconds so far (the evaluations themselves not counted)."""
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    protocol: Protocol
+
+    def value(self, metric: str) -> float | None:
+        entry = self.metrics.get(metric)
+        return None if entry is None else entry.value
+
+
 class TrainLogEntry(Strict):
     """One line of ``<model>/train_log.jsonl``: mean losses over the last ``log_every``
     steps. On disk the losses are top-level keys beside ``step``, ``time_s`` and

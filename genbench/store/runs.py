@@ -21,6 +21,7 @@ from genbench.store.records import (
     RunStatus,
     SpeedRun,
     Timing,
+    TrainEvalEntry,
     TrainLogEntry,
 )
 
@@ -37,6 +38,8 @@ class ModelResult:
     run: RunResult = field(repr=False)
     trajectory: Path | None = None
     """``trajectory.png``: x0 predictions along sampling (diffusion models)."""
+    train_eval: list[TrainEvalEntry] = field(default_factory=list)
+    """Quality measured during training (``[evaluate] every``), by step."""
     """The run this model belongs to."""
 
     def value(self, metric: str) -> float | None:
@@ -138,6 +141,7 @@ def load_model(run: RunResult, model_dir: Path) -> ModelResult:
     log_path = model_dir / files.TRAIN_LOG
     samples = model_dir / files.SAMPLES
     trajectory = model_dir / files.TRAJECTORY
+    train_eval = model_dir / files.TRAIN_EVAL
     return ModelResult(
         name=metrics.model or model_dir.name,
         metrics=metrics,
@@ -146,6 +150,7 @@ def load_model(run: RunResult, model_dir: Path) -> ModelResult:
         samples=samples if samples.is_file() else None,
         run=run,
         trajectory=trajectory if trajectory.is_file() else None,
+        train_eval=files.read_train_eval(train_eval) if train_eval.is_file() else [],
     )
 
 
