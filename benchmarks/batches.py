@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from genbench.benchmarks.plan import ResolvedModel
+from genbench.benchmarks.spec import TrainSection
 from genbench.core.errors import DatasetError
 from genbench.generators import Batch
 
@@ -66,19 +66,19 @@ class StepBatches(Sampler[list[int]]):
 
 def batches(
     dataset: TorchDataset,
-    model: ResolvedModel,
+    train: TrainSection,
     seed: int,
     size: int,
     device: torch.device,
     start: int = 0,
 ) -> Iterator[Batch]:
-    """Endless batches of ``model.train.batch_size`` images at resolution ``size``, from
+    """Endless batches of ``train.batch_size`` images at resolution ``size``, from
     the batch of step ``start + 1`` on (a resumed run passes the step it resumes at)."""
-    sampler = StepBatches(len(dataset), model.train.batch_size, seed, start)  # type: ignore[arg-type]
+    sampler = StepBatches(len(dataset), train.batch_size, seed, start)  # type: ignore[arg-type]
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
-        num_workers=model.train.num_workers,
+        num_workers=train.num_workers,
         # The loader seeds its workers from this generator, never from the global RNG that
         # training draws from.
         generator=torch.Generator().manual_seed(seed),

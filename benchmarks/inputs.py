@@ -113,9 +113,16 @@ class RunInputs:
         bench, evaluate = plan.benchmark, plan.evaluate
         self.plan = plan
         self.dataset = DATASETS.get(bench.dataset, where="benchmark.dataset")
-        needs_train = any(m.train.trains for m in plan.models.values())
+        clf = plan.classifier
+        clf_trains = clf is not None and clf.checkpoint is None and clf.train.trains
+        needs_train = clf_trains or any(m.train.trains for m in plan.models.values())
         self.train = self.dataset.load("train", bench.data_root) if needs_train else None
         size = len(self.train) if self.train is not None else 0  # type: ignore[arg-type]
+        if clf is not None and clf_trains and clf.train.batch_size > size:
+            raise GenbenchError(
+                f"classifier.train.batch_size: {clf.train.batch_size} exceeds the {size} "
+                f"training images of {bench.dataset}; lower it"
+            )
         for model in plan.models.values():
             if model.train.trains and model.train.batch_size > size:
                 raise GenbenchError(
@@ -132,6 +139,18 @@ class RunInputs:
             has_likelihood(m.generator) for m in plan.models.values()
         )
         self.test = self.dataset.load("test", bench.data_root) if needs_test else None
+        self.held_out = None
+        """Test images for the guidance classifier's accuracy (None: no classifier, or a
+        data set without a test split)."""
+        if clf is not None:
+            try:
+                self.held_out = (
+                    self.test
+                    if self.test is not None
+                    else self.dataset.load("test", bench.data_root)
+                )
+            except GenbenchError:
+                self.held_out = None
         check_evaluation(plan)
         for model in plan.models.values():  # a bad --checkpoint fails before the run exists
             check_checkpoint(model)  # (and before the extractor's weights are fetched)

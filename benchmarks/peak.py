@@ -183,7 +183,9 @@ def flops_per_image(gen: Generator, model: ResolvedModel) -> float | None:
         sdpa_kernel(SDPBackend.MATH),
         FlopCounterMode(display=False) as counter,
     ):
-        gen.sample(seeds, labels_for(gen, seeds, model.sample.labels), model.settings)
+        gen.sample(
+            seeds, labels_for(gen, seeds, model.sample.labels, model.settings), model.settings
+        )
     return float(counter.get_total_flops())
 
 

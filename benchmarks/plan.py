@@ -37,13 +37,14 @@ from genbench.data.datasets import DATASETS
 from genbench.eval.extractors import EXTRACTORS
 from genbench.eval.metrics import METRICS
 from genbench.generators import GENERATORS, DataShape, Generator, GeneratorConfig, SampleSettings
-from genbench.store.files import check_model_name, check_name
+from genbench.generators.classifier import ClassifierConfig
+from genbench.store.files import CLASSIFIER_DIR, check_model_name, check_name
 from genbench.store.records import SCHEMA_VERSION
 
 LENGTH_KEYS = frozenset({"steps", "epochs", "images_budget"})
 """``[train]`` keys that give a model's training length: a model's own replaces the global."""
 
-SETTING_KEYS = ("steps", "guidance")
+SETTING_KEYS = ("steps", "guidance", "classifier_scale")
 """``[sample]`` keys that are the generator's typed sampling settings, not the harness's."""
 
 
@@ -100,6 +101,24 @@ class ResolvedModel:
 
 
 @dataclass
+class ResolvedClassifier:
+    """``[classifier]`` resolved: its validated config, training and checkpoint."""
+
+    config: ClassifierConfig
+    train: TrainSection
+    checkpoint: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "config": self.config.view(),
+            "train": self.train.model_dump(mode="json", exclude_none=True),
+        }
+        if self.checkpoint is not None:
+            out["checkpoint"] = str(self.checkpoint)
+        return out
+
+
+@dataclass
 class RunPlan:
     """A fully resolved spec: what ``bench run`` executes and writes as ``spec.toml``."""
 
@@ -108,6 +127,7 @@ class RunPlan:
     timing: TimingSection
     models: dict[str, ResolvedModel]
     source: str
+    classifier: ResolvedClassifier | None = None
 
     def to_dict(self) -> dict[str, Any]:
         models = {}
@@ -127,6 +147,7 @@ class RunPlan:
             "benchmark": self.benchmark.model_dump(mode="json", exclude_none=True),
             "evaluate": self.evaluate.model_dump(mode="json", exclude_none=True),
             "timing": self.timing.model_dump(mode="json", exclude_none=True),
+            **({"classifier": self.classifier.to_dict()} if self.classifier else {}),
             "models": models,
         }
 
@@ -312,7 +333,42 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         timing=spec.timing,
         models=models,
         source=source,
+        classifier=_resolve_classifier(spec, source, models, shape),
     )
+
+
+def _resolve_classifier(
+    spec: Spec, source: str, models: dict[str, ResolvedModel], shape: DataShape
+) -> ResolvedClassifier | None:
+    """``[classifier]`` validated; ``SpecError`` when a model's ``classifier_scale`` has
+    none to follow, or its name would be the classifier's folder."""
+    guided = [n for n, m in models.items() if classifier_scale(m) is not None]
+    if spec.classifier is None:
+        if guided:
+            raise SpecError(
+                f"{source}: models.{guided[0]}.sample.classifier_scale needs a [classifier] "
+                "section (the classifier it follows); add one or drop classifier_scale"
+            )
+        return None
+    if CLASSIFIER_DIR in models:
+        raise SpecError(
+            f"{source}: models.{CLASSIFIER_DIR}: the name of the [classifier]'s folder; "
+            "rename the model"
+        )
+    if shape.num_classes < 2:
+        raise SpecError(f"{source}: classifier: the data set has no class labels to learn")
+    config = validate_section(
+        ClassifierConfig, spec.classifier.config, ("classifier", "config"), source
+    )
+    checkpoint = spec.classifier.checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise SpecError(f"classifier.checkpoint: no such file: {checkpoint}")
+    return ResolvedClassifier(config, spec.classifier.train, _absolute(checkpoint))
+
+
+def classifier_scale(model: ResolvedModel) -> float | None:
+    """The model's classifier guidance scale (None: the generator has none, or unset)."""
+    return getattr(model.settings, "classifier_scale", None)
 
 
 def _check_labels(labels: list[int], conditional: bool, shape: DataShape, where: str) -> None:
@@ -380,6 +436,8 @@ def _resolve_model(
         sample_data.update(num_samples=ov.num_samples)
     train = validate_section(TrainSection, train_data, (*where, "train"), source)
     conditional = gen_cls.is_conditional(config, shape)
+    # Classifier guidance steers towards a label, as conditioning does.
+    conditional = conditional or sample_data.get("classifier_scale") is not None
     if ov.labels is not None and conditional:  # unconditional models sample as they are
         sample_data.update(labels=ov.labels)
     sample = validate_section(SampleSection, sample_data, (*where, "sample"), source)

@@ -28,8 +28,9 @@ from genbench.benchmarks.checkpoints import (
     save_checkpoint,
 )
 from genbench.benchmarks.environment import fingerprint
+from genbench.benchmarks.guidance_classifier import classifier_sha256, prepare_classifier
 from genbench.benchmarks.inputs import RunInputs
-from genbench.benchmarks.plan import ResolvedModel, RunPlan
+from genbench.benchmarks.plan import ResolvedModel, RunPlan, classifier_scale
 from genbench.benchmarks.sampling import (
     bits_per_dim,
     evaluate_during_training,
@@ -43,6 +44,7 @@ from genbench.core import collectives
 from genbench.core.device import resolve_device
 from genbench.core.errors import Interrupted, NonFinite, StoreError
 from genbench.generators import Generator
+from genbench.generators.classifier import NoisyClassifier
 from genbench.reports.report import write_run_reports
 from genbench.store import files
 from genbench.store.records import (
@@ -67,6 +69,7 @@ def run_model(
     device: torch.device,
     inputs: RunInputs,
     trained: dict[str, Any] | None = None,
+    classifier: NoisyClassifier | None = None,
 ) -> ModelMetrics | None:
     """Train (or load), checkpoint, sample + evaluate, time; write the model's files.
 
@@ -80,7 +83,7 @@ def run_model(
     # finite are the data set's fault (a usage error), never a failed model.
     inputs.stats  # noqa: B018 (a cached property: computed once, here)
     try:
-        return _run_model(plan, model, out, device, inputs, trained)
+        return _run_model(plan, model, out, device, inputs, trained, classifier)
     except NonFinite as exc:
         failed = ModelMetrics(
             model=model.name,
@@ -104,11 +107,15 @@ def _run_model(
     device: torch.device,
     inputs: RunInputs,
     trained: dict[str, Any] | None,
+    classifier: NoisyClassifier | None,
 ) -> ModelMetrics | None:
     main = distributed.is_main()  # only rank 0 writes; every rank computes its share
     if main:
         out.mkdir(parents=True, exist_ok=True)
     gen = build_generator(model, plan.benchmark.seed, device)
+    guided = classifier_scale(model) is not None
+    if guided:
+        gen.classifier = classifier
     ckpt = out / files.CHECKPOINT
     if trained is not None:
         load_checkpoint(gen, ckpt, model.generator)
@@ -159,6 +166,8 @@ def _run_model(
             guidance=settings.get("guidance"),
             labels=sampled.get("labels"),
             seconds=sampled["seconds"],
+            classifier_scale=classifier_scale(model),
+            classifier_sha256=classifier_sha256(out.parent) if guided else None,
             trajectory_sigmas=trajectory,
         ),
         metrics={name: MetricValue(**value) for name, value in evaluator.compute().items()},
@@ -206,7 +215,7 @@ def train_model(
         elif evals.exists():
             files.inside(out, evals).unlink()
     data = batches(
-        inputs.train, model, plan.benchmark.seed, gen.image_size, device, start=trainer.step
+        inputs.train, model.train, plan.benchmark.seed, gen.image_size, device, start=trainer.step
     )
     every = plan.evaluate.every_steps
     evaluate = _evaluate_during_training(plan, model, gen, evals, inputs, trainer)
@@ -283,8 +292,10 @@ def run(plan: RunPlan, out_dir: Path) -> Path:
                 files.write_text(run_dir / files.SPEC, plan.to_toml())
                 files.write_record(run_dir / files.ENVIRONMENT, environment(device))
                 files.write_record(run_dir / files.STATUS, status)
+            clf = prepare_classifier(plan, run_dir, device, inputs)
             for model in plan.models.values():
-                run_model(plan, model, files.model_dir(run_dir, model.name), device, inputs)
+                model_dir = files.model_dir(run_dir, model.name)
+                run_model(plan, model, model_dir, device, inputs, classifier=clf)
             if main:
                 finish_run(run_dir, status)
     return run_dir
@@ -371,11 +382,19 @@ def resume(plan: RunPlan, run_dir: Path) -> dict[str, Action]:
             if main:
                 _start_resumption(plan, run_dir, device, actions, trained)
             collectives.barrier()  # the leftovers are gone before anyone reads the model dirs
-            for name, model in plan.models.items():
-                if actions[name] == "kept":
-                    continue
+            todo = [name for name in plan.models if actions[name] != "kept"]
+            clf = prepare_classifier(plan, run_dir, device, inputs) if todo else None
+            for name in todo:
                 model_dir = files.model_dir(run_dir, name)
-                run_model(plan, model, model_dir, device, inputs, trained=trained.get(name))
+                run_model(
+                    plan,
+                    plan.models[name],
+                    model_dir,
+                    device,
+                    inputs,
+                    trained=trained.get(name),
+                    classifier=clf,
+                )
             if main:
                 finish_run(run_dir, read_status(run_dir))
     return actions

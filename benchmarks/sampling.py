@@ -20,7 +20,7 @@ from genbench.core import collectives, io
 from genbench.core.errors import NonFinite
 from genbench.core.progress import progress_bar
 from genbench.eval.evaluator import Evaluator
-from genbench.generators import GENERATORS, Batch, Generator
+from genbench.generators import GENERATORS, Batch, Generator, SampleSettings
 
 
 def seed_list(model: ResolvedModel) -> list[int]:
@@ -30,11 +30,16 @@ def seed_list(model: ResolvedModel) -> list[int]:
 
 
 def labels_for(
-    gen: Generator, seeds: list[int], labels: list[int] | None = None
+    gen: Generator,
+    seeds: list[int],
+    labels: list[int] | None = None,
+    settings: SampleSettings | None = None,
 ) -> torch.Tensor | None:
-    """The class label of each seed for a class-conditional generator (None otherwise):
-    ``labels[seed % len(labels)]``, every class in turn when ``labels`` is None."""
-    if gen.data.num_classes == 0 or not gen.conditional:
+    """The class label of each seed for a class-conditional generator, or one guided by a
+    classifier (``settings.classifier_scale``), None otherwise: ``labels[seed % len(labels)]``,
+    every class in turn when ``labels`` is None."""
+    guided = getattr(settings, "classifier_scale", None) is not None
+    if gen.data.num_classes == 0 or not (gen.conditional or guided):
         return None
     # A label is a function of the seed, so a class-conditional image still depends only on it.
     index = torch.tensor(seeds, device=gen.device)
@@ -89,7 +94,9 @@ def write_trajectory(gen: Generator, model: ResolvedModel, path: Path) -> list[f
         return None
     seeds = seed_list(model)[:rows]
     gen.eval()
-    points = gen.trajectory(seeds, labels_for(gen, seeds, model.sample.labels), model.settings)
+    points = gen.trajectory(
+        seeds, labels_for(gen, seeds, model.sample.labels, model.settings), model.settings
+    )
     if not points:
         return None
     # Heun's second call at a level repeats the next step's: one column per level.
@@ -131,7 +138,9 @@ def _stream(
         task = bar.add_task(label or "", total=count, status="")
         for i in mine:
             chunk = seeds[i : i + bs]
-            images = gen.sample(chunk, labels_for(gen, chunk, model.sample.labels), model.settings)
+            images = gen.sample(
+                chunk, labels_for(gen, chunk, model.sample.labels, model.settings), model.settings
+            )
             try:
                 # The extractor sees samples at the data set's own resolution, as it sees the
                 # real images: one resize path for both sides (DCGAN trains CIFAR-10 at 64 px).
@@ -177,7 +186,7 @@ def sample_and_evaluate(
     keep = model.sample.grid_size
     seconds, grid = _stream(gen, model, evaluator, seeds, keep, f"sample {model.name}")
     if distributed.is_main():
-        grid_labels = labels_for(gen, seeds[:keep], model.sample.labels)
+        grid_labels = labels_for(gen, seeds[:keep], model.sample.labels, model.settings)
         _write_grid(
             torch.cat(grid)[:keep], grid_path, None if grid_labels is None else grid_labels.cpu()
         )

@@ -237,6 +237,9 @@ class SampleSection(StrictModel):
     guidance: float | None = Field(
         None, description="classifier-free guidance scale s (1 = conditional model)"
     )
+    classifier_scale: float | None = Field(
+        None, description="classifier guidance scale (needs [classifier]); 0 = none"
+    )
     grid_size: StrictInt = Field(64, ge=1, le=1024, description="images in the sample grid PNG")
     trajectory_size: StrictInt = Field(
         4,
@@ -378,6 +381,20 @@ class ModelEntry(StrictModel):
     checkpoint: Path | None = Field(None, description="start from this checkpoint")
 
 
+class ClassifierEntry(StrictModel):
+    """``[classifier]``: the noise-conditional classifier that ``classifier_scale`` follows
+    (``genbench.generators.classifier``), trained by the run before its models."""
+
+    config: dict[str, Any] = Field(default_factory=dict, description="ClassifierConfig fields")
+    train: TrainSection = Field(
+        default_factory=lambda: TrainSection(steps=1000, batch_size=64, log_every=100),
+        description="its training (the [train] keys; default 1000 steps of 64)",
+    )
+    checkpoint: Path | None = Field(
+        None, description="a trained classifier's classifier.safetensors: used, not trained"
+    )
+
+
 class Spec(StrictModel):
     schema_version: StrictInt | None = Field(
         None, description="results schema the spec's settings mean (resolved specs state it)"
@@ -387,6 +404,7 @@ class Spec(StrictModel):
     sample: SampleSection = Field(default_factory=SampleSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     timing: TimingSection = Field(default_factory=TimingSection)
+    classifier: ClassifierEntry | None = None
     models: dict[str, ModelEntry] = Field(min_length=1)
 
 

@@ -274,7 +274,7 @@ def speed_timer(gen: Generator, model: ResolvedModel, timing: TimingSection) -> 
     section's fast paths applied to ``gen`` (in place). ``bench run`` and ``bench speed``
     share it, so both time the same way."""
     seeds = list(range(timing.batch_size))
-    labels = labels_for(gen, seeds, model.sample.labels)
+    labels = labels_for(gen, seeds, model.sample.labels, model.settings)
     fast = FastPaths.from_section(timing)
     choice = None
     if timing.fast:

@@ -41,7 +41,8 @@ from genbench.benchmarks.spec import TrainSection
 from genbench.core import collectives, io
 from genbench.core.errors import CheckpointError, NonFinite, SpecError
 from genbench.core.progress import progress_bar
-from genbench.generators import Batch, Generator
+from genbench.generators import Batch
+from genbench.generators.base import Trainable
 from genbench.generators.training import (
     Loss,
     OptimizerSpec,
@@ -84,7 +85,7 @@ class Trainer:
     the cosine schedule's progress is the larger fraction of the two that is used up.
     """
 
-    def __init__(self, gen: Generator, train: TrainSection) -> None:
+    def __init__(self, gen: Trainable, train: TrainSection) -> None:
         self.gen, self.cfg = gen, train
         self.device = gen.device
         self.rank, self.world = collectives.rank(), collectives.world_size()

@@ -89,83 +89,17 @@ class Batch:
         return self.images.shape[0]
 
 
-class Generator(ABC):
-    """One generative model: build from a config, declare its training, sample by seed."""
+class Trainable(ABC):
+    """What the harness's ``Trainer`` trains: networks by name, their training as data, and
+    state dicts. Every ``Generator`` is one; so is a guidance classifier
+    (``genbench.generators.classifier``), which samples no images."""
 
-    Config: ClassVar[type[GeneratorConfig]]
-    Settings: ClassVar[type[SampleSettings]] = SampleSettings
-
-    def __init__(self, config: GeneratorConfig, data: DataShape, device: torch.device) -> None:
-        if not isinstance(config, self.Config):
-            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}")
-        self.config = config
-        self.data = data
-        self.device = torch.device(device)
-        self.image_size: int = data.image_size  # a generator may train at another size
-        self.conditional: bool = type(self).is_conditional(config, data)
-        """Whether ``sample`` uses class labels."""
-
-    @classmethod
-    def is_conditional(cls, config: GeneratorConfig, data: DataShape) -> bool:
-        """Whether a generator of ``config`` on ``data`` is class-conditional (known before
-        it is built, so sampling settings can be checked when the spec loads)."""
-        return False
-
-    @classmethod
-    def check_settings(
-        cls, config: GeneratorConfig, data: DataShape, settings: SampleSettings
-    ) -> None:
-        """Raise ``ValueError`` (naming the setting) when ``settings`` do not suit a
-        generator of ``config`` on ``data``: a step string its sampler cannot parse,
-        guidance on an unconditional model. The base accepts whatever its ``Settings``
-        validated."""
-        return None
-
-    @classmethod
-    def make_settings(
-        cls,
-        config: GeneratorConfig,
-        data: DataShape,
-        values: Mapping[str, Any] | None = None,
-    ) -> SampleSettings:
-        """``values`` as this generator's typed ``Settings``, checked against ``config`` and
-        ``data``: pydantic's ``ValidationError`` for an unknown or mistyped setting,
-        ``ValueError`` for one that does not suit the model."""
-        settings = cls.Settings.model_validate(dict(values or {}))
-        cls.check_settings(config, data, settings)
-        return settings
+    device: torch.device
 
     @abstractmethod
     def training(self) -> Training:
         """The optimisers and the phases of one training step; the harness's ``Trainer``
         runs them (the generator never calls ``backward`` or ``step`` itself)."""
-
-    @abstractmethod
-    def sample(
-        self,
-        seeds: Sequence[int],
-        labels: torch.Tensor | None = None,
-        settings: SampleSettings | None = None,
-    ) -> torch.Tensor:
-        """Images in [-1, 1], one per seed; image i depends only on ``seeds[i]`` (and its
-        label). ``settings`` None means the generator's defaults (``Settings()``)."""
-
-    def trajectory(
-        self,
-        seeds: Sequence[int],
-        labels: torch.Tensor | None = None,
-        settings: SampleSettings | None = None,
-    ) -> list[TrajectoryPoint] | None:
-        """The denoising trajectory of ``sample``: the x0 prediction of every network call
-        along the same sampling path, noisiest first, each with its noise level (the
-        sigma of x = x0 + sigma eps, one unit for every diffusion model). None for a
-        generator that predicts no x0 (a GAN)."""
-        return None
-
-    @abstractmethod
-    def nfe(self, settings: SampleSettings | None = None) -> int:
-        """Network evaluations per image when sampling with ``settings`` (classifier-free
-        guidance evaluates the network twice per step)."""
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -180,11 +114,6 @@ class Generator(ABC):
         """Inverse of ``extra_state``."""
         if state:
             raise KeyError(f"{type(self).__name__} has no extra state, got {sorted(state)}")
-
-    def bits_per_dim(self, batch: Batch) -> torch.Tensor | None:
-        """Per-image upper bound on the negative log-likelihood of ``batch`` in bits per
-        dimension (likelihood models such as DDPM's VLB); None when the model has none."""
-        return None
 
     def sampling_modules(self) -> list[str]:
         """Names of the networks used at sampling time (counted as the model's parameters)."""
@@ -231,6 +160,97 @@ class Generator(ABC):
 
     def eval(self) -> None:
         self.train(False)
+
+
+class Generator(Trainable):
+    """One generative model: build from a config, declare its training, sample by seed."""
+
+    Config: ClassVar[type[GeneratorConfig]]
+    Settings: ClassVar[type[SampleSettings]] = SampleSettings
+
+    def __init__(self, config: GeneratorConfig, data: DataShape, device: torch.device) -> None:
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}")
+        self.config = config
+        self.data = data
+        self.device = torch.device(device)
+        self.image_size: int = data.image_size  # a generator may train at another size
+        self.conditional: bool = type(self).is_conditional(config, data)
+        """Whether ``sample`` uses class labels."""
+        self.classifier: Any = None
+        """The run's guidance classifier (``genbench.generators.classifier``), given by the
+        harness to a generator whose settings have ``classifier_scale``."""
+
+    @classmethod
+    def is_conditional(cls, config: GeneratorConfig, data: DataShape) -> bool:
+        """Whether a generator of ``config`` on ``data`` is class-conditional (known before
+        it is built, so sampling settings can be checked when the spec loads)."""
+        return False
+
+    @classmethod
+    def check_settings(
+        cls, config: GeneratorConfig, data: DataShape, settings: SampleSettings
+    ) -> None:
+        """Raise ``ValueError`` (naming the setting) when ``settings`` do not suit a
+        generator of ``config`` on ``data``: a step string its sampler cannot parse,
+        guidance on an unconditional model. The base accepts whatever its ``Settings``
+        validated."""
+        return None
+
+    @classmethod
+    def make_settings(
+        cls,
+        config: GeneratorConfig,
+        data: DataShape,
+        values: Mapping[str, Any] | None = None,
+    ) -> SampleSettings:
+        """``values`` as this generator's typed ``Settings``, checked against ``config`` and
+        ``data``: pydantic's ``ValidationError`` for an unknown or mistyped setting,
+        ``ValueError`` for one that does not suit the model."""
+        settings = cls.Settings.model_validate(dict(values or {}))
+        cls.check_settings(config, data, settings)
+        return settings
+
+    @abstractmethod
+    def sample(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        settings: SampleSettings | None = None,
+    ) -> torch.Tensor:
+        """Images in [-1, 1], one per seed; image i depends only on ``seeds[i]`` (and its
+        label). ``settings`` None means the generator's defaults (``Settings()``)."""
+
+    def trajectory(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        settings: SampleSettings | None = None,
+    ) -> list[TrajectoryPoint] | None:
+        """The denoising trajectory of ``sample``: the x0 prediction of every network call
+        along the same sampling path, noisiest first, each with its noise level (the
+        sigma of x = x0 + sigma eps, one unit for every diffusion model). None for a
+        generator that predicts no x0 (a GAN)."""
+        return None
+
+    def guidance_classifier(self) -> Any:
+        """The classifier that ``classifier_scale`` follows; ``ValueError`` without one."""
+        if self.classifier is None:
+            raise ValueError(
+                "classifier_scale needs a guidance classifier: add a [classifier] section to "
+                "the spec (bench run trains it), or drop classifier_scale"
+            )
+        return self.classifier
+
+    @abstractmethod
+    def nfe(self, settings: SampleSettings | None = None) -> int:
+        """Network evaluations per image when sampling with ``settings`` (classifier-free
+        guidance evaluates the network twice per step)."""
+
+    def bits_per_dim(self, batch: Batch) -> torch.Tensor | None:
+        """Per-image upper bound on the negative log-likelihood of ``batch`` in bits per
+        dimension (likelihood models such as DDPM's VLB); None when the model has none."""
+        return None
 
 
 def random_hflip(images: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ holds the flags that made them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -63,8 +64,10 @@ from genbench.generators.diffusion import (
 )
 from genbench.generators.experts import ExpertNets, check_boundaries, log_spaced_boundaries
 from genbench.generators.guidance import (
-    GuidedSettings,
+    ClassifierGuidedSettings,
+    check_classifier_scale,
     check_guidance,
+    classifier_guided,
     drop_labels,
     guide,
     is_guided,
@@ -341,7 +344,7 @@ class TrainingDraws:
     noise: torch.Tensor  # epsilon of q(x_t | x_0)
 
 
-class DDPMSettings(GuidedSettings):
+class DDPMSettings(ClassifierGuidedSettings):
     """The sampler (default: the config's ``sample_steps``, else the full chain) and the
     classifier-free guidance scale (default: 1, the conditional model)."""
 
@@ -364,6 +367,7 @@ class DDPM(Generator):
         if settings.steps is not None:
             parse_steps(settings.steps, config.num_timesteps)  # ValueError when invalid
         check_guidance(settings.guidance, cls.is_conditional(config, data))
+        check_classifier_scale(settings.classifier_scale, data.num_classes)
         if not config.null_label and is_guided(settings.guidance, cls.is_conditional(config, data)):
             raise ValueError(
                 f"guidance: {settings.guidance} needs the 'no label' class, which this model "
@@ -652,14 +656,19 @@ class DDPM(Generator):
         t: torch.Tensor,
         out: tuple[torch.Tensor, torch.Tensor | None],
         noise: torch.Tensor | None,
+        grad: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x_{t-1} from x_t and the network's (eps, v): a DDIM or an ancestral step."""
+        """x_{t-1} from x_t and the network's (eps, v): a DDIM or an ancestral step;
+        ``grad``: classifier guidance's s grad log p(y | x_t) (Dhariwal & Nichol)."""
         (eps, v), c = out, self.config
         if plan.kind == "ddim":
+            if grad is not None:  # their algorithm 2: eps - sqrt(1 - alpha-bar_t) s g
+                eps = eps - d.sqrt_one_minus_alphas_cumprod.to(x)[t].view(-1, 1, 1, 1) * grad
             return d.ddim_step(eps, x, t, c.ddim_eta, noise, c.clip_denoised)
-        return d.ancestral_step(
-            d.p_mean_variance(eps, x, t, c.variance, v, c.clip_denoised), t, noise
-        )
+        pred = d.p_mean_variance(eps, x, t, c.variance, v, c.clip_denoised)
+        if grad is not None:  # their algorithm 1: the mean moves by Sigma s g
+            pred = dataclasses.replace(pred, mean=pred.mean + pred.log_variance.exp() * grad)
+        return d.ancestral_step(pred, t, noise)
 
     def _needs_noise(self, plan: SamplingPlan, index: int) -> bool:
         if index == 0:
@@ -705,6 +714,11 @@ class DDPM(Generator):
             for i, index in enumerate(reversed(range(d.num_timesteps))):
                 t = torch.full((len(seeds),), index, device=self.device, dtype=torch.long)
                 out = self._predict(x, t, d, labels, guidance)
+                grad = None
+                if classifier_guided(settings.classifier_scale, labels):
+                    sigma_t = float(d.sqrt_recipm1_alphas_cumprod[index])  # x_t is x_vp there
+                    grad = self.guidance_classifier().grad_log_prob(x, sigma_t, labels)
+                    grad = grad * float(settings.classifier_scale)  # type: ignore[arg-type]
                 if watch is not None:
                     x0 = d.x0_from_eps(x, t, out[0])
                     x0 = x0.clamp(-1.0, 1.0) if self.config.clip_denoised else x0
@@ -712,7 +726,7 @@ class DDPM(Generator):
                 noise = None
                 if self._needs_noise(plan, index):  # stream 1 + i: step i's noise, by seed
                     noise = seeded_randn(seeds, shape, self.device, stream=1 + i)
-                x = self._update(plan, d, x, t, out, noise)
+                x = self._update(plan, d, x, t, out, noise, grad)
         return x.clamp_(-1.0, 1.0)
 
     def nfe(self, settings: DDPMSettings | None = None) -> int:

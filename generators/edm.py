@@ -53,11 +53,15 @@ from genbench.generators.base import (
     TrajectoryPoint,
     eval_mode,
 )
+from genbench.generators.classifier import NoisyClassifier
 from genbench.generators.edm_checkpoint import import_edm_state, is_edm_state
 from genbench.generators.experts import ExpertNets, check_boundaries, log_spaced_boundaries
 from genbench.generators.guidance import (
+    ClassifierGuidedSettings,
     GuidedSettings,
+    check_classifier_scale,
     check_guidance,
+    classifier_guided,
     drop_labels,
     guide,
     is_guided,
@@ -291,6 +295,22 @@ def sample_sde(
 ORDERS = {"heun": 2, "euler": 1}
 
 
+def _classifier_guided(
+    D: Denoiser, classifier: NoisyClassifier, labels: torch.Tensor, scale: float
+) -> Denoiser:
+    """``D`` moved by classifier guidance: D + s sigma^2 grad_x log p(y | x; sigma), the
+    score s_theta = (D - x) / sigma^2 plus s times the classifier's (Dhariwal & Nichol;
+    EDM's x at sigma is sqrt(1 + sigma^2) times the classifier's variance-preserving input)."""
+    s = scale
+
+    def guided(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        root = math.sqrt(1.0 + sigma * sigma)
+        grad_vp = classifier.grad_log_prob(x / root, sigma, labels)
+        return D(x, sigma) + (s * sigma * sigma / root) * grad_vp
+
+    return guided
+
+
 def _watched(D: Denoiser, watch: Callable[[float, torch.Tensor], None]) -> Denoiser:
     """``D`` that also shows each call's (sigma, output) to ``watch``."""
 
@@ -396,15 +416,18 @@ class EDM(Generator):
     """EDM diffusion model over its DDPM++ network; class-conditional with guidance."""
 
     Config = EDMConfig
-    Settings = GuidedSettings
+    Settings = ClassifierGuidedSettings
 
     @classmethod
     def is_conditional(cls, config: EDMConfig, data: DataShape) -> bool:
         return config.class_conditional and data.num_classes > 0
 
     @classmethod
-    def check_settings(cls, config: EDMConfig, data: DataShape, settings: GuidedSettings) -> None:
+    def check_settings(
+        cls, config: EDMConfig, data: DataShape, settings: ClassifierGuidedSettings
+    ) -> None:
         check_guidance(settings.guidance, cls.is_conditional(config, data))
+        check_classifier_scale(settings.classifier_scale, data.num_classes)
 
     def __init__(self, config: EDMConfig, data: DataShape, device: torch.device) -> None:
         super().__init__(config, data, device)
@@ -561,8 +584,12 @@ class EDM(Generator):
 
     # ---------------------------------------------------------------- sampling
 
-    def _settings(self, settings: GuidedSettings | None) -> GuidedSettings:
-        return settings if settings is not None else GuidedSettings()
+    def _settings(self, settings: GuidedSettings | None) -> ClassifierGuidedSettings:
+        if settings is None:
+            return ClassifierGuidedSettings()
+        if not isinstance(settings, ClassifierGuidedSettings):
+            return ClassifierGuidedSettings(**settings.given())
+        return settings
 
     def _steps(self, settings: GuidedSettings) -> int:
         return self.config.steps if settings.steps is None else settings.steps
@@ -610,6 +637,9 @@ class EDM(Generator):
         # Stream 0: initial noise; stream 1 + i: the churn noise of step i.
         noise = seeded_randn(seeds, shape, self.device, stream=0)
         D = self._sampling_denoiser(len(seeds), labels, settings.guidance)
+        if classifier_guided(settings.classifier_scale, labels):
+            scale = float(settings.classifier_scale)  # type: ignore[arg-type]  # guided: set
+            D = _classifier_guided(D, self.guidance_classifier(), labels, scale)
         if watch is not None:
             D = _watched(D, watch)
         sigmas = self.sigmas(self._steps(settings)).tolist()

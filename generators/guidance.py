@@ -28,6 +28,30 @@ class GuidedSettings(SampleSettings):
     guidance: float | None = Field(None, ge=0, description=GUIDANCE_HELP)
 
 
+CLASSIFIER_SCALE_HELP = (
+    "classifier guidance scale (Dhariwal & Nichol): the gradient of log p(y | x_t) of the "
+    "run's [classifier] times this is added to the score; 0 or unset = none"
+)
+
+
+class ClassifierGuidedSettings(GuidedSettings):
+    """``GuidedSettings`` plus classifier guidance (``genbench.generators.classifier``)."""
+
+    classifier_scale: float | None = Field(None, ge=0, description=CLASSIFIER_SCALE_HELP)
+
+
+def check_classifier_scale(scale: float | None, num_classes: int) -> None:
+    """``ValueError`` for classifier guidance on a data set without classes."""
+    if scale is not None and num_classes < 2:
+        raise ValueError(f"classifier_scale: {scale} needs a data set with class labels; drop it")
+
+
+def classifier_guided(scale: float | None, labels: torch.Tensor | None) -> bool:
+    """Whether sampling follows a classifier's gradient: a scale other than 0, and labels
+    to guide towards (scale 0 is unguided sampling exactly: the classifier is not run)."""
+    return scale is not None and scale != 0.0 and labels is not None
+
+
 def is_guided(scale: float | None, conditional: bool) -> bool:
     """Whether sampling mixes conditional and unconditional predictions (two network
     evaluations per step): a conditional model with a scale other than 1."""

@@ -34,7 +34,7 @@ def main(generator: str, steps: int, states: Path, out: Path) -> None:
     trainer = Trainer(gen, model.train)
     trainer.resume(states)
     data = batches(
-        Digits.load("train"), model, plan.benchmark.seed, gen.image_size, device, trainer.step
+        Digits.load("train"), model.train, plan.benchmark.seed, gen.image_size, device, trainer.step
     )
     trainer.fit(data, model.name, states.parent / "log.jsonl", states)
     save_file({k: v.contiguous() for k, v in gen.state_dict().items()}, str(out))

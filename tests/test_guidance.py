@@ -156,8 +156,8 @@ def test_settings_are_typed_per_generator():
     assert fields == {
         "dcgan": set(),
         "ddgan": set(),
-        "ddpm": {"steps", "guidance"},
-        "edm": {"steps", "guidance"},
+        "ddpm": {"steps", "guidance", "classifier_scale"},
+        "edm": {"steps", "guidance", "classifier_scale"},
         "vdpm": {"steps", "guidance"},
     }
 

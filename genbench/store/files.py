@@ -13,6 +13,7 @@
         <model>/trajectory.png  x0 predictions along sampling (diffusion models)
         <model>/timing.json   ``Timing``
         <model>/metrics.json  ``ModelMetrics``
+        classifier/           the guidance classifier ([classifier]), when the spec has one
         report.md, report.html
 
 Writes are atomic (``genbench.core.io``). Reads check the schema version: a file of an
@@ -70,6 +71,11 @@ CHECKPOINT = "checkpoint.safetensors"
 SAMPLES = "samples.png"
 TRAJECTORY = "trajectory.png"
 SPEED = "speed.json"
+CLASSIFIER_DIR = "classifier"
+"""A run's folder of its guidance classifier (``[classifier]``): ``classifier.safetensors``,
+``classifier.json`` (``ClassifierResult``), its training log and training states."""
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CLASSIFIER_RESULT = "classifier.json"
 TRAINING = "training"
 """A model's folder of full training states (``state-<step>.pt``, the newest few)."""
 MODEL_FILES = (TRAIN_LOG, TRAIN_EVAL, CHECKPOINT, SAMPLES, TRAJECTORY, TIMING, METRICS)

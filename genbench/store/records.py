@@ -194,6 +194,10 @@ class SampleInfo(Strict):
     labels: list[int] | None = None
     """The class labels sampled, cycled over the seeds; None: every class in turn."""
     seconds: float | None = None
+    classifier_scale: float | None = None
+    """Classifier guidance scale (``[classifier]``); None: not guided by a classifier."""
+    classifier_sha256: str | None = None
+    """sha256 of the guidance classifier's weights that ``classifier_scale`` followed."""
     trajectory_sigmas: list[float] | None = None
     """Noise levels of the columns of ``trajectory.png`` (the last column, 0, is the final
     sample); None: no strip (not a diffusion model, or ``trajectory_size = 0``)."""
@@ -451,6 +455,24 @@ class EvalResult(Record):
 
 
 # --------------------------------------------------------------------------- training log
+
+
+class ClassifierResult(Record):
+    """``classifier/classifier.json``: the run's guidance classifier (``[classifier]``),
+    its training and its accuracy on held-out images at a few noise levels."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    parameters: int
+    sha256: str
+    """sha256 of ``classifier.safetensors``."""
+    source: str | None = None
+    """The file it was loaded from (``[classifier] checkpoint``); None: trained here."""
+    train_steps: int = 0
+    train_time_s: float | None = None
+    accuracy: dict[str, float] = Field(default_factory=dict)
+    """Top-1 accuracy by noise level sigma (as text), on ``accuracy_images`` images."""
+    accuracy_split: str | None = None
+    accuracy_images: int = 0
 
 
 class TrainEvalEntry(Strict):
