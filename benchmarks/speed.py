@@ -213,7 +213,7 @@ def case_timer(
     plan: RunPlan, case: SpeedCase, settings: SpeedSettings, device: torch.device
 ) -> tuple[SamplingTimer, Generator]:
     """(timer, generator) for ``case``, through ``timing.speed_timer`` (not started)."""
-    gen = build_untrained(case.model, plan.benchmark.seed, device)
+    gen = build_untrained(case.model, plan.benchmark.seed, device, plan.classifier)
     return speed_timer(gen, case.model, case_timing(plan, case, settings)), gen
 
 
@@ -259,7 +259,7 @@ def run_speed(
         measured = None
         if baseline is not None:
             measured = baseline_timer(baseline, plan, case.model, case.batch_size, device)
-        gen = build_untrained(case.model, plan.benchmark.seed, device)
+        gen = build_untrained(case.model, plan.benchmark.seed, device, plan.classifier)
         flops = flops_per_image(gen, case.model)  # eager: before the fast paths change gen
         timer = speed_timer(gen, case.model, case_timing(plan, case, settings))
         timers = [timer] if measured is None else [measured[0], timer]

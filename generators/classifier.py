@@ -167,9 +167,15 @@ class NoisyClassifier(Trainable):
     ) -> torch.Tensor:
         """grad over ``x_vp`` of log p(labels | x_vp, sigma), per image (in float32)."""
         self.net.eval()
+        # Sampling may run under inference mode (the timing does); its tensors cannot take
+        # part in autograd, so the inputs are cloned into ordinary tensors first.
         with torch.enable_grad(), torch.inference_mode(False):
             x = x_vp.detach().float().clone().requires_grad_(True)
-            log_p = F.log_softmax(self.net(x, self._sigma(sigma, x.shape[0])), dim=1)
-            chosen = log_p.gather(1, labels.to(self.device).long().view(-1, 1)).sum()
-            (grad,) = torch.autograd.grad(chosen, x)
-        return grad.to(x_vp.dtype)
+            y = labels.to(self.device).long().clone().view(-1, 1)
+            s = self._sigma(sigma, x.shape[0]).clone()
+            log_p = F.log_softmax(self.net(x, s), dim=1)
+            # backward(inputs=...) rather than autograd.grad: module-tracking hooks (the
+            # FLOP counter of bench speed) accept only the former.
+            log_p.gather(1, y).sum().backward(inputs=[x])
+        assert x.grad is not None
+        return x.grad.to(x_vp.dtype)

@@ -273,7 +273,7 @@ def test_run_trains_the_classifier_and_guidance_raises_class_accuracy(cli, tmp_p
             "models.ddpm.sample.classifier_scale needs a [classifier] section",
         ),
         (
-            lambda s: s.replace("[models.ddpm]", "[models.classifier]"),
+            lambda s: s.replace("[models.ddpm", "[models.classifier"),
             "models.classifier: the name of the [classifier]'s folder",
         ),
         (
@@ -320,3 +320,15 @@ def test_a_classifier_file_of_another_config_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not a guidance classifier of this"):
         prepare_classifier(plan, tmp_path / "run", CPU, RunInputs(plan, CPU))
     assert Path(tmp_path / "run" / "classifier").is_dir()
+
+
+def test_bench_speed_times_guided_sampling_with_an_untrained_classifier(cli, tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(CLASSIFIER_SPEC.format(classifier="", checkpoint=""))
+    out = tmp_path / "speed"
+    args = ("speed", str(spec), "--batch-sizes", "2", "--repeats", "10", "--out", str(out))
+    result = cli(*args, "--history", str(tmp_path / "h.jsonl"))
+    assert result.code == 0, result.err
+    (run,) = out.iterdir()
+    (record,) = json.loads((run / "speed.json").read_text())["results"]
+    assert record["model"] == "ddpm" and record["images_per_s"] > 0
