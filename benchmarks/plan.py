@@ -44,7 +44,7 @@ from genbench.store.records import SCHEMA_VERSION
 LENGTH_KEYS = frozenset({"steps", "epochs", "images_budget"})
 """``[train]`` keys that give a model's training length: a model's own replaces the global."""
 
-SETTING_KEYS = ("steps", "guidance", "classifier_scale")
+SETTING_KEYS = ("steps", "guidance", "classifier_scale", "sampler")
 """``[sample]`` keys that are the generator's typed sampling settings, not the harness's."""
 
 

@@ -240,6 +240,7 @@ class SampleSection(StrictModel):
     classifier_scale: float | None = Field(
         None, description="classifier guidance scale (needs [classifier]); 0 = none"
     )
+    sampler: str | None = Field(None, description="cold: naive | improved; None = config's")
     grid_size: StrictInt = Field(64, ge=1, le=1024, description="images in the sample grid PNG")
     trajectory_size: StrictInt = Field(
         4,
