@@ -5,14 +5,16 @@ forms ``genbench.eval`` takes."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 
 from genbench.benchmarks.checkpoints import check_checkpoint
-from genbench.benchmarks.plan import RunPlan
+from genbench.benchmarks.plan import ResolvedModel, RunPlan
 from genbench.benchmarks.sampling import has_likelihood
 from genbench.benchmarks.spec import IS_SPLITS, EvaluateSection
 from genbench.benchmarks.trainer import check_micro_batches
+from genbench.benchmarks.upscale import Upscaler
 from genbench.core import collectives
 from genbench.core.errors import GenbenchError
 from genbench.core.progress import counting
@@ -163,6 +165,13 @@ class RunInputs:
                 evaluate.resize,
                 "evaluate.reference_stats",
             )
+        self._stats_at: dict[int, ReferenceStats] = {}
+        # Upscalers load now: a file spandrel cannot read is a usage error before the run.
+        self._upscalers = {
+            Path(m.sample.upscale): Upscaler(Path(m.sample.upscale), device, m.data_shape.channels)
+            for m in plan.models.values()
+            if m.sample.upscale is not None
+        }
         self.extractor = load_extractor(
             evaluate.extractor, device, evaluate.weights, extractor_options(evaluate)
         )
@@ -180,7 +189,21 @@ class RunInputs:
         # to the others: computed once, and no two ranks write one cache file.
         return collectives.from_rank0(self._compute_stats)
 
-    def _compute_stats(self) -> ReferenceStats:
+    def stats_at(self, size: int | None) -> ReferenceStats:
+        """Reference statistics of the real images resized to ``size`` pixels (upscaled
+        samples are compared with those), or the usual ones for None."""
+        if size is None:
+            return self.stats
+        if self.reference is None:
+            raise GenbenchError(
+                "sample.upscale: evaluation at the upscaled resolution needs the data set's "
+                "images; evaluate.reference_stats gives statistics at its own resolution only"
+            )
+        if size not in self._stats_at:
+            self._stats_at[size] = collectives.from_rank0(lambda: self._compute_stats(size))
+        return self._stats_at[size]
+
+    def _compute_stats(self, size: int | None = None) -> ReferenceStats:
         evaluate = self.plan.evaluate
         assert self.reference is not None  # set whenever no statistics file is given
         bench = self.plan.benchmark
@@ -194,12 +217,21 @@ class RunInputs:
             num_features=evaluate.max_features if needs_features(evaluate) else 0,
             cache=StatsCache() if evaluate.cache else None,
             progress=lambda total: counting("reference statistics", total),
+            size=size,
         )
 
-    def evaluator(self, metrics: list[str] | None = None) -> Evaluator:
+    def evaluator(self, metrics: list[str] | None = None, size: int | None = None) -> Evaluator:
         """A fresh ``Evaluator`` for one model, set up from the spec (of ``metrics``: the
-        spec's by default)."""
+        spec's by default), against the reference at ``size`` pixels (None: the data's)."""
         evaluate = self.plan.evaluate
         return Evaluator(
-            self.extractor, self.stats, metrics or evaluate.metrics, metric_options(evaluate)
+            self.extractor,
+            self.stats_at(size),
+            metrics or evaluate.metrics,
+            metric_options(evaluate),
         )
+
+    def upscaler(self, model: ResolvedModel) -> Upscaler | None:
+        """The model's upscaling stage (``[sample] upscale``), loaded once per file."""
+        path = model.sample.upscale
+        return None if path is None else self._upscalers[Path(path)]

@@ -441,6 +441,10 @@ def _resolve_model(
     if ov.labels is not None and conditional:  # unconditional models sample as they are
         sample_data.update(labels=ov.labels)
     sample = validate_section(SampleSection, sample_data, (*where, "sample"), source)
+    if sample.upscale is not None:
+        if not Path(sample.upscale).is_file():
+            raise SpecError(f"models.{name}.sample.upscale: no such file: {sample.upscale}")
+        sample = sample.model_copy(update={"upscale": _absolute(sample.upscale)})
     if sample.labels is not None:
         _check_labels(sample.labels, conditional, shape, f"{source}: models.{name}.sample.labels")
     train = _train_steps(train, train_size)

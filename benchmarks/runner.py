@@ -127,8 +127,10 @@ def _run_model(
         if main:
             save_checkpoint(gen, ckpt, model, train_info["train_steps"], train_info)
 
-    evaluator = inputs.evaluator()
-    sampled = sample_and_evaluate(gen, model, evaluator, out / files.SAMPLES)
+    upscaler = inputs.upscaler(model)
+    size = None if upscaler is None else gen.data.image_size * upscaler.scale
+    evaluator = inputs.evaluator(size=size)
+    sampled = sample_and_evaluate(gen, model, evaluator, out / files.SAMPLES, upscaler)
     trajectory = write_trajectory(gen, model, out / files.TRAJECTORY) if main else None
     extra = {}
     if inputs.test is not None and has_likelihood(model.generator):
@@ -166,6 +168,7 @@ def _run_model(
             guidance=settings.get("guidance"),
             labels=sampled.get("labels"),
             seconds=sampled["seconds"],
+            upscale_seconds=sampled.get("upscale_seconds"),
             classifier_scale=classifier_scale(model),
             classifier_sha256=classifier_sha256(out.parent) if guided else None,
             trajectory_sigmas=trajectory,
@@ -179,6 +182,7 @@ def _run_model(
                 "seeds": sampled["seeds"],
                 "sample_resize": sampled.get("sample_resize"),
                 "labels": sampled.get("labels"),
+                "upscale": sampled.get("upscale"),
             }
         ),
     )

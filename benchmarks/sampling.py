@@ -16,6 +16,7 @@ from torchvision.utils import make_grid, save_image
 from genbench.benchmarks import distributed
 from genbench.benchmarks.batches import to_size
 from genbench.benchmarks.plan import ResolvedModel
+from genbench.benchmarks.upscale import Upscaler
 from genbench.core import collectives, io
 from genbench.core.errors import NonFinite
 from genbench.core.progress import progress_bar
@@ -118,11 +119,13 @@ def _stream(
     seeds: list[int],
     keep: int,
     label: str | None,
+    upscaler: Upscaler | None = None,
 ) -> tuple[float, list[torch.Tensor]]:
     """Sample ``seeds`` in batches into ``evaluator`` (this rank's share, then combined
     over every rank); returns the slowest rank's seconds and the first ``keep`` images
     (on rank 0; every rank's, gathered in seed order). ``label`` None: no progress bar
-    of its own."""
+    of its own. ``upscaler``: each batch is upscaled (from the data's resolution) before
+    the evaluator sees it; its time is the upscaler's, not in the returned seconds."""
     bs = model.sample.batch_size
     starts = list(range(0, len(seeds), bs))
     mine = [starts[i] for i in collectives.shard(len(starts))]
@@ -130,6 +133,7 @@ def _stream(
     failure: str | None = None
     data_size = gen.data.image_size
     gen.eval()
+    upscaled_before = upscaler.seconds if upscaler is not None else 0.0
     t0 = time.perf_counter()
     with progress_bar(shown=label is not None) as bar:
         count = sum(len(seeds[i : i + bs]) for i in mine)
@@ -141,17 +145,20 @@ def _stream(
             images = gen.sample(
                 chunk, labels_for(gen, chunk, model.sample.labels, model.settings), model.settings
             )
+            # The extractor sees samples at the data set's own resolution, as it sees the
+            # real images: one resize path for both sides (DCGAN trains CIFAR-10 at 64 px).
+            images = to_size(images, data_size)
+            if upscaler is not None:
+                images = upscaler(images)
             try:
-                # The extractor sees samples at the data set's own resolution, as it sees the
-                # real images: one resize path for both sides (DCGAN trains CIFAR-10 at 64 px).
-                evaluator.update(to_size(images, data_size))
+                evaluator.update(images)
             except NonFinite as exc:  # stop here, but reach the collectives below
                 failure = str(exc)
                 break
             if i < keep:
                 kept.append(images[: keep - i].cpu())
             bar.advance(task, len(chunk))
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 - (upscaler.seconds - upscaled_before if upscaler else 0)
     failures = [f for f in collectives.gather(failure) if f is not None]
     if failures:  # every rank raises, so every rank goes on to the same next model
         raise NonFinite(failures[0])
@@ -172,7 +179,11 @@ def _sampled(gen: Generator, model: ResolvedModel, seeds: list[int]) -> dict[str
 
 
 def sample_and_evaluate(
-    gen: Generator, model: ResolvedModel, evaluator: Evaluator, grid_path: Path
+    gen: Generator,
+    model: ResolvedModel,
+    evaluator: Evaluator,
+    grid_path: Path,
+    upscaler: Upscaler | None = None,
 ) -> dict[str, Any]:
     """Stream samples by seed into ``evaluator``; keep only the first few for the grid.
     Returns the sampling time, the seed range and, for a generator sampling at another
@@ -184,13 +195,19 @@ def sample_and_evaluate(
     """
     seeds = seed_list(model)
     keep = model.sample.grid_size
-    seconds, grid = _stream(gen, model, evaluator, seeds, keep, f"sample {model.name}")
+    before = upscaler.seconds if upscaler is not None else 0.0
+    label = f"sample {model.name}" + (f" (upscaled x{upscaler.scale})" if upscaler else "")
+    seconds, grid = _stream(gen, model, evaluator, seeds, keep, label, upscaler)
+    extra: dict[str, Any] = {}
+    if upscaler is not None:
+        extra["upscale"] = upscaler.describe()
+        extra["upscale_seconds"] = max(collectives.gather(upscaler.seconds - before))
     if distributed.is_main():
         grid_labels = labels_for(gen, seeds[:keep], model.sample.labels, model.settings)
         _write_grid(
             torch.cat(grid)[:keep], grid_path, None if grid_labels is None else grid_labels.cpu()
         )
-    return {"seconds": seconds, **_sampled(gen, model, seeds)}
+    return {"seconds": seconds, **_sampled(gen, model, seeds), **extra}
 
 
 def evaluate_during_training(

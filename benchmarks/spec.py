@@ -241,6 +241,11 @@ class SampleSection(StrictModel):
         None, description="classifier guidance scale (needs [classifier]); 0 = none"
     )
     sampler: str | None = Field(None, description="cold: naive | improved; None = config's")
+    upscale: Path | None = Field(
+        None,
+        description="super-resolution weights (spandrel: Real-ESRGAN and others) applied after "
+        "sampling; evaluated at the upscaled resolution",
+    )
     grid_size: StrictInt = Field(64, ge=1, le=1024, description="images in the sample grid PNG")
     trajectory_size: StrictInt = Field(
         4,

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
@@ -335,13 +336,20 @@ def dataset_reference(
     num_workers: int = 0,
     progress: Progress | None = None,
     force: bool = False,
+    size: int | None = None,
 ) -> ReferenceStats:
     """Reference statistics of a data set split (``(image, label)`` pairs, images in
     [-1, 1]): from ``cache`` when it holds them (unless ``force``), else computed, stored
     there and returned. ``progress(count)`` is opened only while computing, so a cache hit
-    shows no bar."""
+    shows no bar. ``size``: the images are first resized (bicubic) to ``size`` pixels, the
+    resolution of upscaled samples."""
     count = len(dataset)  # type: ignore[arg-type]
     key = cache_key(extractor, name, split, count)
+    resize = None
+    if size is not None:
+        first = dataset[0][0]  # type: ignore[index]
+        resize = f"bicubic {first.shape[-1]}->{size}"
+        key["resize"] = resize
     if cache is not None:
         if force:  # the entry is distrusted: invalid until rewritten
             cache.path(key).with_suffix(".json").unlink(missing_ok=True)
@@ -351,13 +359,21 @@ def dataset_reference(
                 return hit
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     with (progress or (lambda _: contextlib.nullcontext(None)))(count) as advance:
-        stats, kept = accumulate(
-            extractor, (images for images, _ in loader), max(num_features, 0), advance
-        )
-    ref = ReferenceStats.from_accumulated(stats, kept, {"dataset": name, "split": split})
+        batches = (images for images, _ in loader)
+        if size is not None:
+            batches = (_resized(images, size) for images in batches)
+        stats, kept = accumulate(extractor, batches, max(num_features, 0), advance)
+    info = {"dataset": name, "split": split, **({"resize": resize} if resize else {})}
+    ref = ReferenceStats.from_accumulated(stats, kept, info)
     if cache is not None:
         cache.save(key, ref)
     return ref
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images in [-1, 1] resized (bicubic) to ``size`` pixels, kept in range."""
+    out = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False)
+    return out.clamp(-1.0, 1.0)
 
 
 def images_key(extractor: FeatureExtractor, content_sha256: str, count: int) -> dict[str, Any]:

@@ -147,7 +147,7 @@ def test_spec_sampler_setting_is_typed(cli, tmp_path):
 def test_smoke_cold_trained_fid_at_most_half_of_untrained(cli, tmp_path):
     """The acceptance claim on the shipped smoke settings, with fewer samples."""
     out = tmp_path / "runs"
-    args = ["run", "smoke", "--models", "cold", "--out", str(out), "--num-samples", "200"]
+    args = ["run", "extras", "--models", "cold", "--out", str(out), "--num-samples", "200"]
     assert cli(*args, "--train-steps", "0").code == 0
     assert cli(*args, "--train-steps", "300").code == 0
     fid = {}

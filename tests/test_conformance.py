@@ -1,7 +1,8 @@
 """One conformance suite for every registered generator (parametrised, never special-cased).
 
-Each generator is tested with its tiny configuration from the shipped ``smoke`` spec, so a
-new generator joins the suite by registering and adding its smoke entry.
+Each generator is tested with its tiny configuration from the shipped ``smoke`` spec (or,
+for the generators added later, the ``extras`` spec), so a new generator joins the suite by
+registering and adding its entry there.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ SHAPE = DataShape(channels=1, image_size=16, num_classes=10)
 
 
 def _smoke_models():
-    spec, source = read_spec("smoke")
-    plan = resolve(spec, source, Overrides())
-    return {m.generator: m for m in plan.models.values()}
+    models = {}
+    for name in ("smoke", "extras"):
+        spec, source = read_spec(name)
+        plan = resolve(spec, source, Overrides())
+        models |= {m.generator: m for m in plan.models.values()}
+    return models
 
 
 SMOKE = _smoke_models()
@@ -37,7 +41,9 @@ def name(request):
 
 def _make(name: str, seed: int = 0):
     if name not in SMOKE:
-        pytest.fail(f"generator {name!r} has no entry in benchmarks/specs/smoke.toml")
+        pytest.fail(
+            f"generator {name!r} has no entry in benchmarks/specs/smoke.toml or extras.toml"
+        )
     torch.manual_seed(seed)
     cls = GENERATORS.get(name)
     return cls(SMOKE[name].config, SHAPE, torch.device("cpu"))

@@ -22,7 +22,11 @@ from genbench.store.records import Environment
 from tests.trainkit import wake
 
 SHAPE = DataShape(channels=1, image_size=16, num_classes=10)
-SMOKE = {m.generator: m for m in resolve(*read_spec("smoke"), Overrides()).models.values()}
+SMOKE = {
+    m.generator: m
+    for spec in ("smoke", "extras")
+    for m in resolve(*read_spec(spec), Overrides()).models.values()
+}
 
 # The output contract of speed.json / the history (reports read these names).
 RECORD_FIELDS = {
@@ -153,7 +157,7 @@ def test_usage_errors_write_nothing(cli, tiny_spec, tmp_path, args, message):
 
 def _images(name: str, fast: FastPaths, device: torch.device) -> torch.Tensor:
     if name not in SMOKE:
-        pytest.skip(f"{name} has no entry in benchmarks/specs/smoke.toml yet")
+        pytest.fail(f"{name} has no entry in benchmarks/specs/smoke.toml or extras.toml")
     seeds = [0, 1, 2]
     torch.manual_seed(0)
     model = SMOKE[name]

@@ -139,6 +139,9 @@ class Source(Sparse):
     stats_sha256: str | None = None
     num_features: int | None = None
     clean_fid: dict[str, str] | None = None  # a clean-fid statistics file: mode and model
+    resize: str | None = None
+    """How the images were resized before the extractor (reference statistics at an upscaled
+    resolution: "bicubic 16->64"); None: as stored."""
 
 
 class Protocol(Sparse):
@@ -172,6 +175,9 @@ class Protocol(Sparse):
     reference: Source | None = None
     fake: Source | None = None
     seeds: str | None = None
+    upscale: str | None = None
+    """The super-resolution stage applied to the samples before the extractor
+    (``[sample] upscale``: architecture, scale, weights sha256); None: none."""
     labels: list[int] | None = None
     """The class labels sampled (cycled over the seeds); None: every class, or an
     unconditional model. Part of the comparability key: FID of some classes is another
@@ -194,6 +200,9 @@ class SampleInfo(Strict):
     labels: list[int] | None = None
     """The class labels sampled, cycled over the seeds; None: every class in turn."""
     seconds: float | None = None
+    upscale_seconds: float | None = None
+    """Time of the upscaling stage (``[sample] upscale``) over the evaluation samples, apart
+    from ``seconds`` (sampling)."""
     classifier_scale: float | None = None
     """Classifier guidance scale (``[classifier]``); None: not guided by a classifier."""
     classifier_sha256: str | None = None
