@@ -19,13 +19,16 @@ def _plan(name: str, **ov):
 
 
 def test_shipped_specs_resolve():
-    assert {"smoke", "cifar10"} <= set(available_specs())
-    smoke = _plan("smoke")
+    assert {"smoke", "extras", "cifar10"} <= set(available_specs())
+    smoke, extras = _plan("smoke"), _plan("extras")
     from genbench.generators import GENERATORS
 
-    # smoke runs every registered generator
-    assert {m.generator for m in smoke.models.values()} == set(GENERATORS.names())
-    assert smoke.benchmark.dataset == "digits" and smoke.evaluate.extractor == "digits"
+    # smoke and extras run every registered generator, each once, on the same settings
+    first, later = ({m.generator for m in p.models.values()} for p in (smoke, extras))
+    assert first | later == set(GENERATORS.names()) and not first & later
+    for plan in (smoke, extras):
+        assert plan.benchmark.dataset == "digits" and plan.evaluate.extractor == "digits"
+    assert extras.timing == smoke.timing and extras.evaluate == smoke.evaluate
 
 
 def test_cifar10_dcgan_settings():
