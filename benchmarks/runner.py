@@ -169,6 +169,7 @@ def _run_model(
             labels=sampled.get("labels"),
             seconds=sampled["seconds"],
             upscale_seconds=sampled.get("upscale_seconds"),
+            stage_seconds=sampled.get("stage_seconds"),
             classifier_scale=classifier_scale(model),
             classifier_sha256=classifier_sha256(out.parent) if guided else None,
             trajectory_sigmas=trajectory,

@@ -196,9 +196,15 @@ def sample_and_evaluate(
     seeds = seed_list(model)
     keep = model.sample.grid_size
     before = upscaler.seconds if upscaler is not None else 0.0
+    stages_before = dict(gen.stage_seconds or {})
     label = f"sample {model.name}" + (f" (upscaled x{upscaler.scale})" if upscaler else "")
     seconds, grid = _stream(gen, model, evaluator, seeds, keep, label, upscaler)
     extra: dict[str, Any] = {}
+    if gen.stage_seconds is not None:  # the slowest rank's, stage by stage
+        extra["stage_seconds"] = {
+            k: max(collectives.gather(v - stages_before.get(k, 0.0)))
+            for k, v in gen.stage_seconds.items()
+        }
     if upscaler is not None:
         extra["upscale"] = upscaler.describe()
         extra["upscale_seconds"] = max(collectives.gather(upscaler.seconds - before))

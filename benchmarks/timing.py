@@ -305,7 +305,15 @@ def measure_speed(gen: Generator, model: ResolvedModel, timing: TimingSection) -
     steps = model.settings.given().get("steps")
     processes = collectives.world_size()
     if processes == 1:
-        return timer.run(repeats=timing.repeats, warmup=timing.warmup).to_record(steps)
+        timer.start(timing.warmup)
+        before = dict(gen.stage_seconds or {})
+        timer.repeat(timing.repeats)
+        stages = {
+            k: (v - before.get(k, 0.0)) / timing.repeats
+            for k, v in (gen.stage_seconds or {}).items()
+        }
+        record = timer.result().to_record(steps)
+        return record.model_copy(update={"stage_s": stages}) if stages else record
     alone = None
     if distributed.is_main():
         alone = timer.run(repeats=timing.repeats, warmup=timing.warmup).images_per_s

@@ -1,6 +1,7 @@
 """Plugin generators. Importing this package registers every built-in generator."""
 
 from genbench.generators import (
+    cascade,  # noqa: F401  (registers "cascade")
     cold,  # noqa: F401  (registers "cold")
     dcgan,  # noqa: F401  (registers "dcgan" / "gan")
     ddgan,  # noqa: F401  (registers "ddgan")

@@ -177,6 +177,9 @@ class Generator(Trainable):
         self.image_size: int = data.image_size  # a generator may train at another size
         self.conditional: bool = type(self).is_conditional(config, data)
         """Whether ``sample`` uses class labels."""
+        self.stage_seconds: dict[str, float] | None = None
+        """Seconds ``sample`` has spent so far in each stage, for a generator made of
+        stages (a cascade); None for one stage. The harness reads it around its calls."""
         self.classifier: Any = None
         """The run's guidance classifier (``genbench.generators.classifier``), given by the
         harness to a generator whose settings have ``classifier_scale``."""

@@ -200,6 +200,8 @@ class SampleInfo(Strict):
     labels: list[int] | None = None
     """The class labels sampled, cycled over the seeds; None: every class in turn."""
     seconds: float | None = None
+    stage_seconds: dict[str, float] | None = None
+    """Sampling seconds by stage of a multi-stage generator (within ``seconds``)."""
     upscale_seconds: float | None = None
     """Time of the upscaling stage (``[sample] upscale``) over the evaluation samples, apart
     from ``seconds`` (sampling)."""
@@ -329,6 +331,9 @@ class Timing(Record):
     steps: int | str | None = None
     warmup_s: list[float] = Field(default_factory=list)
     raw_s: list[float] = Field(default_factory=list)
+    stage_s: dict[str, float] | None = None
+    """Mean seconds per timed call in each stage of a multi-stage generator (a cascade's
+    base and SR stages); they add up to the calls' mean time. None: one stage."""
     median_s: float
     iqr_s: float | None = None
     images_per_s: float
