@@ -22,7 +22,7 @@ from genbench.benchmarks.spec import read_spec
 from genbench.benchmarks.trainer import Trainer
 from genbench.data.datasets import Digits
 from genbench.generators import Batch
-from tests.trainkit import wake
+from tests.trainkit import shipped_spec_of, wake
 
 BATCH, STEPS = 32, 1  # one step: the gradients compare on the same weights
 
@@ -40,12 +40,13 @@ def main(names: list[str], rank: int, init: Path, out: Path) -> None:
 
 
 def train(generator: str, rank: int, accum: int, out: Path) -> None:
-    spec, source = read_spec("smoke")
+    spec, source = read_spec(shipped_spec_of(generator))
     plan = resolve(spec, source, Overrides(models=[generator], train_steps=STEPS))
     (model,) = plan.models.values()
     model.train = model.train.model_copy(update={"batch_size": BATCH, "grad_accum": accum})
     gen = build_generator(model, plan.benchmark.seed, torch.device("cpu"))
-    if generator in ("ddpm", "vdpm"):  # output layers start at zero: no gradient passes them
+    # Zero-initialised output layers pass no gradient on at step 1: wake them.
+    if generator in ("ddpm", "vdpm", "cold", "cascade"):
         wake(gen)
     trainer = Trainer(gen, model.train)
     calls: dict[str, list[int]] = {}

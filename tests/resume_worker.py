@@ -19,11 +19,12 @@ from genbench.benchmarks.plan import Overrides, resolve
 from genbench.benchmarks.spec import read_spec
 from genbench.benchmarks.trainer import Trainer
 from genbench.data.datasets import Digits
+from tests.trainkit import shipped_spec_of
 
 
 def main(generator: str, steps: int, states: Path, out: Path) -> None:
     torch.set_num_threads(1)  # the same arithmetic in every attempt
-    spec, source = read_spec("smoke")
+    spec, source = read_spec(shipped_spec_of(generator))
     plan = resolve(spec, source, Overrides(models=[generator], train_steps=steps))
     (model,) = plan.models.values()
     model.train = model.train.model_copy(

@@ -154,6 +154,7 @@ def test_guidance_in_a_spec_is_one_mix_for_ddpm_edm_and_vdpm(tmp_path: Path):
 def test_settings_are_typed_per_generator():
     fields = {name: set(GENERATORS.get(name).Settings.model_fields) for name in GENERATORS}
     assert fields == {
+        "cascade": {"steps"},
         "cold": {"sampler"},
         "dcgan": set(),
         "ddgan": set(),

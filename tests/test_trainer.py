@@ -194,7 +194,10 @@ def test_accumulation_under_real_ddp_equals_the_full_batch(name, ddp_runs):
         ddp["params"].keys() == ref["params"].keys() and ddp["grads"].keys() == ref["grads"].keys()
     )
     for key, grad in ref["grads"].items():  # the all-reduced gradient is the full batch's
-        torch.testing.assert_close(ddp["grads"][key], grad, rtol=1e-3, atol=1e-7, msg=key)
+        # float32 sums in another order: elements near 0 of a tensor whose largest is about 1
+        # (the cascade's 8 px EDM) differ by about 1e-6, a few ulps of that largest value
+        atol = max(1e-7, 2e-6 * grad.abs().max().item())
+        torch.testing.assert_close(ddp["grads"][key], grad, rtol=1e-3, atol=atol, msg=key)
     compared = 0
     for key, value in ref["params"].items():
         grad = ref["grads"].get(key)

@@ -40,3 +40,12 @@ def wake(gen: Generator, seed: int = 0, scale: float = 0.02) -> Generator:
             noise = torch.randn(p.shape, generator=gen_, dtype=p.dtype)
             p.add_(noise.to(p.device) * scale)
     return gen
+
+
+def shipped_spec_of(generator: str) -> str:
+    """The shipped spec holding ``generator``'s tiny entry: ``smoke``, or ``extras`` for
+    the generators added later."""
+    from genbench.benchmarks.spec import read_spec
+
+    spec, _ = read_spec("smoke")
+    return "smoke" if any(m.generator == generator for m in spec.models.values()) else "extras"
