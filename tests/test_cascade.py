@@ -107,9 +107,9 @@ def test_config_errors_name_the_problem():
 def test_extras_cascade_trained_fid_at_most_half_of_untrained(cli, tmp_path):
     """The acceptance claim on the shipped extras settings, with fewer samples."""
     out = tmp_path / "runs"
-    args = ["run", "extras", "--models", "cascade", "--out", str(out), "--num-samples", "200"]
+    args = ["run", "extras", "--models", "cascade", "--out", str(out), "--num-samples", "100"]
     assert cli(*args, "--train-steps", "0").code == 0
-    assert cli(*args, "--train-steps", "200").code == 0
+    assert cli(*args, "--train-steps", "120").code == 0
     fid = {}
     for run in out.iterdir():
         metrics = json.loads((run / "cascade" / "metrics.json").read_text())
@@ -121,4 +121,5 @@ def test_extras_cascade_trained_fid_at_most_half_of_untrained(cli, tmp_path):
         )
         assert sum(timing["stage_s"].values()) <= statistics.fmean(timing["raw_s"])
         fid[metrics["train_steps"]] = metrics["metrics"]["fid"]["value"]
-    assert fid[200] <= 0.5 * fid[0], fid
+    print(f"cascade FID untrained {fid[0]:.1f}, trained {fid[120]:.1f}")
+    assert fid[120] <= 0.5 * fid[0], fid

@@ -153,7 +153,7 @@ dataset = "digits"
 device = "cpu"
 
 [train]
-steps = 300
+steps = 200
 batch_size = 64
 log_every = 100
 
@@ -242,27 +242,23 @@ def test_run_trains_the_classifier_and_guidance_raises_class_accuracy(cli, tmp_p
     labels = torch.tensor(seeds) % 10
     unguided = _accuracy(ddpm.sample(seeds, labels, DDPMSettings(classifier_scale=0.0)), labels)
     guided = _accuracy(ddpm.sample(seeds, labels, DDPMSettings(classifier_scale=6.0)), labels)
+    print(f"class accuracy unguided {unguided:.3f}, guided {guided:.3f}")
     assert guided > unguided + 0.15, (unguided, guided)
 
     # A trained classifier file is used as it is: not trained again, its source recorded,
-    # the same samples.
+    # copied into the run unchanged.
+    from genbench.benchmarks.inputs import RunInputs
+
     spec2 = tmp_path / "cg2.toml"
-    spec2.write_text(
-        CLASSIFIER_SPEC.format(
-            classifier=f'checkpoint = "{weights}"',
-            checkpoint=f'checkpoint = "{run / "ddpm" / "checkpoint.safetensors"}"',
-        )
-    )
-    out2 = tmp_path / "runs2"
-    result = cli("run", str(spec2), "--out", str(out2))
-    assert result.code == 0, result.err
-    (run2,) = out2.iterdir()
+    spec2.write_text(CLASSIFIER_SPEC.format(classifier=f'checkpoint = "{weights}"', checkpoint=""))
+    plan2 = resolve(*read_spec(str(spec2)))
+    run2 = tmp_path / "run2"
+    clf = prepare_classifier(plan2, run2, CPU, RunInputs(plan2, CPU))
     record2 = json.loads((run2 / "classifier" / "classifier.json").read_text())
     assert record2["train_steps"] == 0 and record2["source"] == str(weights)
     assert record2["sha256"] == record["sha256"] and record2["accuracy"] == record["accuracy"]
     assert not (run2 / "classifier" / "train_log.jsonl").exists()
-    a, b = (json.loads((r / "ddpm" / "metrics.json").read_text()) for r in (run, run2))
-    assert a["metrics"]["fid"]["value"] == b["metrics"]["fid"]["value"]
+    assert all(torch.equal(v, load_file(str(weights))[k]) for k, v in clf.state_dict().items())
 
 
 @pytest.mark.parametrize(

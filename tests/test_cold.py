@@ -149,10 +149,11 @@ def test_smoke_cold_trained_fid_at_most_half_of_untrained(cli, tmp_path):
     out = tmp_path / "runs"
     args = ["run", "extras", "--models", "cold", "--out", str(out), "--num-samples", "200"]
     assert cli(*args, "--train-steps", "0").code == 0
-    assert cli(*args, "--train-steps", "150").code == 0
+    assert cli(*args, "--train-steps", "100").code == 0
     fid = {}
     for run in out.iterdir():
         metrics = json.loads((run / "cold" / "metrics.json").read_text())
         assert metrics["nfe"] == 10
         fid[metrics["train_steps"]] = metrics["metrics"]["fid"]["value"]
-    assert fid[150] <= 0.5 * fid[0], fid
+    print(f"cold FID untrained {fid[0]:.1f}, trained {fid[100]:.1f}")
+    assert fid[100] <= 0.5 * fid[0], fid
