@@ -166,6 +166,13 @@ class RunInputs:
                 "evaluate.reference_stats",
             )
         self._stats_at: dict[int, ReferenceStats] = {}
+        upscaled = [m.name for m in plan.models.values() if m.sample.upscale is not None]
+        if upscaled and evaluate.reference_stats is not None:
+            raise GenbenchError(
+                f"models.{upscaled[0]}.sample.upscale: upscaled samples are compared with the "
+                "data set's images at the upscaled size; evaluate.reference_stats holds "
+                "statistics at its own size only; drop one of the two"
+            )
         # Upscalers load now: a file spandrel cannot read is a usage error before the run.
         self._upscalers = {
             Path(m.sample.upscale): Upscaler(Path(m.sample.upscale), device, m.data_shape.channels)

@@ -333,12 +333,12 @@ def resolve(spec: Spec, source: str, overrides: Overrides | None = None) -> RunP
         timing=spec.timing,
         models=models,
         source=source,
-        classifier=_resolve_classifier(spec, source, models, shape),
+        classifier=_resolve_classifier(spec, source, models, shape, info.train_size),
     )
 
 
 def _resolve_classifier(
-    spec: Spec, source: str, models: dict[str, ResolvedModel], shape: DataShape
+    spec: Spec, source: str, models: dict[str, ResolvedModel], shape: DataShape, train_size: int
 ) -> ResolvedClassifier | None:
     """``[classifier]`` validated; ``SpecError`` when a model's ``classifier_scale`` has
     none to follow, or its name would be the classifier's folder."""
@@ -363,7 +363,13 @@ def _resolve_classifier(
     checkpoint = spec.classifier.checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise SpecError(f"classifier.checkpoint: no such file: {checkpoint}")
-    return ResolvedClassifier(config, spec.classifier.train, _absolute(checkpoint))
+    train = _train_steps(spec.classifier.train, train_size)
+    if checkpoint is None and not train.trains:  # an untrained guide would steer by noise
+        raise SpecError(
+            f"{source}: classifier.train: no training (steps, epochs, images_budget or "
+            "time_budget); give one, or a trained classifier.checkpoint"
+        )
+    return ResolvedClassifier(config, train, _absolute(checkpoint))
 
 
 def classifier_scale(model: ResolvedModel) -> float | None:

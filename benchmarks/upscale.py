@@ -59,6 +59,8 @@ class Upscaler:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` (N, C, H, W) in [-1, 1] -> (N, C, sH, sW) in [-1, 1]."""
+        if images.is_cuda:  # sampling's queued kernels are sampling time, not this stage's
+            torch.cuda.synchronize(images.device)
         t0 = time.perf_counter()
         x = (images.float() + 1.0) / 2.0
         if self.descriptor.input_channels != x.shape[1]:
@@ -66,7 +68,9 @@ class Upscaler:
         param = next(self.descriptor.model.parameters(), None)
         if param is not None:
             x = x.to(param.device, param.dtype)
-        y = self.descriptor.model(x).float().clamp(0.0, 1.0)
+        # The descriptor pads to the model's size requirements (window-based models) and
+        # crops the output back.
+        y = self.descriptor(x).float().clamp(0.0, 1.0)
         if y.shape[1] != self.channels:
             y = y.mean(dim=1, keepdim=True)
         if y.is_cuda:

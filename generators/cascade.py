@@ -232,7 +232,7 @@ class Cascade(Generator):
 
     def _base_phase(self, phase: Phase) -> Phase:
         """The base's phase on the downsampled batch, its networks found under the prefix."""
-        size = self.config.base_size
+        size = self.base.image_size  # the base's own training size (base_size by default)
         names = list(self.base.modules())
 
         def draw(batch: Batch) -> Any:
@@ -256,7 +256,7 @@ class Cascade(Generator):
     def draw_sr(self, batch: Batch) -> SRDraws:
         x0 = batch.images.to(self.device)
         n = x0.shape[0]
-        low = downsample(x0, self.config.base_size)
+        low = downsample(x0, self.base.image_size)
         t = torch.rand(n, device=self.device)
         aug = torch.rand(n, device=self.device) * self.config.aug_max
         return SRDraws(x0, low, t, torch.randn_like(x0), aug, torch.randn_like(x0))

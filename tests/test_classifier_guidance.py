@@ -279,6 +279,13 @@ def test_run_trains_the_classifier_and_guidance_raises_class_accuracy(cli, tmp_p
             "sigma_min must be below sigma_max",
         ),
         (
+            lambda s: s.replace(
+                "[classifier]\nconfig = { channels = 16 }\n",
+                "[classifier]\nconfig = { channels = 16 }\ntrain = { steps = 0 }\n",
+            ),
+            "classifier.train: no training",
+        ),
+        (
             lambda s: s.replace("classifier_scale = 6.0", "classifier_scale = -1.0"),
             "classifier_scale",
         ),
@@ -328,3 +335,14 @@ def test_bench_speed_times_guided_sampling_with_an_untrained_classifier(cli, tmp
     (run,) = out.iterdir()
     (record,) = json.loads((run / "speed.json").read_text())["results"]
     assert record["model"] == "ddpm" and record["images_per_s"] > 0
+
+
+def test_classifier_training_length_in_epochs_is_stated_as_steps(tmp_path):
+    from genbench.benchmarks.plan import resolve
+    from genbench.benchmarks.spec import read_spec
+
+    spec = tmp_path / "s.toml"
+    train = "[classifier.train]\nepochs = 2\nbatch_size = 64\n"
+    spec.write_text(CLASSIFIER_SPEC.format(classifier=train, checkpoint=""))
+    # 2 epochs of the 1437 digits training images at 64 a step
+    assert resolve(*read_spec(str(spec))).classifier.train.steps == round(2 * 1437 / 64)
