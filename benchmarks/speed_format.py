@@ -132,7 +132,7 @@ def speedups(records: list[SpeedResult]) -> list[str]:
                 lines.append(
                     f"{r.model} batch {r.batch_size} steps {r.steps}: "
                     f"{r.images_per_s / b.images_per_s:.2f}x the throughput of "
-                    f"{b.generator} ({fast_label(r)} vs fp32 eager)"
+                    f"{b.generator} ({fast_label(r)} vs {fast_label(b)} eager)"
                     + (f" ({NOISY_ADVICE})" if noisy else "")
                 )
     return lines

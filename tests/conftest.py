@@ -105,3 +105,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _strict_fp32_on_cuda(request: pytest.FixtureRequest):
+    """``gpu`` tests compare CUDA with CPU float32 arithmetic, so cuDNN and cuBLAS may not
+    round to TF32 behind their back (torch lets cuDNN do so by default, which moves a tiny
+    network's output by about 1e-3, past those tests' 1e-4). Fast-path tests set the
+    flags themselves through ``precision_context``."""
+    if "gpu" not in request.keywords:
+        yield
+        return
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

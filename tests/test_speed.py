@@ -329,6 +329,19 @@ def test_diffusers_baseline_is_measured_side_by_side(cli, tmp_path, monkeypatch)
     a, b = calls[0], calls[1]
     assert a != b and calls == [a, b, b, a] * 5  # interleaved, first mover alternating
     assert "the throughput of diffusers.DDPMPipeline" in result.out
+    assert base["precision"] == "fp32" and "(fp32 vs fp32 eager)" in result.out
+
+
+def test_the_stock_pipeline_is_recorded_at_the_precision_torch_defaults_give_it(monkeypatch):
+    """On CUDA torch lets cuDNN use TF32 for convolutions by default, so the stock pipeline's
+    figures are tf32 figures (and its peak share is against the TF32 peak)."""
+    from genbench.benchmarks.baselines import stock_precision
+
+    assert stock_precision(torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert stock_precision(torch.device("cuda")) == "tf32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert stock_precision(torch.device("cuda")) == "fp32"
 
 
 # --------------------------------------------------------------------------- GPU
