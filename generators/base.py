@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -254,6 +254,46 @@ class Generator(Trainable):
         """Per-image upper bound on the negative log-likelihood of ``batch`` in bits per
         dimension (likelihood models such as DDPM's VLB); None when the model has none."""
         return None
+
+
+Watch = Callable[[float, torch.Tensor], None]
+"""``watch(sigma, x0)``: told the noise level and the predicted x0 of every network call."""
+
+
+class SteppedGenerator(Generator):
+    """A generator whose sampler can report every network call's x0 (the diffusion models):
+    ``sample`` and ``trajectory`` are one code path, ``_sample``, with and without a watch,
+    so a trajectory is exactly the path that ``sample`` takes."""
+
+    @abstractmethod
+    def _sample(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None,
+        settings: SampleSettings | None,
+        watch: Watch | None = None,
+    ) -> torch.Tensor:
+        """``sample``; ``watch`` (if given) sees every network call, noisiest first."""
+
+    @torch.no_grad()
+    def sample(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        settings: SampleSettings | None = None,
+    ) -> torch.Tensor:
+        return self._sample(seeds, labels, settings)
+
+    @torch.no_grad()
+    def trajectory(
+        self,
+        seeds: Sequence[int],
+        labels: torch.Tensor | None = None,
+        settings: SampleSettings | None = None,
+    ) -> list[TrajectoryPoint]:
+        points: list[TrajectoryPoint] = []
+        self._sample(seeds, labels, settings, lambda s, x0: points.append(TrajectoryPoint(s, x0)))
+        return points
 
 
 def random_hflip(images: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from genbench.generators.base import (
     SampleSettings,
     eval_mode,
 )
-from genbench.generators.songunet import SongUNet
+from genbench.generators.songunet import SongUNetConfig
 from genbench.generators.training import (
     Loss,
     LRSchedule,
@@ -54,7 +54,7 @@ SR_NOISE, AUG_NOISE = 2**31, 2**31 + 1
 """Noise streams of the SR stage (far above any base generator's streams)."""
 
 
-class CascadeConfig(GeneratorConfig):
+class CascadeConfig(SongUNetConfig):
     """The base stage (a registered generator and its config) at ``base_size`` pixels, and
     the SR diffusion model (defaults: a DDPM++ of EDM's CIFAR-10 width, T continuous, 50
     DDIM steps; 16 -> 32 px for CIFAR-10 as in the issue's setting)."""
@@ -62,13 +62,6 @@ class CascadeConfig(GeneratorConfig):
     base: str = Field("edm", description="registered generator of the low-resolution stage")
     base_config: dict[str, Any] = Field(default_factory=dict, description="its config")
     base_size: int = Field(16, ge=4, description="resolution of the base stage")
-    channels: int = Field(128, ge=1)
-    channel_mult: tuple[int, ...] = (2, 2, 2)
-    num_res_blocks: int = Field(4, ge=1)
-    attn_resolutions: tuple[int, ...] = (16,)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    norm_groups: int = Field(32, ge=1)
-    time_embed_dim: int | None = None
     aug_max: float = Field(0.5, ge=0, description="largest conditioning-augmentation std")
     sample_aug: float = Field(0.1, ge=0, description="conditioning-augmentation std sampled at")
     sample_steps: int = Field(50, ge=1, le=10_000, description="SR DDIM steps")
@@ -167,18 +160,8 @@ class Cascade(Generator):
         self.base = base_cls(
             config.base_generator_config(), self._base_shape(config, data), self.device
         )
-        self.sr = SongUNet(
-            image_size=self.image_size,
-            in_channels=2 * data.channels,
-            out_channels=data.channels,
-            channels=config.channels,
-            channel_mult=config.channel_mult,
-            num_blocks=config.num_res_blocks,
-            attn_resolutions=config.attn_resolutions,
-            dropout=config.dropout,
-            emb_channels=config.time_embed_dim,
-            augment_dim=1,
-            max_groups=config.norm_groups,
+        self.sr = config.songunet(
+            self.image_size, 2 * data.channels, data.channels, augment_dim=1
         ).to(self.device)
         self.stage_seconds: dict[str, float] = {"base": 0.0, "sr": 0.0}
         """Seconds spent in each stage by ``sample`` so far (the harness records them)."""

@@ -42,19 +42,18 @@ from genbench.generators.base import (
     Batch,
     DataShape,
     Generator,
-    GeneratorConfig,
     SampleSettings,
     eval_mode,
     random_hflip,
 )
-from genbench.generators.songunet import SongUNet
+from genbench.generators.songunet import SongUNetConfig
 from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
 
 Degradation = Literal["blur", "downsample", "mask", "noise"]
 Restorer = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-class ColdConfig(GeneratorConfig):
+class ColdConfig(SongUNetConfig):
     """Cold diffusion's degradation, network and training (defaults: the paper's CIFAR-10
     blur setting in spirit, 50 steps; the network is a DDPM++ of EDM's CIFAR-10 width)."""
 
@@ -63,13 +62,6 @@ class ColdConfig(GeneratorConfig):
     blur_sigma_min: float = Field(0.3, gt=0, description="blur std at t = 1, in pixels")
     mask_seed: int = Field(0, ge=0, description="seed of the fixed pixel order of masking")
     sampler: Literal["naive", "improved"] = "improved"
-    channels: int = Field(128, ge=1)
-    channel_mult: tuple[int, ...] = (2, 2, 2)
-    num_res_blocks: int = Field(4, ge=1)
-    attn_resolutions: tuple[int, ...] = (16,)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    norm_groups: int = Field(32, ge=1)
-    time_embed_dim: int | None = None
     lr: float = Field(2e-5, gt=0)
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
@@ -186,18 +178,7 @@ class ColdDiffusion(Generator):
     def __init__(self, config: ColdConfig, data: DataShape, device: torch.device) -> None:
         super().__init__(config, data, device)
         self.degrade = Degrade(config, data)
-        self.net = SongUNet(
-            image_size=self.image_size,
-            in_channels=data.channels,
-            out_channels=data.channels,
-            channels=config.channels,
-            channel_mult=config.channel_mult,
-            num_blocks=config.num_res_blocks,
-            attn_resolutions=config.attn_resolutions,
-            dropout=config.dropout,
-            emb_channels=config.time_embed_dim,
-            max_groups=config.norm_groups,
-        ).to(self.device)
+        self.net = config.songunet(self.image_size, data.channels, data.channels).to(self.device)
         self.prior = ColourPrior(data.channels).to(self.device)
 
     def modules(self) -> dict[str, nn.Module]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -41,9 +41,9 @@ from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
-    Generator,
     GeneratorConfig,
-    TrajectoryPoint,
+    SteppedGenerator,
+    Watch,
     eval_mode,
     random_hflip,
 )
@@ -352,7 +352,7 @@ class DDPMSettings(ClassifierGuidedSettings):
 
 
 @GENERATORS.register("ddpm")
-class DDPM(Generator):
+class DDPM(SteppedGenerator):
     """Gaussian diffusion with an epsilon-predicting UNet (see the module docstring)."""
 
     Config = DDPMConfig
@@ -675,32 +675,12 @@ class DDPM(Generator):
             return False  # the last step adds no noise (Ho et al. algorithm 2, line 3)
         return plan.kind == "ancestral" or self.config.ddim_eta > 0
 
-    @torch.no_grad()
-    def sample(
-        self,
-        seeds: Sequence[int],
-        labels: torch.Tensor | None = None,
-        settings: DDPMSettings | None = None,
-    ) -> torch.Tensor:
-        return self._sample(seeds, labels, settings)
-
-    @torch.no_grad()
-    def trajectory(
-        self,
-        seeds: Sequence[int],
-        labels: torch.Tensor | None = None,
-        settings: DDPMSettings | None = None,
-    ) -> list[TrajectoryPoint]:
-        points: list[TrajectoryPoint] = []
-        self._sample(seeds, labels, settings, lambda s, x0: points.append(TrajectoryPoint(s, x0)))
-        return points
-
     def _sample(
         self,
         seeds: Sequence[int],
         labels: torch.Tensor | None,
         settings: DDPMSettings | None,
-        watch: Callable[[float, torch.Tensor], None] | None = None,
+        watch: Watch | None = None,
     ) -> torch.Tensor:
         """``sample``; ``watch(sigma_t, predicted x0)`` sees every step, with sigma_t =
         sqrt((1 - alpha-bar_t) / alpha-bar_t), the noise level of x_t / sqrt(alpha-bar_t)."""

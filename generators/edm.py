@@ -48,9 +48,8 @@ from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
-    Generator,
-    GeneratorConfig,
-    TrajectoryPoint,
+    SteppedGenerator,
+    Watch,
     eval_mode,
 )
 from genbench.generators.classifier import NoisyClassifier
@@ -67,7 +66,7 @@ from genbench.generators.guidance import (
     is_guided,
     net_labels,
 )
-from genbench.generators.songunet import SongUNet
+from genbench.generators.songunet import SongUNetConfig
 from genbench.generators.training import Loss, LRSchedule, Nets, OptimizerSpec, Phase, Training
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
@@ -311,7 +310,7 @@ def _classifier_guided(
     return guided
 
 
-def _watched(D: Denoiser, watch: Callable[[float, torch.Tensor], None]) -> Denoiser:
+def _watched(D: Denoiser, watch: Watch) -> Denoiser:
     """``D`` that also shows each call's (sigma, output) to ``watch``."""
 
     def watched(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -341,7 +340,7 @@ class TrainingDraws:
     augment_labels: torch.Tensor | None = None  # (N, 9) with augmentation, else None
 
 
-class EDMConfig(GeneratorConfig):
+class EDMConfig(SongUNetConfig):
     """EDM hyper-parameters; defaults are the paper's class-conditional CIFAR-10 setting
     (DDPM++ network and training settings of its appendix), plus label dropout for
     classifier-free guidance, except the augmentation: off by default, 0.12 in
@@ -351,15 +350,8 @@ class EDMConfig(GeneratorConfig):
     sigma_data: float = Field(0.5, gt=0)
     p_mean: float = Field(-1.2, description="mean of ln(sigma) in training")
     p_std: float = Field(1.2, gt=0, description="std of ln(sigma) in training")
-    # network: EDM's DDPM++ (genbench.generators.songunet)
-    channels: int = Field(128, ge=1)
-    channel_mult: tuple[int, ...] = Field((2, 2, 2), min_length=1)
-    num_res_blocks: int = Field(4, ge=1)
-    attn_resolutions: tuple[int, ...] = (16,)
+    # network: EDM's DDPM++ (SongUNetConfig's fields), with the paper's dropout and width
     dropout: float = Field(0.13, ge=0, lt=1)
-    norm_groups: int = Field(
-        32, ge=1, description="at most this many GroupNorm groups (and >= 4 channels per group)"
-    )
     time_embed_dim: int | None = Field(
         512, ge=1, description="width of the noise embedding (EDM: 4 x 128); None = 4 x channels"
     )
@@ -412,7 +404,7 @@ class EDMConfig(GeneratorConfig):
 
 
 @GENERATORS.register("edm")
-class EDM(Generator):
+class EDM(SteppedGenerator):
     """EDM diffusion model over its DDPM++ network; class-conditional with guidance."""
 
     Config = EDMConfig
@@ -433,19 +425,12 @@ class EDM(Generator):
         super().__init__(config, data, device)
         self.null_label = data.num_classes  # one extra class embedding: "no label"
         self.precond = PRECONDITIONINGS[config.precond](config)
-        net = SongUNet(
-            image_size=self.image_size,
-            in_channels=data.channels,
-            out_channels=data.channels,
-            channels=config.channels,
-            channel_mult=config.channel_mult,
-            num_blocks=config.num_res_blocks,
-            attn_resolutions=config.attn_resolutions,
-            dropout=config.dropout,
-            emb_channels=config.time_embed_dim,
+        net = config.songunet(
+            self.image_size,
+            data.channels,
+            data.channels,
             num_classes=data.num_classes if self.conditional else 0,
             augment_dim=AUGMENT_DIM if config.augment > 0 else 0,
-            max_groups=config.norm_groups,
         ).to(self.device)
         self.net: nn.Module = net
         if config.experts > 1:
@@ -604,32 +589,12 @@ class EDM(Generator):
         s_tmax = math.inf if c.s_tmax is None else c.s_tmax
         return Churn(c.s_churn, c.s_tmin, s_tmax, c.s_noise)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        seeds: Sequence[int],
-        labels: torch.Tensor | None = None,
-        settings: GuidedSettings | None = None,
-    ) -> torch.Tensor:
-        return self._sample(seeds, labels, settings)
-
-    @torch.no_grad()
-    def trajectory(
-        self,
-        seeds: Sequence[int],
-        labels: torch.Tensor | None = None,
-        settings: GuidedSettings | None = None,
-    ) -> list[TrajectoryPoint]:
-        points: list[TrajectoryPoint] = []
-        self._sample(seeds, labels, settings, lambda s, x0: points.append(TrajectoryPoint(s, x0)))
-        return points
-
     def _sample(
         self,
         seeds: Sequence[int],
         labels: torch.Tensor | None,
         settings: GuidedSettings | None,
-        watch: Callable[[float, torch.Tensor], None] | None = None,
+        watch: Watch | None = None,
     ) -> torch.Tensor:
         """``sample``; ``watch(sigma, D(x; sigma))`` sees every denoiser call."""
         settings = self._settings(settings)

@@ -34,7 +34,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from genbench.generators.base import GeneratorConfig
 
 
 def _xavier(layer: nn.Conv2d | nn.Linear, gain: float = 1.0) -> nn.Module:
@@ -250,3 +253,38 @@ class SongUNet(nn.Module):
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = block(x, emb)
         return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class SongUNetConfig(GeneratorConfig):
+    """The DDPM++ network's fields, shared by the generators built on it (defaults: EDM's
+    CIFAR-10 width; a generator's config redeclares a field to change its default)."""
+
+    channels: int = Field(128, ge=1)
+    channel_mult: tuple[int, ...] = Field((2, 2, 2), min_length=1)
+    num_res_blocks: int = Field(4, ge=1)
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    norm_groups: int = Field(
+        32, ge=1, description="at most this many GroupNorm groups (and >= 4 channels per group)"
+    )
+    time_embed_dim: int | None = Field(
+        None, ge=1, description="width of the noise embedding; None = 4 x channels"
+    )
+
+    def songunet(
+        self, image_size: int, in_channels: int, out_channels: int, **inputs: int
+    ) -> SongUNet:
+        """The network these fields describe; ``inputs``: ``num_classes``, ``augment_dim``."""
+        return SongUNet(
+            image_size=image_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=self.channels,
+            channel_mult=self.channel_mult,
+            num_blocks=self.num_res_blocks,
+            attn_resolutions=self.attn_resolutions,
+            dropout=self.dropout,
+            emb_channels=self.time_embed_dim,
+            max_groups=self.norm_groups,
+            **inputs,
+        )

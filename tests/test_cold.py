@@ -4,7 +4,6 @@ of the start, and the smoke entry's quality claim."""
 from __future__ import annotations
 
 import itertools
-import json
 import math
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 from genbench.data.datasets import Digits
 from genbench.generators import Batch, DataShape
 from genbench.generators.cold import ColdConfig, ColdDiffusion, ColdSettings, Degrade, run_sampler
-from tests.trainkit import fit
+from tests.trainkit import fit, trained_and_untrained
 
 DIGITS = DataShape(channels=1, image_size=16, num_classes=10)
 RGB = DataShape(channels=3, image_size=16, num_classes=0)
@@ -144,16 +143,8 @@ def test_spec_sampler_setting_is_typed(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_cold_trained_fid_at_most_half_of_untrained(cli, tmp_path):
-    """The acceptance claim on the shipped smoke settings, with fewer samples."""
-    out = tmp_path / "runs"
-    args = ["run", "extras", "--models", "cold", "--out", str(out), "--num-samples", "200"]
-    assert cli(*args, "--train-steps", "0").code == 0
-    assert cli(*args, "--train-steps", "100").code == 0
-    fid = {}
-    for run in out.iterdir():
-        metrics = json.loads((run / "cold" / "metrics.json").read_text())
-        assert metrics["nfe"] == 10
-        fid[metrics["train_steps"]] = metrics["metrics"]["fid"]["value"]
-    print(f"cold FID untrained {fid[0]:.1f}, trained {fid[100]:.1f}")
-    assert fid[100] <= 0.5 * fid[0], fid
+def test_smoke_cold_trained_fid_at_most_half_of_untrained(tmp_path):
+    """The acceptance claim on the shipped extras settings, with fewer steps and samples."""
+    runs = trained_and_untrained("extras", "cold", 100, 200, tmp_path)
+    assert runs[0]["nfe"] == 10
+    assert runs[100]["metrics"]["fid"]["value"] <= 0.5 * runs[0]["metrics"]["fid"]["value"]

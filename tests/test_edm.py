@@ -4,7 +4,6 @@ Gaussian whose exact denoiser is known, NFE counts, guidance and the published s
 from __future__ import annotations
 
 import itertools
-import json
 import math
 
 import pytest
@@ -27,7 +26,7 @@ from genbench.generators.edm import (
 )
 from genbench.generators.guidance import GuidedSettings
 from genbench.generators.songunet import SongUNet
-from tests.trainkit import fit, trainer, wake
+from tests.trainkit import fit, trained_and_untrained, trainer, wake
 
 SIGMAS = torch.tensor([0.002, 0.05, 0.5, 1.0, 3.0, 80.0], dtype=torch.float64)
 TINY = dict(
@@ -417,15 +416,8 @@ def test_config_rejects_unknown_choices():
 
 
 @pytest.mark.slow
-def test_smoke_edm_trained_fid_at_most_half_of_untrained(cli, tmp_path):
+def test_smoke_edm_trained_fid_at_most_half_of_untrained(tmp_path):
     """The acceptance claim on the shipped smoke settings, with fewer steps and samples."""
-    out = tmp_path / "runs"
-    args = ["run", "smoke", "--models", "edm", "--out", str(out), "--num-samples", "200"]
-    assert cli(*args, "--train-steps", "0").code == 0
-    assert cli(*args, "--train-steps", "100").code == 0
-    fid = {}
-    for run in out.iterdir():
-        metrics = json.loads((run / "edm" / "metrics.json").read_text())
-        assert metrics["nfe"] == 11  # 6 Heun steps
-        fid[metrics["train_steps"]] = metrics["metrics"]["fid"]["value"]
-    assert fid[100] <= 0.5 * fid[0], fid
+    runs = trained_and_untrained("smoke", "edm", 100, 200, tmp_path)
+    assert runs[0]["nfe"] == 11  # 6 Heun steps
+    assert runs[100]["metrics"]["fid"]["value"] <= 0.5 * runs[0]["metrics"]["fid"]["value"]

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.trainkit import trained_and_untrained
+
 
 def _run_dir(out: Path) -> Path:
     (run,) = list(out.iterdir())
@@ -164,17 +166,10 @@ def test_batch_larger_than_the_data_is_a_usage_error(cli, tiny_spec, tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_dcgan_trained_fid_at_most_half_of_untrained(cli, tmp_path):
+def test_smoke_dcgan_trained_fid_at_most_half_of_untrained(tmp_path):
     """The acceptance claim of the skeleton, on the shipped smoke settings (fewer steps)."""
-    out = tmp_path / "runs"
-    args = ["run", "smoke", "--models", "gan", "--out", str(out), "--num-samples", "500"]
-    assert cli(*args, "--train-steps", "0").code == 0
-    assert cli(*args, "--train-steps", "500").code == 0
-    fid = {}
-    for run in out.iterdir():
-        m = json.loads((run / "dcgan" / "metrics.json").read_text())
-        fid[m["train_steps"]] = m["metrics"]["fid"]["value"]
-    assert fid[500] <= 0.5 * fid[0], fid
+    runs = trained_and_untrained("smoke", "dcgan", 500, 300, tmp_path)
+    assert runs[500]["metrics"]["fid"]["value"] <= 0.5 * runs[0]["metrics"]["fid"]["value"]
 
 
 @pytest.mark.slow

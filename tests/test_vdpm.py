@@ -3,12 +3,10 @@ classifier-free guidance, gradient accumulation, and the shipped smoke / CIFAR-1
 
 from __future__ import annotations
 
-import json
 import math
 import tomllib
 
 import pytest
-import tomli_w
 import torch
 from pydantic import ValidationError
 
@@ -35,7 +33,7 @@ from genbench.generators.vdpm import (
     x0_from_eps,
     x0_from_v,
 )
-from tests.trainkit import fit, wake
+from tests.trainkit import fit, trained_and_untrained, wake
 
 SHAPE = DataShape(channels=1, image_size=8, num_classes=10)
 TINY = dict(
@@ -430,27 +428,8 @@ def test_cifar10_dry_run_shows_the_published_settings(cli):
     assert model["sample"]["steps"] == 1024
 
 
-def _smoke_vdpm_spec(tmp_path) -> str:
-    """The shipped smoke spec with only its vdpm entry and a single timed sampling call."""
-    from genbench.benchmarks.spec import find_spec
-
-    spec = tomllib.loads(find_spec("smoke").read_text())
-    spec["models"] = {"vdpm": spec["models"]["vdpm"]}
-    spec["timing"].update(repeats=1, warmup=0)
-    path = tmp_path / "smoke-vdpm.toml"
-    path.write_text(tomli_w.dumps(spec))
-    return str(path)
-
-
 @pytest.mark.slow
-def test_smoke_vdpm_trained_fid_at_most_half_of_untrained(cli, tmp_path):
+def test_smoke_vdpm_trained_fid_at_most_half_of_untrained(tmp_path):
     """The acceptance claim on the shipped smoke model (fewer steps and samples)."""
-    out = tmp_path / "runs"
-    args = ["run", _smoke_vdpm_spec(tmp_path), "--out", str(out), "--num-samples", "500"]
-    assert cli(*args, "--train-steps", "0").code == 0
-    assert cli(*args, "--train-steps", "100").code == 0
-    fid = {}
-    for run in out.iterdir():
-        m = json.loads((run / "vdpm" / "metrics.json").read_text())
-        fid[m["train_steps"]] = m["metrics"]["fid"]["value"]
-    assert fid[100] <= 0.5 * fid[0], fid
+    runs = trained_and_untrained("smoke", "vdpm", 100, 300, tmp_path)
+    assert runs[100]["metrics"]["fid"]["value"] <= 0.5 * runs[0]["metrics"]["fid"]["value"]

@@ -49,3 +49,38 @@ def shipped_spec_of(generator: str) -> str:
 
     spec, _ = read_spec("smoke")
     return "smoke" if any(m.generator == generator for m in spec.models.values()) else "extras"
+
+
+def trained_and_untrained(
+    spec: str, model: str, steps: int, num_samples: int, out: Any, repeats: int = 1
+) -> dict[int, dict[str, Any]]:
+    """``{0: metrics.json, steps: metrics.json}`` of ``model`` of ``spec`` run untrained
+    and after ``steps`` updates on ``num_samples`` samples (each with its ``timing.json``
+    under ``"timing"``): the "trained FID at most half of untrained" claims. Runs go
+    through the runner as ``bench run`` does, with ``repeats`` timed sampling calls, no
+    warm-up and no bits/dim pass, since those claims are about quality, not speed."""
+    import json
+    from pathlib import Path
+
+    from genbench.benchmarks.plan import Overrides, resolve
+    from genbench.benchmarks.runner import run
+    from genbench.benchmarks.spec import read_spec
+
+    spec_doc, source = read_spec(spec)
+    found = {}
+    for n in (0, steps):
+        plan = resolve(
+            spec_doc,
+            source,
+            Overrides(models=[model], train_steps=n, num_samples=num_samples, device="cpu"),
+        )
+        plan.evaluate = plan.evaluate.model_copy(update={"bpd_images": 0})
+        plan.timing = plan.timing.model_copy(update={"repeats": repeats, "warmup": 0})
+        folder = run(plan, Path(out) / str(n)) / model
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["timing"] = json.loads((folder / "timing.json").read_text())
+        assert metrics["train_steps"] == n
+        found[n] = metrics
+    fid = {n: m["metrics"]["fid"]["value"] for n, m in found.items()}
+    print(f"{model} FID untrained {fid[0]:.1f}, after {steps} steps {fid[steps]:.1f}")
+    return found

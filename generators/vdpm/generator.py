@@ -19,9 +19,9 @@ from genbench.generators.base import (
     GENERATORS,
     Batch,
     DataShape,
-    Generator,
     GeneratorConfig,
-    TrajectoryPoint,
+    SteppedGenerator,
+    Watch,
     eval_mode,
     random_hflip,
 )
@@ -148,7 +148,7 @@ SAMPLERS: dict[str, Callable[[VDPMConfig], Step]] = {
 
 
 @GENERATORS.register("vdpm")
-class VDPM(Generator):
+class VDPM(SteppedGenerator):
     """Continuous-time diffusion with a v-predicting UNet (see the module docstring)."""
 
     Config = VDPMConfig
@@ -326,32 +326,12 @@ class VDPM(Generator):
         t = torch.arange(steps, -1, -1, dtype=torch.float64) / steps
         return self.schedule(t)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        seeds: Sequence[int],
-        labels: Tensor | None = None,
-        settings: VDPMSettings | None = None,
-    ) -> Tensor:
-        return self._sample(seeds, labels, settings)
-
-    @torch.no_grad()
-    def trajectory(
-        self,
-        seeds: Sequence[int],
-        labels: Tensor | None = None,
-        settings: VDPMSettings | None = None,
-    ) -> list[TrajectoryPoint]:
-        points: list[TrajectoryPoint] = []
-        self._sample(seeds, labels, settings, lambda s, x0: points.append(TrajectoryPoint(s, x0)))
-        return points
-
     def _sample(
         self,
         seeds: Sequence[int],
         labels: Tensor | None,
         settings: VDPMSettings | None,
-        watch: Callable[[float, Tensor], None] | None = None,
+        watch: Watch | None = None,
     ) -> Tensor:
         """``sample``; ``watch(sigma, x_pred)`` sees every denoiser call, with sigma =
         exp(-logsnr / 2), the noise level of z_t / alpha_t."""
@@ -375,7 +355,7 @@ class VDPM(Generator):
         return steps * (2 if is_guided(scale, self.conditional) else 1)
 
 
-def _watched(denoise: Denoiser, watch: Callable[[float, Tensor], None]) -> Denoiser:
+def _watched(denoise: Denoiser, watch: Watch) -> Denoiser:
     """``denoise`` that also shows each call's (sigma, x_pred) to ``watch``."""
 
     def watched(z: Tensor, logsnr: Tensor) -> tuple[Tensor, Tensor]:
