@@ -369,7 +369,9 @@ class Trainer:
         cfg = self.cfg
         writer = self.rank == 0
         every_s, every_n = cfg.checkpoint_seconds, cfg.checkpoint_steps
-        last_save, last_log = self.elapsed, time.perf_counter()
+        # The log's images/s is over training time (what time_s counts): saves and
+        # evaluations between two lines are not training.
+        last_save, last_log = self.elapsed, self.elapsed
         logged_step = self.step
         by_time = self.total_steps is None
         total = math.ceil(self.time_budget_s or 0) if by_time else self.total_steps
@@ -392,7 +394,7 @@ class Trainer:
                         losses = self._write_log(log_path, self.step - logged_step, last_log)
                         shown = {k: v for k, v in losses.items() if not k.startswith("lr")}
                         bar.update(task, status=" ".join(f"{k}={v:.3g}" for k, v in shown.items()))
-                        last_log, logged_step = time.perf_counter(), self.step
+                        last_log, logged_step = self.elapsed, self.step
                     due = (every_n is not None and self.step % every_n == 0) or (
                         every_s is not None and self.elapsed - last_save >= every_s
                     )
@@ -422,7 +424,8 @@ class Trainer:
 
     def _write_log(self, log_path: Path | None, steps: int, since: float) -> dict[str, float]:
         """Read the logs of the last ``steps`` steps and append them to the training log
-        (rank 0); returns them."""
+        (rank 0), with their images/s over the training time since ``since`` (an earlier
+        ``elapsed``); returns them."""
         losses = self.read_logs()
         if self.rank == 0 and log_path is not None:
             append_line(
@@ -431,9 +434,7 @@ class Trainer:
                     step=self.step,
                     time_s=round(self.elapsed, 4),
                     losses=losses,
-                    images_per_s=steps
-                    * self.cfg.batch_size
-                    / max(time.perf_counter() - since, 1e-9),
+                    images_per_s=steps * self.cfg.batch_size / max(self.elapsed - since, 1e-9),
                 ),
             )
         return losses

@@ -111,3 +111,29 @@ def test_evaluation_sees_the_ema_weights_and_training_gets_its_own_back():
     # the same training as without evaluations, to the bit (EMA weights loaded after both)
     assert all(torch.equal(v, twin.net.state_dict()[k]) for k, v in gen.net.state_dict().items())
     assert t.ema.shadow["net"].keys() == u.ema.shadow["net"].keys()
+
+
+def test_the_logs_images_per_s_leave_out_evaluations(tmp_path):
+    """A line's images/s is over the training time since the previous line (its time_s),
+    not the wall clock: an evaluation between two lines does not lower it."""
+    import time
+
+    data = DataShape(1, 16, 0)
+    torch.manual_seed(0)
+    gen = EDM(EDMConfig(**EDM_TINY), data, torch.device("cpu"))
+    images = torch.rand(8, 1, 16, 16) * 2 - 1
+
+    def evaluate(step: int) -> str:
+        time.sleep(0.3)  # several tiny training steps long: the wall clock would show it
+        return "ok"
+
+    log = tmp_path / "train_log.jsonl"
+    t = trainer(gen, 8, steps=6, log_every=2)
+    t.fit(itertools.repeat(Batch(images)), "edm", log_path=log, every=(2, evaluate))
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4, 6]
+    before = 0.0
+    for line in lines:
+        trained = line["time_s"] - before
+        assert line["images_per_s"] == pytest.approx(2 * 8 / trained, rel=0.02)
+        before = line["time_s"]
