@@ -357,6 +357,14 @@ def _resolve_classifier(
         )
     if shape.num_classes < 2:
         raise SpecError(f"{source}: classifier: the data set has no class labels to learn")
+    for name in guided:  # the classifier learns the data's images, at the data's size
+        size = getattr(models[name].config, "image_size", None)
+        if size is not None and size != shape.image_size:
+            raise SpecError(
+                f"{source}: models.{name}: classifier guidance at image_size {size}, but the "
+                f"[classifier] learns the data's {shape.image_size} px; drop image_size or "
+                "classifier_scale"
+            )
     config = validate_section(
         ClassifierConfig, spec.classifier.config, ("classifier", "config"), source
     )

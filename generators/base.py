@@ -243,6 +243,13 @@ class Generator(Trainable):
                 "classifier_scale needs a guidance classifier: add a [classifier] section to "
                 "the spec (bench run trains it), or drop classifier_scale"
             )
+        # Its gradient is only meaningful on images of the size it learned.
+        size = getattr(getattr(self.classifier, "data", None), "image_size", None)
+        if size is not None and size != self.image_size:
+            raise ValueError(
+                f"classifier_scale: the guidance classifier learned {size} px images and this "
+                f"model samples {self.image_size} px; sample at {size} px or drop classifier_scale"
+            )
         return self.classifier
 
     @abstractmethod

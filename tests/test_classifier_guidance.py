@@ -289,6 +289,11 @@ def test_run_trains_the_classifier_and_guidance_raises_class_accuracy(cli, tmp_p
             lambda s: s.replace("classifier_scale = 6.0", "classifier_scale = -1.0"),
             "classifier_scale",
         ),
+        (
+            lambda s: s.replace("num_timesteps = 50\n", "num_timesteps = 50\nimage_size = 8\n"),
+            "models.ddpm: classifier guidance at image_size 8, but the [classifier] learns the "
+            "data's 16 px",
+        ),
     ],
 )
 def test_spec_errors_are_one_line(cli, tmp_path, edit, message):
@@ -346,3 +351,16 @@ def test_classifier_training_length_in_epochs_is_stated_as_steps(tmp_path):
     spec.write_text(CLASSIFIER_SPEC.format(classifier=train, checkpoint=""))
     # 2 epochs of the 1437 digits training images at 64 a step
     assert resolve(*read_spec(str(spec))).classifier.train.steps == round(2 * 1437 / 64)
+
+
+def test_a_classifier_of_another_image_size_is_refused_when_guiding():
+    """A model whose size is only known once built (e.g. from a pretrained UNet) meets a
+    classifier of another size: guided sampling refuses it, unguided sampling is fine."""
+    gen = _ddpm()
+    gen.classifier = NoisyClassifier(
+        ClassifierConfig(channels=8), DataShape(DIGITS.channels, 8, DIGITS.num_classes), CPU
+    )
+    labels = torch.tensor([1, 2])
+    gen.sample([0, 1], labels, DDPMSettings(classifier_scale=0.0))
+    with pytest.raises(ValueError, match="learned 8 px images and this model samples 16 px"):
+        gen.sample([0, 1], labels, DDPMSettings(classifier_scale=1.0))
