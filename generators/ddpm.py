@@ -662,13 +662,27 @@ class DDPM(SteppedGenerator):
         ``grad``: classifier guidance's s grad log p(y | x_t) (Dhariwal & Nichol)."""
         (eps, v), c = out, self.config
         if plan.kind == "ddim":
-            if grad is not None:  # their algorithm 2: eps - sqrt(1 - alpha-bar_t) s g
-                eps = eps - d.sqrt_one_minus_alphas_cumprod.to(x)[t].view(-1, 1, 1, 1) * grad
+            eps = self._guided_eps(d, x, t, eps, grad)
             return d.ddim_step(eps, x, t, c.ddim_eta, noise, c.clip_denoised)
         pred = d.p_mean_variance(eps, x, t, c.variance, v, c.clip_denoised)
         if grad is not None:  # their algorithm 1: the mean moves by Sigma s g
             pred = dataclasses.replace(pred, mean=pred.mean + pred.log_variance.exp() * grad)
         return d.ancestral_step(pred, t, noise)
+
+    @staticmethod
+    def _guided_eps(
+        d: GaussianDiffusion,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        eps: torch.Tensor,
+        grad: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Dhariwal & Nichol's algorithm 2, eps - sqrt(1 - alpha-bar_t) s g (``grad`` =
+        s g; None: ``eps``). Its x0 is Tweedie's estimate under the guided score, so the
+        trajectory shows it for the ancestral sampler too."""
+        if grad is None:
+            return eps
+        return eps - d.sqrt_one_minus_alphas_cumprod.to(x)[t].view(-1, 1, 1, 1) * grad
 
     def _needs_noise(self, plan: SamplingPlan, index: int) -> bool:
         if index == 0:
@@ -699,8 +713,8 @@ class DDPM(SteppedGenerator):
                     sigma_t = float(d.sqrt_recipm1_alphas_cumprod[index])  # x_t is x_vp there
                     grad = self.guidance_classifier().grad_log_prob(x, sigma_t, labels)
                     grad = grad * float(settings.classifier_scale)  # type: ignore[arg-type]
-                if watch is not None:
-                    x0 = d.x0_from_eps(x, t, out[0])
+                if watch is not None:  # with guidance: the x0 of the guided score
+                    x0 = d.x0_from_eps(x, t, self._guided_eps(d, x, t, out[0], grad))
                     x0 = x0.clamp(-1.0, 1.0) if self.config.clip_denoised else x0
                     watch(float(d.sqrt_recipm1_alphas_cumprod[index]), x0)
                 noise = None

@@ -364,3 +364,15 @@ def test_a_classifier_of_another_image_size_is_refused_when_guiding():
     gen.sample([0, 1], labels, DDPMSettings(classifier_scale=0.0))
     with pytest.raises(ValueError, match="learned 8 px images and this model samples 16 px"):
         gen.sample([0, 1], labels, DDPMSettings(classifier_scale=1.0))
+
+
+def test_a_guided_trajectory_shows_the_guided_prediction():
+    """The trajectory of a guided DDIM run ends at its sample bit for bit (the x0 of the
+    guided eps), not at the unguided prediction."""
+    gen = _ddpm()
+    labels, seeds = torch.tensor([1, 2]), [0, 1]
+    guided = DDPMSettings(steps="ddim5", classifier_scale=4.0)
+    images = gen.sample(seeds, labels, guided)
+    assert torch.equal(gen.trajectory(seeds, labels, guided)[-1].x0.clamp(-1, 1), images)
+    plain = gen.trajectory(seeds, labels, DDPMSettings(steps="ddim5", classifier_scale=0.0))
+    assert not torch.equal(plain[-1].x0.clamp(-1, 1), images)
