@@ -204,6 +204,8 @@ def make_record(
             "repeats": len(timing["raw_s"]),
             **timing,
             "steps": case.steps,
+            "settings": {k: v for k, v in case.model.settings.given().items() if k != "steps"}
+            or None,
             "weights": WEIGHTS,
         }
     )

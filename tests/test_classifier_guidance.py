@@ -340,6 +340,7 @@ def test_bench_speed_times_guided_sampling_with_an_untrained_classifier(cli, tmp
     (run,) = out.iterdir()
     (record,) = json.loads((run / "speed.json").read_text())["results"]
     assert record["model"] == "ddpm" and record["images_per_s"] > 0
+    assert record["settings"] == {"classifier_scale": 6.0}  # what was timed, recorded
 
 
 def test_classifier_training_length_in_epochs_is_stated_as_steps(tmp_path):

@@ -397,6 +397,9 @@ class SpeedResult(Timing):
     parameters: int | None = None
     repeats: int | None = None
     weights: str | None = None
+    settings: dict[str, Any] | None = None
+    """The model's sampling settings other than steps that its spec sets (guidance,
+    classifier_scale, sampler, ...); None: none."""
     sessions: int | None = None
     """Worker pairs whose samples were pooled (``bench compare``)."""
     flops_per_image: float | None = None
