@@ -245,7 +245,7 @@ def _evaluate_during_training(
     def evaluate(step: int) -> str:
         evaluator = inputs.evaluator(["fid"])
         result = evaluate_during_training(gen, model, evaluator, seeds)
-        fid = result["metrics"]["fid"]
+        fid = None if result["metrics"] is None else result["metrics"]["fid"]
         if distributed.is_main():
             protocol = {**evaluator.protocol(), "seeds": result["seeds"]}
             protocol["sample_resize"] = result.get("sample_resize")
@@ -256,10 +256,13 @@ def _evaluate_during_training(
                     step=step,
                     images=step * model.train.batch_size,
                     time_s=round(trainer.elapsed, 4),
-                    metrics={"fid": MetricValue(**fid)},
+                    metrics={} if fid is None else {"fid": MetricValue(**fid)},
                     protocol=Protocol.model_validate(protocol),
+                    error=result.get("error"),
                 ),
             )
+        if fid is None:
+            return f"no FID at step {step}: non-finite samples (training goes on)"
         return f"FID {fid['value']:.4g} at step {step}"
 
     return evaluate

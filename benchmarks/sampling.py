@@ -220,9 +220,15 @@ def evaluate_during_training(
     gen: Generator, model: ResolvedModel, evaluator: Evaluator, seeds: list[int]
 ) -> dict[str, Any]:
     """``[evaluate] every``: sample ``seeds`` into ``evaluator`` in the middle of training
-    (every rank its share); returns the metrics and the protocol facts of the seeds."""
-    _stream(gen, model, evaluator, seeds, 0, None)  # the training bar tells
-    return {"metrics": evaluator.compute(), **_sampled(gen, model, seeds)}
+    (every rank its share); returns the metrics and the protocol facts of the seeds. A
+    non-finite sample gives ``metrics`` None and the reason in ``error`` instead of
+    ending the run: the training itself is sound, and a later evaluation may be finite."""
+    facts = _sampled(gen, model, seeds)
+    try:
+        _stream(gen, model, evaluator, seeds, 0, None)  # the training bar tells
+    except NonFinite as exc:  # raised on every rank alike (see _stream)
+        return {"metrics": None, "error": str(exc), **facts}
+    return {"metrics": evaluator.compute(), **facts}
 
 
 def has_likelihood(generator: str) -> bool:

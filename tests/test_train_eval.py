@@ -137,3 +137,37 @@ def test_the_logs_images_per_s_leave_out_evaluations(tmp_path):
         trained = line["time_s"] - before
         assert line["images_per_s"] == pytest.approx(2 * 8 / trained, rel=0.02)
         before = line["time_s"]
+
+
+def test_non_finite_samples_in_an_evaluation_are_recorded_and_training_goes_on(
+    cli, tiny_spec, tmp_path, monkeypatch
+):
+    """NaN images from the evaluation seeds at the first evaluation: that line records the
+    reason and no FID, the next evaluation and the final result are measured as usual."""
+    from genbench.generators.dcgan import DCGAN
+
+    sample, calls = DCGAN.sample, []
+
+    def nan_at_first_evaluation(self, seeds, labels=None, settings=None):
+        images = sample(self, seeds, labels, settings)
+        if seeds[0] >= EVERY_SEED_OFFSET:
+            calls.append(seeds[0])
+            if len(calls) == 1:
+                return torch.full_like(images, float("nan"))
+        return images
+
+    monkeypatch.setattr(DCGAN, "sample", nan_at_first_evaluation)
+    spec = tmp_path / "every.toml"
+    spec.write_text(_with_every(tiny_spec(steps=10, num_samples=64).read_text()))
+    result = cli("run", str(spec), "--out", str(tmp_path / "out"))
+    assert result.code == 0, result.err
+    (run,) = (tmp_path / "out").iterdir()
+    first, second = (
+        json.loads(x) for x in (run / "dcgan" / "train_eval.jsonl").read_text().splitlines()
+    )
+    assert first["step"] == 5 and first["metrics"] == {} and "NaN" in first["error"]
+    assert second["step"] == 10 and second["error"] is None
+    assert second["metrics"]["fid"]["value"] > 0
+    metrics = json.loads((run / "dcgan" / "metrics.json").read_text())
+    assert metrics["metrics"]["fid"]["value"] > 0  # the model itself is measured
+    assert 'alt="FID during training"' in (run / "report.html").read_text()

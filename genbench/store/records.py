@@ -503,6 +503,8 @@ class TrainEvalEntry(Strict):
     """Training seconds so far (the evaluations themselves not counted)."""
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
     protocol: Protocol
+    error: str | None = None
+    """Why this evaluation has no metrics (non-finite samples); training went on."""
 
     def value(self, metric: str) -> float | None:
         entry = self.metrics.get(metric)
