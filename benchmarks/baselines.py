@@ -38,13 +38,14 @@ def _unet(gen: Generator) -> UNet2DModel | None:
 
 
 def stock_precision(device: torch.device) -> str:
-    """The precision the stock pipeline runs at under torch's default flags: ``tf32`` on
-    CUDA while cuDNN may use TF32 tensor cores for convolutions (torch's default, and the
-    UNet's work is almost all convolutions), else ``fp32``. Its peak share is taken against
-    that precision's peak: against the strict fp32 peak an H200 showed 172%."""
-    if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
-        return "tf32"
-    return "fp32"
+    """The precision the stock pipeline runs at under torch's default flags: ``tf32`` on a
+    CUDA device with TF32 tensor cores (Ampere and newer) while cuDNN may use them for
+    convolutions (torch's default; its matrix products stay fp32, but the UNet's work is
+    almost all convolutions), else ``fp32``. Its peak share is taken against that
+    precision's peak: against the strict fp32 peak an H200 showed 172%."""
+    from genbench.eval.extractors import tf32_in_effect
+
+    return "tf32" if tf32_in_effect(device, torch.backends.cudnn.allow_tf32) else "fp32"
 
 
 def diffusers_pipeline(unet: UNet2DModel, nfe: int) -> DDPMPipeline:

@@ -42,7 +42,7 @@ from genbench.benchmarks.timing import measure_speed
 from genbench.benchmarks.trainer import Trainer, state_files
 from genbench.core import collectives
 from genbench.core.device import resolve_device
-from genbench.core.errors import Interrupted, NonFinite, StoreError
+from genbench.core.errors import GenbenchError, Interrupted, NonFinite, StoreError
 from genbench.generators import Generator
 from genbench.generators.classifier import NoisyClassifier
 from genbench.reports.report import write_run_reports
@@ -116,6 +116,10 @@ def _run_model(
     guided = classifier_scale(model) is not None
     if guided:
         gen.classifier = classifier
+        try:  # before training: the size may come from a pretrained network or checkpoint
+            gen.guidance_classifier()
+        except ValueError as exc:
+            raise GenbenchError(f"models.{model.name}: {exc}") from None
     ckpt = out / files.CHECKPOINT
     if trained is not None:
         load_checkpoint(gen, ckpt, model.generator)
@@ -248,6 +252,8 @@ def _evaluate_during_training(
         fid = None if result["metrics"] is None else result["metrics"]["fid"]
         if distributed.is_main():
             protocol = {**evaluator.protocol(), "seeds": result["seeds"]}
+            if fid is None:  # the evaluator stopped part way: the count asked for
+                protocol["num_samples"] = len(seeds)
             protocol["sample_resize"] = result.get("sample_resize")
             protocol["labels"] = result.get("labels")
             files.append_line(

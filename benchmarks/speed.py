@@ -204,8 +204,10 @@ def make_record(
             "repeats": len(timing["raw_s"]),
             **timing,
             "steps": case.steps,
-            "settings": {k: v for k, v in case.model.settings.given().items() if k != "steps"}
-            or None,
+            # A baseline runs its own sampler: our model's settings are not what it timed.
+            "settings": None
+            if baseline
+            else {k: v for k, v in case.model.settings.given().items() if k != "steps"} or None,
             "weights": WEIGHTS,
         }
     )

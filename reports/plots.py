@@ -323,7 +323,9 @@ def fid_during_training(report: Report) -> Plot | None:
         ]
         if pts:
             lines.append((label, sorted(pts)))
-            counts |= {e.protocol.num_samples or 0 for e in m.train_eval}
+            counts |= {
+                e.protocol.num_samples or 0 for e in m.train_eval if e.value("fid") is not None
+            }
     if not lines:
         return None
 

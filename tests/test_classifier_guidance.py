@@ -377,3 +377,36 @@ def test_a_guided_trajectory_shows_the_guided_prediction():
     assert torch.equal(gen.trajectory(seeds, labels, guided)[-1].x0.clamp(-1, 1), images)
     plain = gen.trajectory(seeds, labels, DDPMSettings(steps="ddim5", classifier_scale=0.0))
     assert not torch.equal(plain[-1].x0.clamp(-1, 1), images)
+
+
+def test_a_pretrained_unet_of_another_size_meets_the_classifier_before_training(cli, tmp_path):
+    """The spec sets no image_size, but the pretrained UNet is for 8 px: the run stops with
+    a one-line usage error when the classifier is attached, before training."""
+    from genbench.generators.unet import build_unet
+
+    build_unet(
+        image_size=8,
+        in_channels=1,
+        out_channels=1,
+        channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        norm_groups=4,
+    ).save_pretrained(tmp_path / "unet8")
+    text = CLASSIFIER_SPEC.format(classifier="[classifier.train]\nsteps = 2\n", checkpoint="")
+    config = text[text.index("[models.ddpm.config]") :]
+    text = text.replace(
+        config,
+        f'[models.ddpm.config]\nnum_timesteps = 50\npretrained = "{tmp_path / "unet8"}"\n',
+    )
+    spec = tmp_path / "cg.toml"
+    spec.write_text(text)
+    out = tmp_path / "runs"
+    result = cli("run", str(spec), "--out", str(out))
+    assert result.code == 2, result.err
+    assert result.err.strip().splitlines()[-1] == (
+        "bench: error: models.ddpm: classifier_scale: the guidance classifier learned 16 px "
+        "images and this model samples 8 px; sample at 16 px or drop classifier_scale"
+    )
+    (run,) = out.iterdir()
+    assert not (run / "ddpm" / "train_log.jsonl").exists()  # stopped before training

@@ -338,9 +338,13 @@ def test_the_stock_pipeline_is_recorded_at_the_precision_torch_defaults_give_it(
     from genbench.benchmarks.baselines import stock_precision
 
     assert stock_precision(torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     assert stock_precision(torch.device("cuda")) == "tf32"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert stock_precision(torch.device("cuda")) == "fp32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # a V100: no TF32 cores
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
     assert stock_precision(torch.device("cuda")) == "fp32"
 
 
