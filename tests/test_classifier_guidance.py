@@ -382,17 +382,9 @@ def test_a_guided_trajectory_shows_the_guided_prediction():
 def test_a_pretrained_unet_of_another_size_meets_the_classifier_before_training(cli, tmp_path):
     """The spec sets no image_size, but the pretrained UNet is for 8 px: the run stops with
     a one-line usage error when the classifier is attached, before training."""
-    from genbench.generators.unet import build_unet
+    from tests.test_ddpm import _save_tiny_unet
 
-    build_unet(
-        image_size=8,
-        in_channels=1,
-        out_channels=1,
-        channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        norm_groups=4,
-    ).save_pretrained(tmp_path / "unet8")
+    _save_tiny_unet(tmp_path / "unet8", image_size=8)
     text = CLASSIFIER_SPEC.format(classifier="[classifier.train]\nsteps = 2\n", checkpoint="")
     config = text[text.index("[models.ddpm.config]") :]
     text = text.replace(

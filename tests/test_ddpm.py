@@ -527,10 +527,10 @@ def test_bits_per_dim_of_a_trained_step_is_finite_per_image():
 # --------------------------------------------------------------------------- published weights
 
 
-def _save_tiny_unet(path, out_channels: int = 1):
+def _save_tiny_unet(path, out_channels: int = 1, image_size: int = 16):
     torch.manual_seed(0)
     net = build_unet(
-        image_size=16,
+        image_size=image_size,
         in_channels=1,
         out_channels=out_channels,
         channels=8,
